@@ -1,0 +1,3 @@
+//! The AutoSend API client.
+
+pub mod pacing;

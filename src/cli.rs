@@ -1,0 +1,222 @@
+//! The command line: parse flags, call the library, map the outcome to an exit code.
+//!
+//! Exit codes (documented in the README):
+//! - 0: success (and, with `--detailed-exitcode`, nothing to do);
+//! - 1: error (invalid manifests, bad flags, API refused the key, a list failed);
+//! - 2: `plan --detailed-exitcode` only: there is something to do;
+//! - 3: `apply`: finished, but some contacts failed (they are retried next run).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::autosend::pacing::RateLimits;
+use crate::desired::DesiredState;
+use crate::manifest::{self, Manifests, Strategy};
+use crate::plan::{self, ListRecords, Plan, PlanOptions};
+use crate::render;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_CHANGES: u8 = 2;
+pub const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "listwarden",
+    version,
+    about = "Keeps contacts out of AutoSend contact lists, declaratively.",
+    long_about = "Keeps contacts out of AutoSend contact lists, declaratively.\n\n\
+        You write ListPolicy manifests (YAML, usually in git) that say which contacts must NOT \
+        be in which contact list. `validate` checks them, `plan` shows what would be done and \
+        what it costs (offline), `apply` does it once, `run` keeps doing it as a daemon, and \
+        `status` reports what the last syncs did.\n\n\
+        Start with: listwarden validate manifests/ && listwarden plan manifests/"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check manifests and report every problem (exit 0 when valid, 1 on any error).
+    Validate(ValidateArgs),
+    /// Show what would be asserted, per contact list, and what it costs. Needs no API key.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// A manifest file, or a directory searched recursively for *.yaml / *.yml (hidden
+    /// entries such as .git are skipped).
+    #[arg(default_value = "manifests/")]
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Flags that shape a plan; shared by `plan`, `apply` and `run` so they compute the same.
+#[derive(Args, Debug, Clone)]
+pub struct PlanFlags {
+    /// Contacts per remove request. AutoSend documents no maximum; 500 matches bulk-add's
+    /// limit. A server that refuses a batch as too large makes listwarden split it.
+    #[arg(long, default_value_t = plan::DEFAULT_BATCH_SIZE, value_parser = parse_batch_size)]
+    pub batch_size: usize,
+    /// Request budget of the API key, shared by every request of the process, e.g.
+    /// `2/s,50/m` (AutoSend's documented default) or `10/s,300/m` if yours was raised.
+    #[arg(long, default_value = "2/s,50/m", env = "LISTWARDEN_RATE_LIMIT")]
+    pub rate_limit: RateLimits,
+    /// Default safety threshold for policies without `maxRemovalsPerSync`: a list where one
+    /// policy would newly assert more contacts than this is refused.
+    #[arg(long)]
+    pub max_removals: Option<u64>,
+    /// How to converge lists: `assert` sends every pending contact to remove; `observe` reads
+    /// the list and removes only members found; `auto` picks the cheaper per list (a
+    /// manifest's `spec.strategy` overrides this). `plan` without --refresh shows assert costs.
+    #[arg(long, default_value = "auto")]
+    pub strategy: Strategy,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// A manifest file or a directory of manifests.
+    #[arg(default_value = "manifests/")]
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub flags: PlanFlags,
+    /// Output format: `text` for people, `json` for CI bots (a stable document with a
+    /// `format_version` field, described in the README).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Exit 0 when there is nothing to do, 2 when there is, 1 on error (Terraform's
+    /// convention). Without it, exit 0 unless there is an error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// List every contact that would be asserted, with the policies that ask for it.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Plan(args) => plan_command(&args),
+    };
+    ExitCode::from(code)
+}
+
+/// Prints every diagnostic, one line each, to stderr.
+pub fn print_diagnostics(m: &Manifests) {
+    let stderr = std::io::stderr();
+    let mut err = stderr.lock();
+    for d in &m.diagnostics {
+        let _ = writeln!(err, "{d}");
+    }
+}
+
+fn validate(args: &ValidateArgs) -> u8 {
+    let m = manifest::load(&args.path);
+    print_diagnostics(&m);
+    let errors = m.errors().count();
+    let warnings = m.warnings().count();
+    if errors > 0 {
+        eprintln!(
+            "{}: {errors} error(s), {warnings} warning(s); {} valid polic{}, {} invalid",
+            args.path.display(),
+            m.policies.len(),
+            if m.policies.len() == 1 { "y" } else { "ies" },
+            m.invalid.len()
+        );
+        EXIT_ERROR
+    } else {
+        println!(
+            "{}: {} valid polic{} in {} file(s), {warnings} warning(s)",
+            args.path.display(),
+            m.policies.len(),
+            if m.policies.len() == 1 { "y" } else { "ies" },
+            m.files.len()
+        );
+        EXIT_OK
+    }
+}
+
+pub fn plan_options(flags: &PlanFlags) -> PlanOptions {
+    PlanOptions {
+        batch_size: flags.batch_size,
+        rate_limits: flags.rate_limit.clone(),
+        max_removals: flags.max_removals,
+        strategy: flags.strategy,
+        ..PlanOptions::default()
+    }
+}
+
+/// Loads, builds the desired state and plans, with `records` from the store (or none).
+pub fn load_and_plan(
+    path: &Path,
+    options: PlanOptions,
+    records: impl FnMut(&crate::contact::ContactListId) -> ListRecords,
+) -> (Manifests, Plan) {
+    let manifests = manifest::load(path);
+    let desired = DesiredState::build(&manifests.policies);
+    let plan = Plan::build(&manifests.policies, &desired, records, options);
+    (manifests, plan)
+}
+
+fn plan_command(args: &PlanArgs) -> u8 {
+    let (manifests, plan) = load_and_plan(&args.path, plan_options(&args.flags), |_| {
+        ListRecords::default()
+    });
+    emit_plan(args, &manifests, &plan)
+}
+
+fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
+    match args.output {
+        Output::Json => {
+            let doc = render::plan_document(&args.path, manifests, plan, args.verbose);
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let _ = serde_json::to_writer_pretty(&mut out, &doc);
+            let _ = writeln!(out);
+        }
+        Output::Text => {
+            print_diagnostics(manifests);
+            print!("{}", render::plan_text(manifests, plan, args.verbose));
+        }
+    }
+    if manifests.has_errors() {
+        if args.output == Output::Text {
+            eprintln!(
+                "error: {} manifest error(s): the policies concerned are left out of the plan",
+                manifests.errors().count()
+            );
+        }
+        return EXIT_ERROR;
+    }
+    if args.detailed_exitcode && plan.has_work() {
+        return EXIT_CHANGES;
+    }
+    EXIT_OK
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write it like 30s, 10m or 24h"))
+}
+
+fn parse_batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a batch size; give a whole number from 1 to 10000"
+        )),
+    }
+}

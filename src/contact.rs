@@ -1,0 +1,288 @@
+//! Validated identifiers: the edge of the program turns raw strings into these once, and
+//! everything inside can rely on them (an [`Email`] is always normalised, a [`ContactListId`]
+//! is always a safe URL path segment, a [`PolicyName`] always follows the manifest rule).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// The virtual list that holds every contact of a project. Contacts leave it only by being
+/// deleted, so the remove endpoint refuses it.
+pub const GLOBAL_CONTACT_LIST: &str = "GLOBAL_CONTACT_LIST";
+
+/// Longest list or contact id accepted. No format is promised by AutoSend (examples are
+/// 24 hex characters), so the rule is "a short, safe path segment", not a fixed shape.
+const MAX_ID_LEN: usize = 64;
+
+/// A normalised email address: trimmed, lowercased, and plausible (checked by the
+/// `email_address` crate, with a dot in the domain and no display text).
+///
+/// Shared (`Arc<str>`) because the same address is held by its policy and by the desired
+/// state of its list; cloning it must not copy the text.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Email(Arc<str>);
+
+impl Email {
+    /// Normalises and validates `raw`. The error is a sentence meant for a diagnostic.
+    pub fn parse(raw: &str) -> Result<Email, String> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err("empty email address".to_string());
+        }
+        let normalised: String = if trimmed.is_ascii() {
+            trimmed.to_ascii_lowercase()
+        } else {
+            trimmed.to_lowercase()
+        };
+        let options = email_address::Options::default()
+            .with_required_tld()
+            .without_display_text()
+            .without_domain_literal();
+        match email_address::EmailAddress::parse_with_options(&normalised, options) {
+            Ok(_) => Ok(Email(normalised.into())),
+            Err(e) => Err(format!(
+                "{trimmed:?} is not a valid email address ({e}); write it as local@domain.tld"
+            )),
+        }
+    }
+
+    /// The normalisation alone, without validation: how a remote address is compared with
+    /// ours (AutoSend stores addresses lowercased).
+    pub fn normalise(raw: &str) -> String {
+        let trimmed = raw.trim();
+        if trimmed.is_ascii() {
+            trimmed.to_ascii_lowercase()
+        } else {
+            trimmed.to_lowercase()
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Email({})", self.0)
+    }
+}
+
+fn check_path_segment(raw: &str, what: &str) -> Result<(), String> {
+    if raw.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if raw.len() > MAX_ID_LEN {
+        return Err(format!(
+            "{what} {raw:?} is {} characters long; at most {MAX_ID_LEN} are allowed",
+            raw.len()
+        ));
+    }
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "{what} {raw:?} contains {bad:?}; only letters, digits, '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An AutoSend contact id, safe to put in a request body and a URL path segment.
+    ContactId,
+    "contact id"
+);
+
+impl ContactId {
+    pub fn parse(raw: &str) -> Result<ContactId, String> {
+        let raw = raw.trim();
+        check_path_segment(raw, "contact id")?;
+        Ok(ContactId(raw.into()))
+    }
+}
+
+id_type!(
+    /// An AutoSend contact list id: it becomes a URL path segment, so only `[A-Za-z0-9_-]`.
+    /// The global list is refused here, once, so no later code can send it to remove.
+    ContactListId,
+    "contact list id"
+);
+
+impl ContactListId {
+    pub fn parse(raw: &str) -> Result<ContactListId, String> {
+        check_path_segment(raw, "contact list id")?;
+        if raw == GLOBAL_CONTACT_LIST {
+            return Err(format!(
+                "{GLOBAL_CONTACT_LIST} cannot be used: contacts leave the global list only \
+                 through AutoSend's delete-contact API; name a real contact list instead"
+            ));
+        }
+        Ok(ContactListId(raw.into()))
+    }
+}
+
+id_type!(
+    /// A policy's `metadata.name`: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters
+    /// (the Kubernetes DNS label rule, so names fit in labels, metrics and file names).
+    PolicyName,
+    "policy name"
+);
+
+impl PolicyName {
+    pub fn parse(raw: &str) -> Result<PolicyName, String> {
+        let fix =
+            "use lowercase letters, digits and '-', starting and ending with a letter or digit";
+        if raw.is_empty() {
+            return Err(format!("name is empty; {fix}"));
+        }
+        if raw.len() > 63 {
+            return Err(format!(
+                "name {raw:?} is {} characters long; at most 63 are allowed",
+                raw.len()
+            ));
+        }
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let bytes_ok = raw.chars().all(|c| ok_char(c) || c == '-');
+        let ends_ok = raw.starts_with(ok_char) && raw.ends_with(ok_char);
+        if !bytes_ok || !ends_ok {
+            return Err(format!("name {raw:?} is not a valid policy name; {fix}"));
+        }
+        Ok(PolicyName(raw.into()))
+    }
+}
+
+/// Which kind of identifier a contact is given by. The remove endpoint takes one kind per
+/// request, never both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ContactKind {
+    Email,
+    ContactId,
+}
+
+impl ContactKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactKind::Email => "email",
+            ContactKind::ContactId => "contactId",
+        }
+    }
+}
+
+impl fmt::Display for ContactKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn email_is_trimmed_and_lowercased() {
+        assert_eq!(
+            Email::parse("  Jane.Doe@Example.COM \t").unwrap().as_str(),
+            "jane.doe@example.com"
+        );
+    }
+
+    #[test]
+    fn implausible_emails_are_refused() {
+        for bad in [
+            "",
+            "jane",
+            "jane@",
+            "@example.com",
+            "jane@localhost",
+            "Jane <jane@example.com>",
+            "jane@@example.com",
+            "jane doe@example.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn ids_must_be_safe_path_segments() {
+        assert!(ContactId::parse("60d5ec49f1b2c72d9c8b1111").is_ok());
+        assert!(ContactId::parse("a_b-C9").is_ok());
+        assert!(ContactId::parse("").is_err());
+        assert!(ContactId::parse("../x").is_err());
+        assert!(ContactId::parse("a/b").is_err());
+        assert!(ContactId::parse(&"a".repeat(65)).is_err());
+        assert!(ContactListId::parse("a%2Fb").is_err());
+    }
+
+    #[test]
+    fn global_list_is_refused_with_the_delete_contact_hint() {
+        let err = ContactListId::parse("GLOBAL_CONTACT_LIST").unwrap_err();
+        assert!(err.contains("delete-contact"), "{err}");
+    }
+
+    #[test]
+    fn policy_names_follow_the_dns_label_rule() {
+        for good in ["a", "newsletter-suppressions", "a1-b2", &"a".repeat(63)] {
+            assert!(PolicyName::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "Upper", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(PolicyName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn normalising_an_email_is_idempotent(local in "[A-Za-z0-9._%+-]{1,20}", domain in "[A-Za-z0-9]{1,10}\\.[A-Za-z]{2,5}", pad in "[ \t]{0,3}") {
+            let raw = format!("{pad}{local}@{domain}{pad}");
+            if let Ok(once) = Email::parse(&raw) {
+                let twice = Email::parse(once.as_str()).expect("a normalised address stays valid");
+                prop_assert_eq!(once, twice);
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Valid policies -> the desired state of each contact list: the union of what its active
+//! policies exclude, each contact keeping the policies that asked for it.
+//!
+//! Suspended policies are listed with their list but contribute nothing: they are loaded and
+//! validated, never applied.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
+
+use crate::contact::{ContactId, ContactKind, ContactListId, Email};
+use crate::manifest::Policy;
+
+/// Indices into the policy slice the desired state was built from. Most contacts are asked
+/// for by one or two policies, so they stay inline.
+pub type PolicySet = SmallVec<[u32; 2]>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member<K> {
+    pub contact: K,
+    pub policies: PolicySet,
+}
+
+#[derive(Clone, Debug)]
+pub struct DesiredList {
+    pub list: ContactListId,
+    /// Active policies targeting this list (indices into the policy slice).
+    pub policies: Vec<usize>,
+    /// Suspended policies targeting this list.
+    pub suspended: Vec<usize>,
+    /// Sorted by address, one entry per address.
+    pub emails: Vec<Member<Email>>,
+    /// Sorted by id, one entry per id.
+    pub contact_ids: Vec<Member<ContactId>>,
+    /// Digest of the active policies' revisions: changes when the desired set changes.
+    pub revision: String,
+}
+
+impl DesiredList {
+    pub fn len(&self) -> usize {
+        self.emails.len() + self.contact_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn count(&self, kind: ContactKind) -> usize {
+        match kind {
+            ContactKind::Email => self.emails.len(),
+            ContactKind::ContactId => self.contact_ids.len(),
+        }
+    }
+}
+
+/// The desired state of every list named by at least one valid policy, sorted by list id.
+#[derive(Clone, Debug, Default)]
+pub struct DesiredState {
+    pub lists: Vec<DesiredList>,
+}
+
+impl DesiredState {
+    pub fn build(policies: &[Policy]) -> DesiredState {
+        let mut by_list: BTreeMap<&ContactListId, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+        for (i, p) in policies.iter().enumerate() {
+            let entry = by_list.entry(&p.contact_list_id).or_default();
+            if p.suspend {
+                entry.1.push(i);
+            } else {
+                entry.0.push(i);
+            }
+        }
+        let lists = by_list
+            .into_iter()
+            .map(|(list, (active, suspended))| {
+                let emails = union(active.iter().map(|&i| (i as u32, &policies[i].emails[..])));
+                let contact_ids = union(
+                    active
+                        .iter()
+                        .map(|&i| (i as u32, &policies[i].contact_ids[..])),
+                );
+                let mut h = Sha256::new();
+                for &i in &active {
+                    h.update(policies[i].name.as_str().as_bytes());
+                    h.update(b"=");
+                    h.update(policies[i].revision.as_bytes());
+                    h.update(b"\n");
+                }
+                let digest = h.finalize();
+                let revision = format!(
+                    "sha256:{}",
+                    digest
+                        .iter()
+                        .take(8)
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                );
+                DesiredList {
+                    list: list.clone(),
+                    policies: active,
+                    suspended,
+                    emails,
+                    contact_ids,
+                    revision,
+                }
+            })
+            .collect();
+        DesiredState { lists }
+    }
+
+    pub fn list(&self, id: &ContactListId) -> Option<&DesiredList> {
+        self.lists
+            .binary_search_by(|l| l.list.cmp(id))
+            .ok()
+            .map(|i| &self.lists[i])
+    }
+}
+
+/// Unions sorted, duplicate-free sets, keeping for each contact the policies that hold it.
+/// Sorting (contact, policy) pairs once is simpler than a k-way merge and measured fast
+/// enough (see BENCHMARKS.md); the contacts themselves are shared, never copied.
+fn union<'a, K: Ord + Clone + 'a>(sets: impl Iterator<Item = (u32, &'a [K])>) -> Vec<Member<K>> {
+    let mut pairs: Vec<(&K, u32)> = Vec::new();
+    let mut single: Option<(u32, &[K])> = None;
+    let mut count = 0;
+    for (policy, set) in sets {
+        count += 1;
+        if count == 1 {
+            single = Some((policy, set));
+            continue;
+        }
+        if let Some((p0, s0)) = single.take() {
+            pairs.extend(s0.iter().map(|k| (k, p0)));
+        }
+        pairs.extend(set.iter().map(|k| (k, policy)));
+    }
+    if let Some((policy, set)) = single {
+        // One policy: already sorted and unique.
+        return set
+            .iter()
+            .map(|k| Member {
+                contact: k.clone(),
+                policies: SmallVec::from_slice(&[policy]),
+            })
+            .collect();
+    }
+    pairs.sort_unstable();
+    let mut out: Vec<Member<K>> = Vec::with_capacity(pairs.len());
+    for (contact, policy) in pairs {
+        match out.last_mut() {
+            Some(last) if &last.contact == contact => {
+                if last.policies.last() != Some(&policy) {
+                    last.policies.push(policy);
+                }
+            }
+            _ => out.push(Member {
+                contact: contact.clone(),
+                policies: SmallVec::from_slice(&[policy]),
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    proptest! {
+        #[test]
+        fn union_keeps_every_contact_once_with_all_its_policies(
+            sets in proptest::collection::vec(proptest::collection::btree_set(0u16..300, 0..60), 0..6)
+        ) {
+            let sorted: Vec<Vec<u16>> = sets.iter().map(|s| s.iter().copied().collect()).collect();
+            let got = union(sorted.iter().enumerate().map(|(i, s)| (i as u32, &s[..])));
+            let expected: BTreeSet<u16> = sets.iter().flatten().copied().collect();
+            let got_keys: Vec<u16> = got.iter().map(|m| m.contact).collect();
+            prop_assert_eq!(got_keys, expected.iter().copied().collect::<Vec<_>>());
+            for m in &got {
+                let want: HashSet<u32> = sets.iter().enumerate()
+                    .filter(|(_, s)| s.contains(&m.contact)).map(|(i, _)| i as u32).collect();
+                let have: HashSet<u32> = m.policies.iter().copied().collect();
+                prop_assert_eq!(have, want);
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Server-side rate limiting per API key, with fixed windows aligned to epoch time.
+//!
+//! AutoSend documents "2 requests per second" and "50 requests per minute" and the
+//! `X-RateLimit-*` headers, but not the algorithm. The fake uses fixed windows aligned to the
+//! epoch (the 1 s window is the current epoch second, the minute window the current epoch
+//! minute) because that is the simplest algorithm that still produces the bursts at window
+//! boundaries a real limiter can produce, and it makes `X-RateLimit-Reset` an exact instant.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// One limit: at most `max` requests per `window`.
+///
+/// Windows are counted in whole seconds (a sub-second window is treated as one second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    pub fn per_second(max: u32) -> Self {
+        RateLimit {
+            max,
+            window: Duration::from_secs(1),
+        }
+    }
+
+    pub fn per_minute(max: u32) -> Self {
+        RateLimit {
+            max,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    pub fn per_hour(max: u32) -> Self {
+        RateLimit {
+            max,
+            window: Duration::from_secs(3600),
+        }
+    }
+
+    fn window_secs(&self) -> u64 {
+        self.window.as_secs().max(1)
+    }
+}
+
+impl FromStr for RateLimit {
+    type Err = String;
+
+    /// Parses `N/s`, `N/m` or `N/h` (also `sec`, `min`, `hour`, ...).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid rate limit `{s}`: expected N/s, N/m or N/h with N > 0");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let max: u32 = n.trim().parse().map_err(|_| bad())?;
+        if max == 0 {
+            return Err(bad());
+        }
+        let secs = match unit.trim().to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hour" | "hours" => 3600,
+            _ => return Err(bad()),
+        };
+        Ok(RateLimit {
+            max,
+            window: Duration::from_secs(secs),
+        })
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.window_secs() {
+            1 => write!(f, "{}/s", self.max),
+            60 => write!(f, "{}/m", self.max),
+            3600 => write!(f, "{}/h", self.max),
+            n => write!(f, "{}/{}s", self.max, n),
+        }
+    }
+}
+
+/// Parses a comma-separated list such as `2/s,50/m`. An empty string, `none`, `off` or `0`
+/// means no rate limiting at all.
+pub fn parse_rate_limits(s: &str) -> Result<Vec<RateLimit>, String> {
+    let t = s.trim();
+    if t.is_empty() || ["none", "off", "0"].contains(&t.to_ascii_lowercase().as_str()) {
+        return Ok(Vec::new());
+    }
+    t.split(',').map(str::parse).collect()
+}
+
+/// What the `X-RateLimit-*` headers report: the most constraining window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WindowStatus {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Epoch seconds at which the window ends.
+    pub reset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Rate limiting is off: no headers.
+    Unlimited,
+    Allowed(WindowStatus),
+    /// Rejected; `retry_after_secs` counts whole seconds until the blocking window ends.
+    Rejected {
+        status: WindowStatus,
+        retry_after_secs: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Limiter {
+    limits: Vec<RateLimit>,
+    /// Per API key, per limit: (window index since the epoch, requests counted in it).
+    counts: HashMap<String, Vec<(u64, u32)>>,
+}
+
+impl Limiter {
+    pub fn new(limits: Vec<RateLimit>) -> Self {
+        Limiter {
+            limits,
+            counts: HashMap::new(),
+        }
+    }
+
+    pub fn set_limits(&mut self, limits: Vec<RateLimit>) {
+        self.limits = limits;
+        self.counts.clear();
+    }
+
+    /// Current (window end, count) per limit, for `key` at `now_ms`.
+    fn current(&self, key: &str, now_ms: u64) -> Vec<(u64, u32)> {
+        let now_s = now_ms / 1000;
+        self.limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let w = l.window_secs();
+                let idx = now_s / w;
+                let count = self
+                    .counts
+                    .get(key)
+                    .and_then(|v| v.get(i))
+                    .filter(|(stored, _)| *stored == idx)
+                    .map_or(0, |(_, c)| *c);
+                ((idx + 1) * w, count)
+            })
+            .collect()
+    }
+
+    /// Least remaining wins; on a tie the later reset, so a client never resumes too early.
+    fn most_constraining(&self, current: &[(u64, u32)]) -> Option<WindowStatus> {
+        self.limits
+            .iter()
+            .zip(current)
+            .map(|(l, &(reset, count))| WindowStatus {
+                limit: l.max,
+                remaining: l.max.saturating_sub(count),
+                reset,
+            })
+            .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    }
+
+    /// Headers for a request that is not counted (e.g. a 401), without consuming quota.
+    pub fn peek(&self, key: &str, now_ms: u64) -> Option<WindowStatus> {
+        self.most_constraining(&self.current(key, now_ms))
+    }
+
+    /// Counts one request against every window, unless one of them is full: a rejected request
+    /// consumes nothing, so a client that waits `retryAfter` is sure to get through.
+    pub fn check(&mut self, key: &str, now_ms: u64) -> Decision {
+        if self.limits.is_empty() {
+            return Decision::Unlimited;
+        }
+        let current = self.current(key, now_ms);
+        let blocking = self
+            .limits
+            .iter()
+            .zip(&current)
+            .filter(|(l, (_, count))| *count >= l.max)
+            .map(|(l, &(reset, _))| (l.max, reset))
+            .max_by_key(|&(_, reset)| reset);
+        if let Some((limit, reset)) = blocking {
+            let wait_ms = (reset * 1000).saturating_sub(now_ms);
+            return Decision::Rejected {
+                status: WindowStatus {
+                    limit,
+                    remaining: 0,
+                    reset,
+                },
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+            };
+        }
+        let now_s = now_ms / 1000;
+        let counted: Vec<(u64, u32)> = self
+            .limits
+            .iter()
+            .zip(&current)
+            .map(|(l, &(_, count))| (now_s / l.window_secs(), count + 1))
+            .collect();
+        let status = self
+            .most_constraining(
+                &current
+                    .iter()
+                    .map(|&(reset, count)| (reset, count + 1))
+                    .collect::<Vec<_>>(),
+            )
+            .expect("limits are not empty");
+        self.counts.insert(key.to_string(), counted);
+        Decision::Allowed(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_documented_limit_lists() {
+        assert_eq!(
+            parse_rate_limits("2/s,50/m").unwrap(),
+            vec![RateLimit::per_second(2), RateLimit::per_minute(50)]
+        );
+        assert_eq!(
+            parse_rate_limits(" 10/sec , 100/hour ").unwrap(),
+            vec![RateLimit::per_second(10), RateLimit::per_hour(100)]
+        );
+        assert!(parse_rate_limits("").unwrap().is_empty());
+        assert!(parse_rate_limits("off").unwrap().is_empty());
+        assert!(parse_rate_limits("2/d").is_err());
+        assert!(parse_rate_limits("0/s").is_err());
+        assert!(parse_rate_limits("x/s").is_err());
+        assert_eq!(RateLimit::per_minute(50).to_string(), "50/m");
+    }
+
+    #[test]
+    fn fixed_windows_are_aligned_to_epoch_seconds() {
+        let mut l = Limiter::new(vec![RateLimit::per_second(2)]);
+        let t = 1_700_000_000_000; // exactly on a second boundary
+        assert!(matches!(l.check("k", t + 100), Decision::Allowed(s) if s.remaining == 1 && s.reset == 1_700_000_001));
+        assert!(matches!(l.check("k", t + 200), Decision::Allowed(s) if s.remaining == 0));
+        match l.check("k", t + 300) {
+            Decision::Rejected {
+                status,
+                retry_after_secs,
+            } => {
+                assert_eq!(status.reset, 1_700_000_001);
+                assert_eq!(retry_after_secs, 1);
+            }
+            other => panic!("expected rejection, got {other:?}"),
+        }
+        // The next epoch second is a fresh window, even 1 ms later.
+        assert!(matches!(l.check("k", t + 1000), Decision::Allowed(s) if s.remaining == 1));
+        // Keys are limited independently.
+        assert!(matches!(l.check("other", t + 1001), Decision::Allowed(s) if s.remaining == 1));
+    }
+
+    #[test]
+    fn rejected_requests_do_not_consume_quota_and_minute_window_reports_longest_wait() {
+        let mut l = Limiter::new(vec![RateLimit::per_second(5), RateLimit::per_minute(3)]);
+        let t = 1_700_000_040_000; // 40 s into an epoch minute (1_700_000_040 = 60 * 28_333_334)
+        for i in 0..3 {
+            let d = l.check("k", t + i * 1500);
+            assert!(matches!(d, Decision::Allowed(_)), "{d:?}");
+        }
+        for _ in 0..5 {
+            match l.check("k", t + 4_500) {
+                Decision::Rejected {
+                    status,
+                    retry_after_secs,
+                } => {
+                    assert_eq!(status.limit, 3);
+                    assert_eq!(status.reset, 1_700_000_100);
+                    assert_eq!(retry_after_secs, 56); // 55.5 s rounded up
+                }
+                other => panic!("expected rejection, got {other:?}"),
+            }
+        }
+        // Headers follow the window with the least remaining.
+        assert_eq!(
+            l.peek("k", t + 4_500),
+            Some(WindowStatus {
+                limit: 3,
+                remaining: 0,
+                reset: 1_700_000_100
+            })
+        );
+        assert!(matches!(l.check("k", 1_700_000_100_000), Decision::Allowed(s) if s.limit == 3 && s.remaining == 2));
+    }
+
+    #[test]
+    fn no_limits_means_unlimited() {
+        let mut l = Limiter::new(Vec::new());
+        for _ in 0..1000 {
+            assert_eq!(l.check("k", 5), Decision::Unlimited);
+        }
+        assert_eq!(l.peek("k", 5), None);
+    }
+}

@@ -1,0 +1,23 @@
+//! listwarden keeps contacts out of AutoSend contact lists, declaratively.
+//!
+//! Teams keep YAML `ListPolicy` manifests in git that say, per contact list, which contacts
+//! must NOT be in it. listwarden turns them into calls of AutoSend's remove endpoint,
+//! idempotently, and records what it did. Data flows one way, one module per step:
+//!
+//! - [`contact`]: validated identifiers (`Email`, `ContactId`, `ContactListId`, `PolicyName`);
+//! - [`manifest`]: manifests on disk -> validated [`manifest::Policy`] values + diagnostics;
+//! - [`desired`]: policies -> the desired-absent set of each list (union, with attribution);
+//! - [`plan`]: desired state + the store's records -> what to assert, in which batches, at
+//!   what cost;
+//! - [`render`]: plans as text for people and as a versioned JSON document for CI bots;
+//! - [`autosend`]: the HTTP client (pacing, retries, typed errors).
+//!
+//! The CLI ([`cli`]) is a thin layer over these functions.
+
+pub mod autosend;
+pub mod cli;
+pub mod contact;
+pub mod desired;
+pub mod manifest;
+pub mod plan;
+pub mod render;

@@ -1,0 +1,828 @@
+//! Manifests on disk -> validated [`Policy`] values, with every problem reported at once.
+//!
+//! A manifest is a YAML file (`*.yaml`, `*.yml`) holding one or more `ListPolicy` documents.
+//! Loading never stops at the first problem: each file, each document and each entry is
+//! checked, and the result carries both the valid policies and every [`Diagnostic`].
+//!
+//! The unit of isolation is the policy: a document with an error yields no policy (it is
+//! listed in [`Manifests::invalid`] so status can say why), and a file whose YAML cannot be
+//! parsed yields no policy at all. Nothing downstream ever sees a half-valid policy, so a
+//! broken manifest can stop only itself, and can never cause a removal.
+
+pub mod diag;
+pub mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::contact::{ContactId, ContactListId, Email, PolicyName};
+pub use diag::{Diagnostic, Severity};
+use source::EntryType;
+
+pub const API_VERSION: &str = "listwarden.dev/v1";
+pub const KIND: &str = "ListPolicy";
+
+/// How a list is converged (see the README): `assert` sends every pending contact to the
+/// remove endpoint; `observe` reads the list's members and removes only those present;
+/// `auto` picks the cheaper one per list and per run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    #[default]
+    Auto,
+    Assert,
+    Observe,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Strategy::Auto),
+            "assert" => Ok(Strategy::Assert),
+            "observe" => Ok(Strategy::Observe),
+            other => Err(format!(
+                "unknown strategy {other:?}; use auto, assert or observe"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Auto => "auto",
+            Strategy::Assert => "assert",
+            Strategy::Observe => "observe",
+        })
+    }
+}
+
+/// Where a policy was written.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// 1-based document index inside the file.
+    pub document: usize,
+}
+
+/// A valid `ListPolicy`: every field checked, every email normalised, duplicates removed.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: PolicyName,
+    pub labels: BTreeMap<String, String>,
+    pub contact_list_id: ContactListId,
+    pub suspend: bool,
+    pub max_removals_per_sync: Option<u64>,
+    pub strategy: Option<Strategy>,
+    pub origin: Origin,
+    /// Sorted, without duplicates.
+    pub emails: Vec<Email>,
+    /// Sorted, without duplicates.
+    pub contact_ids: Vec<ContactId>,
+    /// The data files this policy reads (as shown in diagnostics), for the watcher.
+    pub data_files: Vec<PathBuf>,
+    /// Digest of the list id and the desired-absent set: changes exactly when what the
+    /// policy asks for changes.
+    pub revision: String,
+}
+
+impl Policy {
+    pub fn contact_count(&self) -> usize {
+        self.emails.len() + self.contact_ids.len()
+    }
+}
+
+/// A policy that was written but could not be loaded. `name` is known when the document got
+/// far enough to have a valid `metadata.name`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InvalidPolicy {
+    pub name: Option<String>,
+    pub contact_list_id: Option<String>,
+    pub origin: Origin,
+    /// The first error, for status; every error is in [`Manifests::diagnostics`].
+    pub reason: String,
+}
+
+/// One manifest file that was read.
+#[derive(Clone, Debug)]
+pub struct ManifestFile {
+    pub path: PathBuf,
+    /// False when the file could not be read or parsed as YAML: then none of its policies
+    /// are known, and status marks whatever came from it before as invalid.
+    pub parsed: bool,
+}
+
+/// Everything a load produced.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// Canonical root: file sources must resolve inside it.
+    pub root: PathBuf,
+    pub files: Vec<ManifestFile>,
+    pub policies: Vec<Policy>,
+    pub invalid: Vec<InvalidPolicy>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Manifests {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| !d.is_error())
+    }
+
+    /// Every file the manifests depend on (manifests and data files): a change to any of
+    /// them can change the desired state.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.files.iter().map(|f| f.path.clone()).collect();
+        for p in &self.policies {
+            out.extend(p.data_files.iter().cloned());
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDocument {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<RawMetadata>,
+    spec: Option<RawSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    name: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSpec {
+    contact_list_id: Option<String>,
+    #[serde(default)]
+    suspend: bool,
+    max_removals_per_sync: Option<i64>,
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    exclude: RawExclude,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawExclude {
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    contact_ids: Vec<String>,
+    #[serde(default)]
+    files: Vec<RawFileSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSource {
+    path: String,
+    column: Option<String>,
+    #[serde(rename = "type")]
+    entry_type: Option<RawEntryType>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+enum RawEntryType {
+    Email,
+    ContactId,
+}
+
+/// Loads every manifest under `path` (a file, or a directory searched recursively, hidden
+/// entries skipped, in sorted order). Never fails: problems are diagnostics.
+pub fn load(path: &Path) -> Manifests {
+    let mut out = Manifests::default();
+    let root = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".").to_path_buf()
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    out.root = match root.canonicalize() {
+        Ok(r) => r,
+        Err(e) => {
+            out.diagnostics.push(Diagnostic::error(
+                path,
+                format!(
+                    "cannot read the manifests path: {}; give a manifest file or a directory of them",
+                    source::io_reason(&e)
+                ),
+            ));
+            return out;
+        }
+    };
+    let files = match manifest_files(path) {
+        Ok(files) => files,
+        Err(d) => {
+            out.diagnostics.push(*d);
+            return out;
+        }
+    };
+    for file in files {
+        load_file(&file, &mut out);
+    }
+    reject_duplicate_names(&mut out);
+    // Stable: a file's own problems stay in the order they were found.
+    out.diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
+    out
+}
+
+fn is_manifest(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    )
+}
+
+fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
+    if !path.exists() {
+        return Err(Box::new(Diagnostic::error(
+            path,
+            "no such file or directory; give a manifest file or a directory of them",
+        )));
+    }
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(path)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    for entry in walker {
+        match entry {
+            Ok(e) if e.file_type().is_file() && is_manifest(e.path()) => {
+                files.push(e.into_path());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let p = e.path().unwrap_or(path).to_path_buf();
+                return Err(Box::new(Diagnostic::error(
+                    &p,
+                    format!("cannot list the manifests directory: {e}"),
+                )));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Splits a serde_yaml error into its message and its place (1-based line and column).
+fn yaml_error(e: &serde_yaml::Error) -> (String, Option<(usize, usize)>) {
+    let text = e.to_string();
+    let message = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    let place = e.location().map(|l| (l.line(), l.column()));
+    (message, place)
+}
+
+fn load_file(path: &Path, out: &mut Manifests) {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+                out.diagnostics.push(
+                    Diagnostic::error(path, "the file is not valid UTF-8; save it as UTF-8")
+                        .at(line, 1),
+                );
+                out.files.push(ManifestFile {
+                    path: path.to_path_buf(),
+                    parsed: false,
+                });
+                return;
+            }
+        },
+        Err(e) => {
+            out.diagnostics.push(Diagnostic::error(
+                path,
+                format!("cannot read the manifest: {}", source::io_reason(&e)),
+            ));
+            out.files.push(ManifestFile {
+                path: path.to_path_buf(),
+                parsed: false,
+            });
+            return;
+        }
+    };
+    let manifest_dir = path.parent().unwrap_or(Path::new("."));
+    let mut parsed = true;
+    let mut file_policies = Vec::new();
+    let mut file_invalid = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let doc_no = index + 1;
+        // Two steps: YAML -> Value catches syntax errors (which have a line and column),
+        // Value -> RawDocument catches schema errors (which have a field path).
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(v) => v,
+            Err(e) => {
+                let (message, place) = yaml_error(&e);
+                let mut d = Diagnostic::error(path, format!("YAML syntax error: {message}"));
+                if let Some((line, column)) = place {
+                    d = d.at(line, column);
+                }
+                // libyaml cannot resynchronise after a syntax error: nothing after it can
+                // be trusted, and the file's earlier documents are dropped too, so a
+                // half-parsed file never applies anything.
+                out.diagnostics.push(d);
+                parsed = false;
+                break;
+            }
+        };
+        // An empty document (a trailing `---`, a file of comments) holds no policy.
+        if value.is_null() {
+            continue;
+        }
+        let name_hint = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .map(str::to_string);
+        let raw: RawDocument = match serde_path_to_error::deserialize(value) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let field = e.path().to_string();
+                let message = fix_hint(&yaml_error(e.inner()).0);
+                let mut d = Diagnostic::error(path, message.clone())
+                    .in_document(doc_no, name_hint.as_deref());
+                if field != "." {
+                    d = d.field(field);
+                }
+                file_invalid.push(InvalidPolicy {
+                    name: name_hint,
+                    contact_list_id: None,
+                    origin: Origin {
+                        file: path.to_path_buf(),
+                        document: doc_no,
+                    },
+                    reason: d.to_string(),
+                });
+                out.diagnostics.push(d);
+                continue;
+            }
+        };
+        let origin = Origin {
+            file: path.to_path_buf(),
+            document: doc_no,
+        };
+        match validate(raw, origin, &out.root, manifest_dir, &mut out.diagnostics) {
+            Ok(policy) => file_policies.push(policy),
+            Err(invalid) => file_invalid.push(invalid),
+        }
+    }
+    out.files.push(ManifestFile {
+        path: path.to_path_buf(),
+        parsed,
+    });
+    if parsed {
+        out.policies.extend(file_policies);
+        out.invalid.extend(file_invalid);
+    } else {
+        for p in file_policies {
+            out.invalid.push(InvalidPolicy {
+                name: Some(p.name.to_string()),
+                contact_list_id: Some(p.contact_list_id.to_string()),
+                origin: p.origin,
+                reason: "the file has a YAML syntax error".into(),
+            });
+        }
+        out.invalid.extend(file_invalid);
+    }
+}
+
+/// serde's messages name the problem; a few common ones also get the fix.
+fn fix_hint(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        format!("{message}; remove it or fix its spelling")
+    } else if message.starts_with("unknown variant") {
+        format!("{message}; use one of the listed values")
+    } else {
+        message.to_string()
+    }
+}
+
+/// Checks one document. Every broken rule becomes a diagnostic; the policy is returned only
+/// when there was no error.
+fn validate(
+    raw: RawDocument,
+    origin: Origin,
+    root: &Path,
+    manifest_dir: &Path,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Policy, InvalidPolicy> {
+    let file = origin.file.clone();
+    let doc = origin.document;
+    let first_error = diagnostics.len();
+    let name_raw = raw.metadata.as_ref().and_then(|m| m.name.clone());
+    let name = match name_raw.as_deref().map(PolicyName::parse) {
+        Some(Ok(n)) => Some(n),
+        _ => None,
+    };
+    let label = name_raw.clone();
+    let mut err = |field: &str, message: String| {
+        diagnostics.push(
+            Diagnostic::error(&file, message)
+                .in_document(doc, label.as_deref())
+                .field(field),
+        );
+    };
+
+    match raw.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        Some(other) => err(
+            "apiVersion",
+            format!("unsupported apiVersion {other:?}; use {API_VERSION:?}"),
+        ),
+        None => err(
+            "apiVersion",
+            format!("missing apiVersion; add `apiVersion: {API_VERSION}`"),
+        ),
+    }
+    match raw.kind.as_deref() {
+        Some(KIND) => {}
+        Some(other) => err(
+            "kind",
+            format!("unsupported kind {other:?}; listwarden reads only `kind: {KIND}`"),
+        ),
+        None => err("kind", format!("missing kind; add `kind: {KIND}`")),
+    }
+    match (&raw.metadata, &name_raw) {
+        (None, _) => err(
+            "metadata",
+            "missing metadata; add `metadata: {name: <policy-name>}`".into(),
+        ),
+        (Some(_), None) => err(
+            "metadata.name",
+            "missing name; every policy needs a unique `metadata.name`".into(),
+        ),
+        (Some(_), Some(n)) => {
+            if let Err(e) = PolicyName::parse(n) {
+                err("metadata.name", e);
+            }
+        }
+    }
+    let Some(spec) = raw.spec else {
+        err(
+            "spec",
+            "missing spec; add `spec: {contactListId: ..., exclude: ...}`".into(),
+        );
+        return Err(invalid(name_raw, None, origin, diagnostics, first_error));
+    };
+    let list_raw = spec.contact_list_id.clone();
+    let list = match spec.contact_list_id.as_deref() {
+        None => {
+            err(
+                "spec.contactListId",
+                "missing contactListId; give the id of the AutoSend contact list".into(),
+            );
+            None
+        }
+        Some(raw_id) => match ContactListId::parse(raw_id) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                err("spec.contactListId", e);
+                None
+            }
+        },
+    };
+    if let Some(n) = spec.max_removals_per_sync
+        && n <= 0
+    {
+        err(
+            "spec.maxRemovalsPerSync",
+            format!("must be a positive integer, got {n}; omit it for no threshold"),
+        );
+    }
+
+    let mut emails: Vec<Email> = Vec::with_capacity(spec.exclude.emails.len());
+    for (i, raw_email) in spec.exclude.emails.iter().enumerate() {
+        match Email::parse(raw_email) {
+            Ok(e) => emails.push(e),
+            Err(e) => err(&format!("spec.exclude.emails[{i}]"), e),
+        }
+    }
+    let mut contact_ids: Vec<ContactId> = Vec::with_capacity(spec.exclude.contact_ids.len());
+    for (i, raw_id) in spec.exclude.contact_ids.iter().enumerate() {
+        match ContactId::parse(raw_id) {
+            Ok(id) => contact_ids.push(id),
+            Err(e) => err(&format!("spec.exclude.contactIds[{i}]"), e),
+        }
+    }
+
+    let policy_label = name_raw.as_deref().unwrap_or("unnamed policy");
+    let mut data_files = Vec::new();
+    for (i, fs) in spec.exclude.files.iter().enumerate() {
+        let field = format!("spec.exclude.files[{i}]");
+        let file_err = |diagnostics: &mut Vec<Diagnostic>, field: &str, message: String| {
+            diagnostics.push(
+                Diagnostic::error(&origin.file, message)
+                    .in_document(doc, name_raw.as_deref())
+                    .field(field),
+            );
+        };
+        let (read_path, shown) = match source::resolve(root, manifest_dir, &fs.path) {
+            Ok(p) => p,
+            Err(e) => {
+                file_err(diagnostics, &format!("{field}.path"), e);
+                continue;
+            }
+        };
+        data_files.push(shown.clone());
+        let entry_type = match fs.entry_type {
+            None | Some(RawEntryType::Email) => EntryType::Email,
+            Some(RawEntryType::ContactId) => EntryType::ContactId,
+        };
+        let spec = source::FileSourceSpec {
+            path: &fs.path,
+            column: fs.column.as_deref(),
+            entry_type,
+        };
+        let context = format!("policy {policy_label}, {field}");
+        if let Err(e) = read_source(
+            &read_path,
+            &shown,
+            &spec,
+            &context,
+            &mut emails,
+            &mut contact_ids,
+            diagnostics,
+        ) {
+            file_err(diagnostics, &field, e);
+        }
+    }
+
+    if diagnostics[first_error..].iter().any(Diagnostic::is_error) {
+        return Err(invalid(
+            name_raw,
+            list_raw,
+            origin,
+            diagnostics,
+            first_error,
+        ));
+    }
+    let name = name.expect("a valid document has a valid name");
+    let list = list.expect("a valid document has a valid list id");
+
+    let before = emails.len() + contact_ids.len();
+    emails.sort_unstable();
+    emails.dedup();
+    contact_ids.sort_unstable();
+    contact_ids.dedup();
+    let duplicates = before - emails.len() - contact_ids.len();
+    let warn = |message: String| {
+        Diagnostic::warning(&origin.file, message).in_document(doc, Some(name.as_str()))
+    };
+    if duplicates > 0 {
+        diagnostics.push(
+            warn(format!(
+                "{duplicates} duplicate entr{} removed (after normalising case and spaces)",
+                if duplicates == 1 { "y" } else { "ies" }
+            ))
+            .field("spec.exclude"),
+        );
+    }
+    if emails.is_empty() && contact_ids.is_empty() {
+        diagnostics.push(
+            warn("the policy excludes nothing: add emails, contactIds or files".into())
+                .field("spec.exclude"),
+        );
+    }
+    let revision = revision(&list, &emails, &contact_ids);
+    Ok(Policy {
+        name,
+        labels: raw.metadata.map(|m| m.labels).unwrap_or_default(),
+        contact_list_id: list,
+        suspend: spec.suspend,
+        max_removals_per_sync: spec.max_removals_per_sync.map(|n| n as u64),
+        strategy: spec.strategy,
+        origin,
+        emails,
+        contact_ids,
+        data_files,
+        revision,
+    })
+}
+
+fn invalid(
+    name: Option<String>,
+    list: Option<String>,
+    origin: Origin,
+    diagnostics: &[Diagnostic],
+    first_error: usize,
+) -> InvalidPolicy {
+    let reason = diagnostics[first_error..]
+        .iter()
+        .find(|d| d.is_error())
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    InvalidPolicy {
+        name,
+        contact_list_id: list,
+        origin,
+        reason,
+    }
+}
+
+fn read_source(
+    read_path: &Path,
+    shown: &Path,
+    spec: &source::FileSourceSpec<'_>,
+    context: &str,
+    emails: &mut Vec<Email>,
+    contact_ids: &mut Vec<ContactId>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<(), String> {
+    let bytes = std::fs::read(read_path)
+        .map_err(|e| format!("cannot read {}: {}", shown.display(), source::io_reason(&e)))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        format!(
+            "{}:{line}: the file is not valid UTF-8; save it as UTF-8",
+            shown.display()
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let is_csv = spec.column.is_some() || spec.path.to_ascii_lowercase().ends_with(".csv");
+    if is_csv {
+        let column = spec.column.unwrap_or(match spec.entry_type {
+            EntryType::Email => "email",
+            EntryType::ContactId => "contactId",
+        });
+        let rows =
+            source::csv_entries(text, column).map_err(|e| format!("{}: {e}", shown.display()))?;
+        let entries = rows.iter().map(|(line, value)| source::Entry {
+            line: *line,
+            column: 1,
+            text: value.as_str(),
+        });
+        push_entries(
+            shown,
+            entries,
+            spec.entry_type,
+            context,
+            emails,
+            contact_ids,
+            diagnostics,
+        );
+    } else {
+        push_entries(
+            shown,
+            source::text_entries(text),
+            spec.entry_type,
+            context,
+            emails,
+            contact_ids,
+            diagnostics,
+        );
+    }
+    Ok(())
+}
+
+fn push_entries<'t>(
+    shown: &Path,
+    entries: impl Iterator<Item = source::Entry<'t>>,
+    entry_type: EntryType,
+    context: &str,
+    emails: &mut Vec<Email>,
+    contact_ids: &mut Vec<ContactId>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    match entry_type {
+        EntryType::Email => {
+            source::collect_entries(shown, entries, Email::parse, context, emails, diagnostics);
+        }
+        EntryType::ContactId => {
+            source::collect_entries(
+                shown,
+                entries,
+                ContactId::parse,
+                context,
+                contact_ids,
+                diagnostics,
+            );
+        }
+    }
+}
+
+/// A short digest of what a policy asks for. Stable across runs and machines; the order of
+/// entries in the manifest does not matter (the sets are sorted).
+pub fn revision(list: &ContactListId, emails: &[Email], contact_ids: &[ContactId]) -> String {
+    let mut h = Sha256::new();
+    h.update(list.as_str().as_bytes());
+    h.update([0u8]);
+    for e in emails {
+        h.update(e.as_str().as_bytes());
+        h.update([b'\n']);
+    }
+    h.update([0u8]);
+    for c in contact_ids {
+        h.update(c.as_str().as_bytes());
+        h.update([b'\n']);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A duplicated `metadata.name` makes both policies invalid: there is no way to know which
+/// one the author meant, and applying either could remove the wrong contacts.
+fn reject_duplicate_names(out: &mut Manifests) {
+    let mut duplicated: BTreeMap<String, Vec<Origin>> = BTreeMap::new();
+    let mut all: Vec<(String, Origin)> = out
+        .policies
+        .iter()
+        .map(|p| (p.name.to_string(), p.origin.clone()))
+        .chain(
+            out.invalid
+                .iter()
+                .filter_map(|p| p.name.clone().map(|n| (n, p.origin.clone()))),
+        )
+        .collect();
+    all.sort_by(|a, b| (&a.1.file, a.1.document).cmp(&(&b.1.file, b.1.document)));
+    let mut seen: HashMap<&str, &Origin> = HashMap::new();
+    for (name, origin) in &all {
+        if let Some(first) = seen.get(name.as_str()) {
+            let entry = duplicated.entry(name.clone()).or_default();
+            if entry.is_empty() {
+                entry.push((*first).clone());
+            }
+            entry.push(origin.clone());
+        } else {
+            seen.insert(name, origin);
+        }
+    }
+    for (name, origins) in duplicated {
+        let places: Vec<String> = origins
+            .iter()
+            .map(|o| format!("{} document {}", o.file.display(), o.document))
+            .collect();
+        for o in &origins {
+            let others: Vec<&String> = places
+                .iter()
+                .filter(|p| **p != format!("{} document {}", o.file.display(), o.document))
+                .collect();
+            out.diagnostics.push(
+                Diagnostic::error(
+                    &o.file,
+                    format!(
+                        "policy name {name:?} is also used by {}; names must be unique across all manifests, rename one",
+                        others
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .in_document(o.document, Some(&name))
+                .field("metadata.name"),
+            );
+        }
+        let mut kept = Vec::with_capacity(out.policies.len());
+        for p in out.policies.drain(..) {
+            if p.name.as_str() == name {
+                out.invalid.push(InvalidPolicy {
+                    name: Some(name.clone()),
+                    contact_list_id: Some(p.contact_list_id.to_string()),
+                    origin: p.origin.clone(),
+                    reason: format!("policy name {name:?} is used more than once"),
+                });
+            } else {
+                kept.push(p);
+            }
+        }
+        out.policies = kept;
+    }
+}

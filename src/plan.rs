@@ -1,0 +1,374 @@
+//! Desired state + what the store remembers -> a plan: per list, which contacts to assert
+//! absent, in how many remove requests, and how long that takes at the rate limits.
+//!
+//! A contact is asserted when it is new (never confirmed), when an earlier attempt failed
+//! (retry), or when its confirmation is older than the resync period (resync: that is how a
+//! contact someone re-added gets removed again). Confirmed contacts cost nothing.
+//!
+//! The plan is pure: no I/O, no clock (the caller passes `now`), so `plan`, `apply` and the
+//! daemon compute exactly the same thing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::autosend::pacing::RateLimits;
+use crate::contact::{ContactId, ContactListId, Email};
+use crate::desired::{DesiredList, DesiredState, Member, PolicySet};
+use crate::manifest::{Policy, Strategy};
+
+/// Default number of contacts per remove request. AutoSend documents no maximum for remove;
+/// bulk-add allows 500, and a server that refuses a batch as too large makes the client split.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+
+/// Largest page the search endpoint serves (used by the observe strategy).
+pub const SEARCH_PAGE_LIMIT: usize = 100;
+
+/// What the store remembers about one contact of one list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Unix seconds of the last confirmation that it is absent (removed or notInList).
+    pub confirmed_at: Option<i64>,
+    /// Unix seconds of the last failed attempt, if the last attempt failed.
+    pub failed_at: Option<i64>,
+}
+
+/// The store's records of one list, by contact.
+#[derive(Clone, Debug, Default)]
+pub struct ListRecords {
+    pub emails: HashMap<Box<str>, Record>,
+    pub contact_ids: HashMap<Box<str>, Record>,
+}
+
+/// Why a contact is asserted in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    New,
+    Retry,
+    Resync,
+}
+
+#[derive(Clone, Debug)]
+pub struct Assertion<K> {
+    pub contact: K,
+    pub policies: PolicySet,
+    pub reason: Reason,
+}
+
+/// Counts for one kind of contact (emails or contact ids) of one list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub desired: usize,
+    pub new: usize,
+    pub retry: usize,
+    pub resync: usize,
+    pub confirmed: usize,
+    pub to_assert: usize,
+    pub requests: usize,
+}
+
+/// A list the safety threshold stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub policy: String,
+    pub threshold: u64,
+    pub would_assert: usize,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "policy {} would assert {} contacts, more than its threshold of {} \
+             (maxRemovalsPerSync or --max-removals); check the manifest change, then rerun with --force",
+            self.policy, self.would_assert, self.threshold
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ListPlan {
+    pub list: ContactListId,
+    pub revision: String,
+    pub policies: Vec<usize>,
+    pub suspended: Vec<usize>,
+    pub emails: Vec<Assertion<Email>>,
+    pub contact_ids: Vec<Assertion<ContactId>>,
+    pub email_counts: Counts,
+    pub contact_id_counts: Counts,
+    /// Per active policy: (policy index, contacts it would newly assert or retry).
+    pub per_policy: Vec<(usize, usize)>,
+    pub refused: Option<Refusal>,
+    /// The strategy asked for (per-policy override or the command's).
+    pub strategy: Strategy,
+}
+
+impl ListPlan {
+    pub fn requests(&self) -> usize {
+        self.email_counts.requests + self.contact_id_counts.requests
+    }
+
+    pub fn to_assert(&self) -> usize {
+        self.emails.len() + self.contact_ids.len()
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.refused.is_none() && self.to_assert() > 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    pub batch_size: usize,
+    pub rate_limits: RateLimits,
+    /// Unix seconds.
+    pub now: i64,
+    pub resync_after: Duration,
+    /// Assert every confirmed contact again now (`apply --resync`, SIGHUP in the daemon).
+    pub resync_all: bool,
+    /// Threshold for policies that set no `maxRemovalsPerSync`.
+    pub max_removals: Option<u64>,
+    /// Ignore thresholds (`--force`).
+    pub force: bool,
+    pub strategy: Strategy,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            batch_size: DEFAULT_BATCH_SIZE,
+            rate_limits: RateLimits::default(),
+            now: now_unix(),
+            resync_after: Duration::from_secs(24 * 3600),
+            resync_all: false,
+            max_removals: None,
+            force: false,
+            strategy: Strategy::Auto,
+        }
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub lists: Vec<ListPlan>,
+    pub options: PlanOptions,
+}
+
+impl Plan {
+    /// Plans every list of `desired`. `records` gives what the store knows of a list (an
+    /// empty [`ListRecords`] when there is no store yet: everything is new).
+    pub fn build(
+        policies: &[Policy],
+        desired: &DesiredState,
+        mut records: impl FnMut(&ContactListId) -> ListRecords,
+        options: PlanOptions,
+    ) -> Plan {
+        let lists = desired
+            .lists
+            .iter()
+            .map(|d| plan_list(policies, d, &records(&d.list), &options))
+            .collect();
+        Plan { lists, options }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.lists
+            .iter()
+            .filter(|l| l.refused.is_none())
+            .map(ListPlan::requests)
+            .sum()
+    }
+
+    pub fn to_assert(&self) -> usize {
+        self.lists
+            .iter()
+            .filter(|l| l.refused.is_none())
+            .map(ListPlan::to_assert)
+            .sum()
+    }
+
+    /// Least time for the whole plan: all lists share the key's one rate budget.
+    pub fn least_time(&self) -> Duration {
+        self.options.rate_limits.least_time(self.requests())
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.lists.iter().any(ListPlan::has_work)
+    }
+}
+
+fn classify(record: Option<&Record>, options: &PlanOptions) -> Option<Reason> {
+    match record {
+        None => Some(Reason::New),
+        Some(r) => match (r.confirmed_at, r.failed_at) {
+            (_, Some(_)) => Some(Reason::Retry),
+            (Some(t), None) => {
+                let due = options.resync_all
+                    || options.now.saturating_sub(t) >= options.resync_after.as_secs() as i64;
+                due.then_some(Reason::Resync)
+            }
+            (None, None) => Some(Reason::New),
+        },
+    }
+}
+
+fn plan_kind<K: Clone + AsRef<str>>(
+    members: &[Member<K>],
+    records: &HashMap<Box<str>, Record>,
+    options: &PlanOptions,
+) -> (Vec<Assertion<K>>, Counts) {
+    let mut counts = Counts {
+        desired: members.len(),
+        ..Counts::default()
+    };
+    let mut out = Vec::new();
+    for m in members {
+        match classify(records.get(m.contact.as_ref()), options) {
+            None => counts.confirmed += 1,
+            Some(reason) => {
+                match reason {
+                    Reason::New => counts.new += 1,
+                    Reason::Retry => counts.retry += 1,
+                    Reason::Resync => counts.resync += 1,
+                }
+                out.push(Assertion {
+                    contact: m.contact.clone(),
+                    policies: m.policies.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    counts.to_assert = out.len();
+    counts.requests = out.len().div_ceil(options.batch_size.max(1));
+    (out, counts)
+}
+
+impl AsRef<str> for Email {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for ContactId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+fn plan_list(
+    policies: &[Policy],
+    desired: &DesiredList,
+    records: &ListRecords,
+    options: &PlanOptions,
+) -> ListPlan {
+    let (emails, email_counts) = plan_kind(&desired.emails, &records.emails, options);
+    let (contact_ids, contact_id_counts) =
+        plan_kind(&desired.contact_ids, &records.contact_ids, options);
+
+    // Thresholds count what a policy newly asks for (new and retried contacts), not the
+    // periodic resync of contacts it already had confirmed: a resync is no change.
+    let mut per_policy: Vec<(usize, usize)> = desired.policies.iter().map(|&p| (p, 0)).collect();
+    let mut bump = |set: &PolicySet| {
+        for &p in set {
+            if let Some(entry) = per_policy.iter_mut().find(|(i, _)| *i == p as usize) {
+                entry.1 += 1;
+            }
+        }
+    };
+    for a in emails.iter().filter(|a| a.reason != Reason::Resync) {
+        bump(&a.policies);
+    }
+    for a in contact_ids.iter().filter(|a| a.reason != Reason::Resync) {
+        bump(&a.policies);
+    }
+    let refused = if options.force {
+        None
+    } else {
+        per_policy.iter().find_map(|&(p, n)| {
+            let threshold = policies[p].max_removals_per_sync.or(options.max_removals)?;
+            (n as u64 > threshold).then(|| Refusal {
+                policy: policies[p].name.to_string(),
+                threshold,
+                would_assert: n,
+            })
+        })
+    };
+    // A per-policy strategy wins over the command's; when policies on one list disagree,
+    // the cheapest-safe choice is `auto`.
+    let mut overrides = desired
+        .policies
+        .iter()
+        .filter_map(|&p| policies[p].strategy);
+    let strategy = match overrides.next() {
+        None => options.strategy,
+        Some(first) if overrides.all(|s| s == first) => first,
+        Some(_) => Strategy::Auto,
+    };
+    ListPlan {
+        list: desired.list.clone(),
+        revision: desired.revision.clone(),
+        policies: desired.policies.clone(),
+        suspended: desired.suspended.clone(),
+        emails,
+        contact_ids,
+        email_counts,
+        contact_id_counts,
+        per_policy,
+        refused,
+        strategy,
+    }
+}
+
+/// Splits `items` into request-sized batches.
+pub fn batches<T>(items: &[T], batch_size: usize) -> impl Iterator<Item = &[T]> {
+    items.chunks(batch_size.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(confirmed: Option<i64>, failed: Option<i64>) -> Record {
+        Record {
+            confirmed_at: confirmed,
+            failed_at: failed,
+        }
+    }
+
+    #[test]
+    fn contacts_are_classified_by_what_the_store_remembers() {
+        let opts = PlanOptions {
+            now: 100_000,
+            resync_after: Duration::from_secs(1000),
+            ..PlanOptions::default()
+        };
+        assert_eq!(classify(None, &opts), Some(Reason::New));
+        assert_eq!(classify(Some(&record(Some(99_500), None)), &opts), None);
+        assert_eq!(
+            classify(Some(&record(Some(90_000), None)), &opts),
+            Some(Reason::Resync)
+        );
+        assert_eq!(
+            classify(Some(&record(Some(99_500), Some(99_600))), &opts),
+            Some(Reason::Retry)
+        );
+        let all = PlanOptions {
+            resync_all: true,
+            ..opts
+        };
+        assert_eq!(
+            classify(Some(&record(Some(99_999), None)), &all),
+            Some(Reason::Resync)
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! Human and machine renderings of a plan. The JSON document is a stable, versioned
+//! contract (documented in the README): CI bots parse it, so fields are only ever added.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::manifest::{Diagnostic, Manifests};
+use crate::plan::{Counts, ListPlan, Plan, Refusal};
+
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+pub struct PlanDocument<'a> {
+    pub format_version: u32,
+    pub path: String,
+    pub batch_size: usize,
+    pub rate_limits: String,
+    pub summary: PlanSummary,
+    pub lists: Vec<ListDocument<'a>>,
+    pub policies: Vec<PolicyDocument<'a>>,
+    pub invalid_policies: &'a [crate::manifest::InvalidPolicy],
+    pub errors: Vec<&'a Diagnostic>,
+    pub warnings: Vec<&'a Diagnostic>,
+}
+
+#[derive(Serialize)]
+pub struct PlanSummary {
+    pub lists: usize,
+    pub policies: usize,
+    pub suspended_policies: usize,
+    pub invalid_policies: usize,
+    pub to_assert: usize,
+    pub requests: usize,
+    pub estimated_seconds: f64,
+    pub refused_lists: usize,
+    pub has_changes: bool,
+}
+
+#[derive(Serialize)]
+pub struct ListDocument<'a> {
+    pub contact_list_id: &'a str,
+    pub revision: &'a str,
+    pub policies: Vec<&'a str>,
+    pub suspended_policies: Vec<&'a str>,
+    pub emails: &'a Counts,
+    pub contact_ids: &'a Counts,
+    pub to_assert: usize,
+    pub requests: usize,
+    pub estimated_seconds: f64,
+    pub strategy: String,
+    pub refused: Option<&'a Refusal>,
+    /// Only with `--verbose`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<ContactsDocument<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct ContactsDocument<'a> {
+    pub emails: Vec<&'a str>,
+    pub contact_ids: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+pub struct PolicyDocument<'a> {
+    pub name: &'a str,
+    pub file: String,
+    pub document: usize,
+    pub contact_list_id: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub suspended: bool,
+    pub max_removals_per_sync: Option<u64>,
+    pub revision: &'a str,
+    pub emails: usize,
+    pub contact_ids: usize,
+    pub to_assert: usize,
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+pub fn plan_document<'a>(
+    path: &Path,
+    manifests: &'a Manifests,
+    plan: &'a Plan,
+    verbose: bool,
+) -> PlanDocument<'a> {
+    let names = |idx: &[usize]| -> Vec<&'a str> {
+        idx.iter()
+            .map(|&i| manifests.policies[i].name.as_str())
+            .collect()
+    };
+    let limits = &plan.options.rate_limits;
+    let lists = plan
+        .lists
+        .iter()
+        .map(|l| ListDocument {
+            contact_list_id: l.list.as_str(),
+            revision: &l.revision,
+            policies: names(&l.policies),
+            suspended_policies: names(&l.suspended),
+            emails: &l.email_counts,
+            contact_ids: &l.contact_id_counts,
+            to_assert: l.to_assert(),
+            requests: l.requests(),
+            estimated_seconds: secs(limits.least_time(l.requests())),
+            strategy: l.strategy.to_string(),
+            refused: l.refused.as_ref(),
+            contacts: verbose.then(|| ContactsDocument {
+                emails: l.emails.iter().map(|a| a.contact.as_str()).collect(),
+                contact_ids: l.contact_ids.iter().map(|a| a.contact.as_str()).collect(),
+            }),
+        })
+        .collect();
+    let to_assert_of = |i: usize| -> usize {
+        plan.lists
+            .iter()
+            .flat_map(|l| l.per_policy.iter())
+            .find(|(p, _)| *p == i)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let policies = manifests
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PolicyDocument {
+            name: p.name.as_str(),
+            file: p.origin.file.display().to_string(),
+            document: p.origin.document,
+            contact_list_id: p.contact_list_id.as_str(),
+            labels: &p.labels,
+            suspended: p.suspend,
+            max_removals_per_sync: p.max_removals_per_sync,
+            revision: &p.revision,
+            emails: p.emails.len(),
+            contact_ids: p.contact_ids.len(),
+            to_assert: to_assert_of(i),
+        })
+        .collect();
+    PlanDocument {
+        format_version: PLAN_FORMAT_VERSION,
+        path: path.display().to_string(),
+        batch_size: plan.options.batch_size,
+        rate_limits: limits.to_string(),
+        summary: PlanSummary {
+            lists: plan.lists.len(),
+            policies: manifests.policies.len(),
+            suspended_policies: manifests.policies.iter().filter(|p| p.suspend).count(),
+            invalid_policies: manifests.invalid.len(),
+            to_assert: plan.to_assert(),
+            requests: plan.requests(),
+            estimated_seconds: secs(plan.least_time()),
+            refused_lists: plan.lists.iter().filter(|l| l.refused.is_some()).count(),
+            has_changes: plan.has_work(),
+        },
+        lists,
+        policies,
+        invalid_policies: &manifests.invalid,
+        errors: manifests.errors().collect(),
+        warnings: manifests.warnings().collect(),
+    }
+}
+
+/// `1234567` -> `1,234,567`: plans are read by people comparing large counts.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn duration(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+fn counts_line(label: &str, c: &Counts) -> String {
+    let mut parts = Vec::new();
+    if c.new > 0 {
+        parts.push(format!("{} new", thousands(c.new)));
+    }
+    if c.retry > 0 {
+        parts.push(format!("{} retry", thousands(c.retry)));
+    }
+    if c.resync > 0 {
+        parts.push(format!("{} resync", thousands(c.resync)));
+    }
+    if c.confirmed > 0 {
+        parts.push(format!("{} already confirmed", thousands(c.confirmed)));
+    }
+    let detail = if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    };
+    format!(
+        "  {label:<12} {:>9} must be absent, {:>9} to assert{detail}",
+        thousands(c.desired),
+        thousands(c.to_assert)
+    )
+}
+
+pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
+    let mut out = String::new();
+    let limits = &plan.options.rate_limits;
+    let name = |i: usize| manifests.policies[i].name.as_str();
+    for l in &plan.lists {
+        let _ = writeln!(out, "list {}", l.list);
+        let active: Vec<&str> = l.policies.iter().map(|&i| name(i)).collect();
+        let _ = writeln!(
+            out,
+            "  policies     {}",
+            if active.is_empty() {
+                "(none active)".to_string()
+            } else {
+                active.join(", ")
+            }
+        );
+        if !l.suspended.is_empty() {
+            let s: Vec<&str> = l.suspended.iter().map(|&i| name(i)).collect();
+            let _ = writeln!(
+                out,
+                "  suspended    {} (planned, never applied)",
+                s.join(", ")
+            );
+        }
+        let _ = writeln!(out, "{}", counts_line("emails", &l.email_counts));
+        let _ = writeln!(out, "{}", counts_line("contact ids", &l.contact_id_counts));
+        if let Some(r) = &l.refused {
+            let _ = writeln!(out, "  REFUSED      {r}");
+        } else {
+            let _ = writeln!(
+                out,
+                "  requests     {} ({} emails + {} contactIds, batches of {}), at least {} at {}",
+                thousands(l.requests()),
+                thousands(l.email_counts.requests),
+                thousands(l.contact_id_counts.requests),
+                plan.options.batch_size,
+                duration(limits.least_time(l.requests())),
+                limits
+            );
+        }
+        if verbose {
+            for a in &l.emails {
+                let _ = writeln!(
+                    out,
+                    "    - {} ({})",
+                    a.contact,
+                    reason_and_policies(a.reason, &a.policies, manifests)
+                );
+            }
+            for a in &l.contact_ids {
+                let _ = writeln!(
+                    out,
+                    "    - id:{} ({})",
+                    a.contact,
+                    reason_and_policies(a.reason, &a.policies, manifests)
+                );
+            }
+        }
+        out.push('\n');
+    }
+    let refused = plan.lists.iter().filter(|l| l.refused.is_some()).count();
+    let _ = write!(
+        out,
+        "Plan: {} contacts to assert absent in {} remove requests over {} list{}, at least {} at {}.",
+        thousands(plan.to_assert()),
+        thousands(plan.requests()),
+        plan.lists.len() - refused,
+        if plan.lists.len() - refused == 1 {
+            ""
+        } else {
+            "s"
+        },
+        duration(plan.least_time()),
+        limits
+    );
+    if refused > 0 {
+        let _ = write!(out, " {refused} list(s) refused by a safety threshold.");
+    }
+    out.push('\n');
+    out
+}
+
+fn reason_and_policies(
+    reason: crate::plan::Reason,
+    policies: &crate::desired::PolicySet,
+    manifests: &Manifests,
+) -> String {
+    let names: Vec<&str> = policies
+        .iter()
+        .map(|&i| manifests.policies[i as usize].name.as_str())
+        .collect();
+    let reason = match reason {
+        crate::plan::Reason::New => "new",
+        crate::plan::Reason::Retry => "retry",
+        crate::plan::Reason::Resync => "resync",
+    };
+    format!("{reason}; {}", names.join(", "))
+}
+
+/// Just a list's header line for logs.
+pub fn list_summary(l: &ListPlan) -> String {
+    format!(
+        "{}: {} to assert in {} requests",
+        l.list,
+        l.to_assert(),
+        l.requests()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}
