@@ -57,7 +57,8 @@ impl DesiredList {
 /// The desired state of every list named by at least one valid policy, sorted by list id.
 #[derive(Clone, Debug, Default)]
 pub struct DesiredState {
-    pub lists: Vec<DesiredList>,
+    /// Shared: a plan and a reconcile keep a list's desired set without copying it.
+    pub lists: Vec<std::sync::Arc<DesiredList>>,
 }
 
 impl DesiredState {
@@ -96,14 +97,14 @@ impl DesiredState {
                         .map(|b| format!("{b:02x}"))
                         .collect::<String>()
                 );
-                DesiredList {
+                std::sync::Arc::new(DesiredList {
                     list: list.clone(),
                     policies: active,
                     suspended,
                     emails,
                     contact_ids,
                     revision,
-                }
+                })
             })
             .collect();
         DesiredState { lists }
@@ -113,7 +114,7 @@ impl DesiredState {
         self.lists
             .binary_search_by(|l| l.list.cmp(id))
             .ok()
-            .map(|i| &self.lists[i])
+            .map(|i| &*self.lists[i])
     }
 }
 

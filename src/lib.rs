@@ -10,7 +10,12 @@
 //! - [`plan`]: desired state + the store's records -> what to assert, in which batches, at
 //!   what cost;
 //! - [`render`]: plans as text for people and as a versioned JSON document for CI bots;
-//! - [`autosend`]: the HTTP client (pacing, retries, typed errors).
+//! - [`autosend`]: the HTTP client (pacing, retries, typed errors);
+//! - [`observe`]: reading a list's members, and choosing assert or observe per list;
+//! - [`reconcile`]: a list's plan -> remove requests -> the store, batch by batch;
+//! - [`store`]: SQLite state: confirmed contacts, policy conditions, list syncs;
+//! - [`status`]: the store as a report (text and JSON);
+//! - [`fake`]: a fake AutoSend server that follows the documented contract, for tests.
 //!
 //! The CLI ([`cli`]) is a thin layer over these functions.
 
@@ -18,6 +23,12 @@ pub mod autosend;
 pub mod cli;
 pub mod contact;
 pub mod desired;
+pub mod fake;
 pub mod manifest;
+pub mod observe;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
+pub mod revision;
+pub mod status;
+pub mod store;

@@ -91,6 +91,9 @@ impl std::fmt::Display for Refusal {
 #[derive(Clone, Debug)]
 pub struct ListPlan {
     pub list: ContactListId,
+    /// The whole desired-absent set (the observe strategy removes any member in it, pending
+    /// or already confirmed).
+    pub desired: std::sync::Arc<DesiredList>,
     pub revision: String,
     pub policies: Vec<usize>,
     pub suspended: Vec<usize>,
@@ -267,7 +270,7 @@ impl AsRef<str> for ContactId {
 
 fn plan_list(
     policies: &[Policy],
-    desired: &DesiredList,
+    desired: &std::sync::Arc<DesiredList>,
     records: &ListRecords,
     options: &PlanOptions,
 ) -> ListPlan {
@@ -316,6 +319,7 @@ fn plan_list(
     };
     ListPlan {
         list: desired.list.clone(),
+        desired: desired.clone(),
         revision: desired.revision.clone(),
         policies: desired.policies.clone(),
         suspended: desired.suspended.clone(),

@@ -16,11 +16,14 @@ use std::time::Duration;
 /// Windows are counted in whole seconds (a sub-second window is treated as one second).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
+    /// Requests allowed per window.
     pub max: u32,
+    /// Window length; windows start at multiples of it since the Unix epoch.
     pub window: Duration,
 }
 
 impl RateLimit {
+    /// `max` requests per epoch second.
     pub fn per_second(max: u32) -> Self {
         RateLimit {
             max,
@@ -28,6 +31,7 @@ impl RateLimit {
         }
     }
 
+    /// `max` requests per epoch minute.
     pub fn per_minute(max: u32) -> Self {
         RateLimit {
             max,
@@ -35,6 +39,7 @@ impl RateLimit {
         }
     }
 
+    /// `max` requests per epoch hour.
     pub fn per_hour(max: u32) -> Self {
         RateLimit {
             max,
@@ -242,7 +247,9 @@ mod tests {
     fn fixed_windows_are_aligned_to_epoch_seconds() {
         let mut l = Limiter::new(vec![RateLimit::per_second(2)]);
         let t = 1_700_000_000_000; // exactly on a second boundary
-        assert!(matches!(l.check("k", t + 100), Decision::Allowed(s) if s.remaining == 1 && s.reset == 1_700_000_001));
+        assert!(
+            matches!(l.check("k", t + 100), Decision::Allowed(s) if s.remaining == 1 && s.reset == 1_700_000_001)
+        );
         assert!(matches!(l.check("k", t + 200), Decision::Allowed(s) if s.remaining == 0));
         match l.check("k", t + 300) {
             Decision::Rejected {
@@ -290,7 +297,9 @@ mod tests {
                 reset: 1_700_000_100
             })
         );
-        assert!(matches!(l.check("k", 1_700_000_100_000), Decision::Allowed(s) if s.limit == 3 && s.remaining == 2));
+        assert!(
+            matches!(l.check("k", 1_700_000_100_000), Decision::Allowed(s) if s.limit == 3 && s.remaining == 2)
+        );
     }
 
     #[test]

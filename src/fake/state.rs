@@ -323,7 +323,10 @@ impl Store {
         let index = self.contacts.len() as u32;
         // Deterministic 24-hex ids (AutoSend's look like MongoDB ObjectIds); the fixed prefix
         // makes them recognisable in logs and the counter keeps test output stable.
-        let id = format!("{:024x}", 0x6a27_dd38_0000_0000_0000_0000u128 + u128::from(index));
+        let id = format!(
+            "{:024x}",
+            0x6a27_dd38_0000_0000_0000_0000u128 + u128::from(index)
+        );
         let local = email.split('@').next().unwrap_or(email);
         let mut first_name: String = local.to_string();
         if let Some(c) = first_name.get(..1) {

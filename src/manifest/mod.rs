@@ -297,13 +297,17 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
 }
 
 /// Splits a serde_yaml error into its message and its place (1-based line and column).
+///
+/// libyaml's messages read `problem at line L column C, context at line X column Y`: only the
+/// problem's place (the diagnostic's own `path:L:C:`) is cut; the context's place (e.g. where
+/// an unclosed `[` started) stays, as it is the hint that finds the mistake.
 fn yaml_error(e: &serde_yaml::Error) -> (String, Option<(usize, usize)>) {
     let text = e.to_string();
-    let message = match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
+    let place = e.location().map(|l| (l.line(), l.column()));
+    let message = match place {
+        Some((line, column)) => text.replacen(&format!(" at line {line} column {column}"), "", 1),
         None => text,
     };
-    let place = e.location().map(|l| (l.line(), l.column()));
     (message, place)
 }
 

@@ -19,6 +19,8 @@ use crate::manifest::{self, Manifests, Strategy};
 use crate::plan::{self, ListRecords, Plan, PlanOptions};
 use crate::render;
 
+mod commands;
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CHANGES: u8 = 2;
@@ -45,8 +47,94 @@ pub struct Cli {
 pub enum Command {
     /// Check manifests and report every problem (exit 0 when valid, 1 on any error).
     Validate(ValidateArgs),
-    /// Show what would be asserted, per contact list, and what it costs. Needs no API key.
+    /// Show what would be asserted, per contact list, and what it costs. Needs no API key
+    /// (unless --refresh, which reads the lists).
     Plan(PlanArgs),
+    /// Plan, print the plan, and execute it once: converge every list, record the outcome.
+    Apply(ApplyArgs),
+    /// Report what the last syncs did, per policy and per list. Needs no API key.
+    Status(StatusArgs),
+}
+
+/// Where the state store lives and when confirmed contacts are asserted again.
+#[derive(Args, Debug, Clone)]
+pub struct StateFlags {
+    /// The SQLite state store (created on first apply).
+    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    pub state: PathBuf,
+    /// Confirmed contacts are asserted again after this long, so a contact someone re-added
+    /// gets removed again (e.g. 12h, 24h, 7d).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub resync_after: Duration,
+}
+
+/// How to reach AutoSend. The key comes from AUTOSEND_API_KEY or --api-key-file; the base
+/// URL from AUTOSEND_API_URL (default https://api.autosend.com/v1); AUTOSEND_PROJECT_ID adds
+/// the x-project-id header that account-level keys need.
+#[derive(Args, Debug, Clone)]
+pub struct ApiFlags {
+    /// Read the API key from this file (e.g. a systemd credential or a mounted Secret)
+    /// instead of AUTOSEND_API_KEY.
+    #[arg(long, env = "AUTOSEND_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// A manifest file or a directory of manifests.
+    #[arg(default_value = "manifests/")]
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub flags: PlanFlags,
+    #[command(flatten)]
+    pub state: StateFlags,
+    #[command(flatten)]
+    pub api: ApiFlags,
+    /// Assert every confirmed contact again now, whatever its age (corrects drift at once).
+    #[arg(long)]
+    pub resync: bool,
+    /// Apply even where a safety threshold (maxRemovalsPerSync / --max-removals) refuses.
+    #[arg(long)]
+    pub force: bool,
+    /// Lists reconciled at the same time. They share one request budget (--rate-limit), so
+    /// more concurrency helps only when requests wait on the network, not on the budget.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Log format on stderr: `text` for people, `json` for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The SQLite state store written by apply / run.
+    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    pub state: PathBuf,
+    /// `text` for people, `json` for tools (the same document as the daemon's /status).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level (default: info for listwarden).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("listwarden=info,warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +191,16 @@ pub struct PlanArgs {
     /// List every contact that would be asserted, with the policies that ask for it.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Where the state store is: when it exists, contacts already confirmed are not planned
+    /// again (until their resync is due). The plan never creates or writes it.
+    #[command(flatten)]
+    pub state: StateFlags,
+    /// Read-only: read each list's members from AutoSend and report exactly which
+    /// desired-absent contacts are present now (the drift). Needs an API key; never removes.
+    #[arg(long)]
+    pub refresh: bool,
+    #[command(flatten)]
+    pub api: ApiFlags,
 }
 
 pub fn main() -> ExitCode {
@@ -110,6 +208,8 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_command(&args),
+        Command::Apply(args) => commands::apply(&args),
+        Command::Status(args) => commands::status(&args),
     };
     ExitCode::from(code)
 }
@@ -172,13 +272,28 @@ pub fn load_and_plan(
 }
 
 fn plan_command(args: &PlanArgs) -> u8 {
-    let (manifests, plan) = load_and_plan(&args.path, plan_options(&args.flags), |_| {
-        ListRecords::default()
+    let store = match crate::store::Store::open_existing(&args.state.state) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let mut options = plan_options(&args.flags);
+    options.resync_after = args.state.resync_after;
+    let (manifests, plan) = load_and_plan(&args.path, options, |list| {
+        store
+            .as_ref()
+            .and_then(|s| s.records(list).ok())
+            .unwrap_or_default()
     });
+    if args.refresh {
+        return commands::refresh(args, &manifests, &plan);
+    }
     emit_plan(args, &manifests, &plan)
 }
 
-fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
+pub fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
     match args.output {
         Output::Json => {
             let doc = render::plan_document(&args.path, manifests, plan, args.verbose);

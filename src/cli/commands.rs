@@ -1,0 +1,360 @@
+//! `apply`, `status` and `plan --refresh`: the commands that talk to AutoSend or read the
+//! store. Each builds its pieces, calls the library, and maps the outcome to an exit code.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{
+    ApiFlags, ApplyArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output, PlanArgs,
+    StatusArgs, load_and_plan, plan_options, print_diagnostics,
+};
+use crate::autosend::{Client, ClientConfig, Tally};
+use crate::contact::ContactListId;
+use crate::manifest::Manifests;
+use crate::plan::Plan;
+use crate::reconcile::{self, Context, ListResult, Progress, SyncReport};
+use crate::render::{self, thousands};
+use crate::store::Store;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Builds the client from the environment and flags; the error never holds the key.
+pub fn client(api: &ApiFlags, rate_limits: &crate::autosend::RateLimits) -> Result<Client, String> {
+    let mut config =
+        ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| e.to_string())?;
+    config.rate_limits = rate_limits.clone();
+    Client::new(config).map_err(|e| e.to_string())
+}
+
+/// A progress bar on a terminal, a log line a batch otherwise.
+struct ApplyProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl ApplyProgress {
+    fn new(total: usize) -> ApplyProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} contacts ({eta} left)",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        ApplyProgress { bar }
+    }
+}
+
+impl Progress for ApplyProgress {
+    fn list_started(&self, list: &ContactListId, contacts: usize) {
+        if self.bar.is_none() {
+            eprintln!("list {list}: asserting {contacts} contact(s)");
+        }
+    }
+    fn batch_done(&self, list: &ContactListId, contacts: usize) {
+        match &self.bar {
+            Some(bar) => bar.inc(contacts as u64),
+            None => eprintln!("list {list}: batch of {contacts} done"),
+        }
+    }
+}
+
+pub fn apply(args: &ApplyArgs) -> u8 {
+    super::init_logging(args.log_format);
+    let client = match client(&args.api, &args.flags.rate_limit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let store = match Store::open(&args.state.state) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let mut options = plan_options(&args.flags);
+    options.resync_after = args.state.resync_after;
+    options.resync_all = args.resync;
+    options.force = args.force;
+    let (manifests, plan) = load_and_plan(&args.path, options, |list| {
+        store.records(list).unwrap_or_default()
+    });
+    print_diagnostics(&manifests);
+    print!("{}", render::plan_text(&manifests, &plan, false));
+    if let Err(e) = reconcile::record_manifests(&store, &manifests, crate::plan::now_unix()) {
+        eprintln!("error: {e}");
+        return EXIT_ERROR;
+    }
+    let progress = Arc::new(ApplyProgress::new(plan.to_assert()));
+    let ctx = Context {
+        client,
+        store: store.clone(),
+        batch_size: plan.options.batch_size,
+        progress: progress.clone(),
+        source_revision: crate::revision::git_commit(&args.path),
+    };
+    let policies = Arc::new(manifests.policies.clone());
+    let report = runtime().block_on(async {
+        let cancel = ctx.client.cancel_token().clone();
+        let ctrl_c = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing the request in flight, then stopping");
+                cancel.cancel();
+            }
+        });
+        let report =
+            reconcile::sync_all(&ctx, policies, plan.lists.clone(), args.concurrency).await;
+        ctrl_c.abort();
+        report
+    });
+    if let Some(bar) = &progress.bar {
+        bar.finish_and_clear();
+    }
+    print!("{}", summary(&report));
+    exit_code(&manifests, &report)
+}
+
+fn exit_code(manifests: &Manifests, report: &SyncReport) -> u8 {
+    if manifests.has_errors() || report.has_list_errors() {
+        EXIT_ERROR
+    } else if report.failed_contacts() > 0 {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    }
+}
+
+pub fn summary(report: &SyncReport) -> String {
+    let mut out = String::from("\nSummary:\n");
+    for o in &report.outcomes {
+        let result = match &o.result {
+            ListResult::Converged => "converged".to_string(),
+            ListResult::PartiallyFailed => "partially failed".to_string(),
+            ListResult::Refused(m) => format!("refused: {m}"),
+            ListResult::ListNotFound(m) => format!("list not found: {m}"),
+            ListResult::ListIsSegment => "refused: the list is a segment".to_string(),
+            ListResult::Unauthorized(m) => format!("stopped: {m}"),
+            ListResult::Failed(m) => format!("failed: {m}"),
+            ListResult::Interrupted => "interrupted (resumes next run)".to_string(),
+        };
+        out.push_str(&format!(
+            "  {}: {result}; removed {}, not in list {}, failed {}; {} request(s), {} rate-limited, {:.1}s{}\n",
+            o.list,
+            thousands(o.removed as usize),
+            thousands((o.not_in_list + o.observed_absent) as usize),
+            thousands(o.failed as usize),
+            o.requests,
+            o.rate_limited,
+            o.duration.as_secs_f64(),
+            o.strategy
+                .as_ref()
+                .map(|s| format!(" [{s}]"))
+                .unwrap_or_default()
+        ));
+        for (contact, message) in &o.first_errors {
+            out.push_str(&format!("      {contact}: {message}\n"));
+        }
+    }
+    if let Some(m) = &report.unauthorized {
+        out.push_str(&format!("error: {m}\n"));
+    }
+    out
+}
+
+pub fn status(args: &StatusArgs) -> u8 {
+    let store = match Store::open_existing(&args.state) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "error: no state store at {}: run `listwarden apply` (or `run`) first, or pass --state",
+                args.state.display()
+            );
+            return EXIT_ERROR;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    match crate::status::status_document(&store) {
+        Ok(doc) => {
+            match args.output {
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                }
+                Output::Text => print!("{}", crate::status::status_text(&doc)),
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ERROR
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RefreshList<'a> {
+    contact_list_id: &'a str,
+    contact_count: Option<u64>,
+    drift: Option<usize>,
+    drift_by_policy: Vec<(&'a str, usize)>,
+    requests: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    present: Option<Vec<&'a str>>,
+}
+
+#[derive(Serialize)]
+struct RefreshDocument<'a> {
+    format_version: u32,
+    path: String,
+    drift: usize,
+    lists: Vec<RefreshList<'a>>,
+}
+
+/// `plan --refresh`: read every list, report the desired-absent contacts present in it.
+pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
+    let client = match client(&args.api, &args.flags.rate_limit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let results = runtime().block_on(async {
+        let mut out = Vec::new();
+        for l in &plan.lists {
+            let tally = Tally::default();
+            let read = async {
+                let info = client.get_list(l.list.as_str(), &tally).await?;
+                let members =
+                    crate::observe::read_members(&client, l.list.as_str(), &tally).await?;
+                Ok::<_, crate::autosend::ApiError>((info, members))
+            }
+            .await;
+            out.push((l, read, tally.requests()));
+        }
+        out
+    });
+    let mut lists = Vec::new();
+    let mut total_drift = 0;
+    let mut failed = false;
+    for (l, read, requests) in &results {
+        let mut entry = RefreshList {
+            contact_list_id: l.list.as_str(),
+            contact_count: None,
+            drift: None,
+            drift_by_policy: Vec::new(),
+            requests: *requests,
+            error: None,
+            present: None,
+        };
+        match read {
+            Ok((info, Some(members))) => {
+                let drift = crate::observe::drift(&l.desired, members);
+                total_drift += drift.len();
+                entry.contact_count = Some(info.contact_count);
+                entry.drift = Some(drift.len());
+                for &p in &l.desired.policies {
+                    let name = manifests.policies[p].name.as_str();
+                    let n = l
+                        .desired
+                        .emails
+                        .iter()
+                        .filter(|m| {
+                            m.policies.contains(&(p as u32))
+                                && members.emails.contains(m.contact.as_str())
+                        })
+                        .count()
+                        + l.desired
+                            .contact_ids
+                            .iter()
+                            .filter(|m| {
+                                m.policies.contains(&(p as u32))
+                                    && members.contact_ids.contains(m.contact.as_str())
+                            })
+                            .count();
+                    entry.drift_by_policy.push((name, n));
+                }
+                if args.verbose {
+                    entry.present = Some(
+                        drift
+                            .emails
+                            .iter()
+                            .chain(drift.contact_ids.iter())
+                            .copied()
+                            .collect(),
+                    );
+                }
+            }
+            Ok((info, None)) => {
+                entry.contact_count = Some(info.contact_count);
+                entry.error =
+                    Some("the list kept changing while it was read; try again".to_string());
+                failed = true;
+            }
+            Err(e) => {
+                entry.error = Some(e.to_string());
+                failed = true;
+            }
+        }
+        lists.push(entry);
+    }
+    let doc = RefreshDocument {
+        format_version: 1,
+        path: args.path.display().to_string(),
+        drift: total_drift,
+        lists,
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
+        Output::Text => {
+            print_diagnostics(manifests);
+            for l in &doc.lists {
+                match (&l.error, l.drift) {
+                    (Some(e), _) => println!("list {}: error: {e}", l.contact_list_id),
+                    (None, Some(d)) => {
+                        println!(
+                            "list {}: {} member(s), {} desired-absent contact(s) present ({} request(s))",
+                            l.contact_list_id,
+                            l.contact_count.unwrap_or(0),
+                            d,
+                            l.requests
+                        );
+                        for (p, n) in &l.drift_by_policy {
+                            println!("  {p}: {n}");
+                        }
+                        for c in l.present.iter().flatten() {
+                            println!("    - {c}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            println!("Drift: {total_drift} contact(s) present that must not be.");
+        }
+    }
+    if failed || manifests.has_errors() {
+        EXIT_ERROR
+    } else if args.detailed_exitcode && total_drift > 0 {
+        EXIT_CHANGES
+    } else {
+        EXIT_OK
+    }
+}

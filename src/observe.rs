@@ -1,0 +1,164 @@
+//! Observed state: reading a list's members, and choosing the cheaper way to converge it.
+//!
+//! Asserting costs `ceil(D / batch)` remove requests for `D` pending contacts, whoever is in
+//! the list. Observing costs `ceil(N / 100)` search requests for a list of `N` members, then
+//! removes only the members found in the desired-absent set. With AutoSend's 50 requests a
+//! minute, a 1,000,000-address suppression file against a 2,000-member list is 2,000
+//! requests one way and about 21 the other; `auto` picks per list and per run.
+//!
+//! A page-based read is trusted only when it is complete and consistent: every page reported
+//! the same `total`, and the distinct members seen equal it. Otherwise members may have
+//! shifted between pages (someone added or removed contacts meanwhile), the read is retried,
+//! and after [`READ_ATTEMPTS`] inconsistent reads the list falls back to asserting. Contacts a
+//! consistent read did not find are confirmed absent by it; nothing else is.
+
+use std::collections::HashSet;
+
+use crate::autosend::{ApiError, Client, Tally};
+use crate::contact::Email;
+use crate::desired::DesiredList;
+use crate::manifest::Strategy;
+use crate::plan::{ListPlan, SEARCH_PAGE_LIMIT};
+
+pub const READ_ATTEMPTS: usize = 3;
+
+/// Every member of a list, by normalised email and by contact id.
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    pub emails: HashSet<String>,
+    pub contact_ids: HashSet<String>,
+    pub total: u64,
+}
+
+/// The strategy chosen for one list, and why (for plan output, logs and status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub strategy: Strategy,
+    pub reason: String,
+    pub assert_requests: u64,
+    pub observe_requests: u64,
+}
+
+/// Requests to read a list of `members` members.
+pub fn pages(members: u64) -> u64 {
+    members.div_ceil(SEARCH_PAGE_LIMIT as u64).max(1)
+}
+
+/// Chooses between assert and observe for `plan`, given the list's `contactCount`.
+///
+/// The observe estimate counts the pages plus one remove request when anything is pending
+/// (members found are usually few; the actual number is known only after the read).
+pub fn choose(plan: &ListPlan, contact_count: u64, batch_size: usize) -> Choice {
+    let b = batch_size.max(1);
+    let assert_requests =
+        (plan.emails.len().div_ceil(b) + plan.contact_ids.len().div_ceil(b)) as u64;
+    let removes = if plan.to_assert() > 0 { 1 } else { 0 };
+    let observe_requests = pages(contact_count) + removes;
+    let costs = format!(
+        "assert: {assert_requests} remove request(s) for {} pending contact(s); observe: {} search page(s) for {contact_count} member(s) + removes of those found",
+        plan.to_assert(),
+        pages(contact_count)
+    );
+    let (strategy, why) = match plan.strategy {
+        Strategy::Assert => (Strategy::Assert, "asked for"),
+        Strategy::Observe => (Strategy::Observe, "asked for"),
+        Strategy::Auto if observe_requests < assert_requests => (Strategy::Observe, "cheaper"),
+        Strategy::Auto => (Strategy::Assert, "cheaper or equal"),
+    };
+    Choice {
+        strategy,
+        reason: format!("{strategy} ({why}); {costs}"),
+        assert_requests,
+        observe_requests,
+    }
+}
+
+impl Choice {
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+}
+
+/// Reads every member of `list`. `Ok(None)` when no consistent read could be made.
+pub async fn read_members(
+    client: &Client,
+    list: &str,
+    tally: &Tally,
+) -> Result<Option<Members>, ApiError> {
+    let limit = SEARCH_PAGE_LIMIT as u64;
+    for attempt in 1..=READ_ATTEMPTS {
+        let mut members = Members::default();
+        let mut seen = 0u64;
+        let first = client.search(list, 1, limit, tally).await?;
+        let total = first.pagination.total;
+        let pages = first.pagination.pages.max(total.div_ceil(limit));
+        let mut consistent = true;
+        let mut page = first;
+        let mut n = 1;
+        loop {
+            if page.pagination.total != total {
+                consistent = false;
+            }
+            for m in &page.contacts {
+                seen += 1;
+                if !m.email.is_empty() {
+                    members.emails.insert(Email::normalise(&m.email));
+                }
+                if !m.id.is_empty() {
+                    members.contact_ids.insert(m.id.clone());
+                }
+            }
+            if n >= pages || page.contacts.is_empty() {
+                break;
+            }
+            n += 1;
+            page = client.search(list, n, limit, tally).await?;
+        }
+        let distinct = members.contact_ids.len().max(members.emails.len()) as u64;
+        if consistent && seen == total && distinct == total {
+            members.total = total;
+            return Ok(Some(members));
+        }
+        tracing::warn!(
+            list,
+            attempt,
+            total,
+            seen,
+            distinct,
+            "the list changed while it was read; reading it again"
+        );
+    }
+    Ok(None)
+}
+
+/// Desired-absent contacts present in the list, per kind (the drift).
+pub struct Drift<'a> {
+    pub emails: Vec<&'a str>,
+    pub contact_ids: Vec<&'a str>,
+}
+
+impl Drift<'_> {
+    pub fn len(&self) -> usize {
+        self.emails.len() + self.contact_ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn drift<'a>(desired: &'a DesiredList, members: &Members) -> Drift<'a> {
+    Drift {
+        emails: desired
+            .emails
+            .iter()
+            .filter(|m| members.emails.contains(m.contact.as_str()))
+            .map(|m| m.contact.as_str())
+            .collect(),
+        contact_ids: desired
+            .contact_ids
+            .iter()
+            .filter(|m| members.contact_ids.contains(m.contact.as_str()))
+            .map(|m| m.contact.as_str())
+            .collect(),
+    }
+}
