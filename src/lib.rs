@@ -15,6 +15,8 @@
 //! - [`reconcile`]: a list's plan -> remove requests -> the store, batch by batch;
 //! - [`store`]: SQLite state: confirmed contacts, policy conditions, list syncs;
 //! - [`status`]: the store as a report (text and JSON);
+//! - [`daemon`]: `run`: a watcher and a scheduler around the same plan/reconcile path;
+//! - [`metrics`]: Prometheus metrics of the daemon;
 //! - [`fake`]: a fake AutoSend server that follows the documented contract, for tests.
 //!
 //! The CLI ([`cli`]) is a thin layer over these functions.
@@ -22,9 +24,11 @@
 pub mod autosend;
 pub mod cli;
 pub mod contact;
+pub mod daemon;
 pub mod desired;
 pub mod fake;
 pub mod manifest;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;

@@ -268,7 +268,8 @@ impl AsRef<str> for ContactId {
     }
 }
 
-fn plan_list(
+/// Plans one list (the daemon reconciles lists one by one, each from fresh records).
+pub fn plan_list(
     policies: &[Policy],
     desired: &std::sync::Arc<DesiredList>,
     records: &ListRecords,

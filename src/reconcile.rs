@@ -721,24 +721,14 @@ pub async fn sync_all(
             .map(|o| &o.list)
             .chain(skipped.iter().map(|p| &p.list))
             .collect();
-        for p in policies
-            .iter()
-            .filter(|p| !p.suspend && interrupted.contains(&&p.contact_list_id))
-        {
-            let _ = ctx.store.update_policy(
-                p.name.as_str(),
-                Some(p.contact_list_id.as_str()),
-                &p.origin.file,
-                p.origin.document,
-                Some(&p.revision),
-                Some((now, &p.revision)),
-                None,
-                None,
-                &condition,
-                Some(message),
-                now,
-            );
-        }
+        mark_policies(
+            &ctx.store,
+            policies
+                .iter()
+                .filter(|p| !p.suspend && interrupted.contains(&&p.contact_list_id)),
+            &condition,
+            now,
+        );
         for plan in skipped {
             report.outcomes.push(ListOutcome {
                 list: plan.list.clone(),
@@ -852,4 +842,31 @@ fn forget_unlisted(store: &Store, policies: &[Policy]) -> Result<u64, crate::sto
         );
     }
     Ok(n)
+}
+
+/// Sets `condition` on each of `policies` (e.g. `Unauthorized` on every policy a refused key
+/// stopped, not only the one whose request got the 401).
+pub fn mark_policies<'a>(
+    store: &Store,
+    policies: impl Iterator<Item = &'a Policy>,
+    condition: &Condition,
+    now: i64,
+) {
+    for p in policies {
+        if let Err(e) = store.update_policy(
+            p.name.as_str(),
+            Some(p.contact_list_id.as_str()),
+            &p.origin.file,
+            p.origin.document,
+            Some(&p.revision),
+            Some((now, &p.revision)),
+            None,
+            None,
+            condition,
+            Some(&condition.message),
+            now,
+        ) {
+            tracing::error!(error = %e, "cannot write status");
+        }
+    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     ApiFlags, ApplyArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output, PlanArgs,
-    StatusArgs, load_and_plan, plan_options, print_diagnostics,
+    RunArgs, StatusArgs, load_and_plan, plan_options, print_diagnostics,
 };
 use crate::autosend::{Client, ClientConfig, Tally};
 use crate::contact::ContactListId;
@@ -357,4 +357,56 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
     } else {
         EXIT_OK
     }
+}
+
+pub fn run(args: &RunArgs) -> u8 {
+    super::init_logging(args.log_format);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let client = match client(&args.api, &args.flags.rate_limit) {
+        Ok(c) => c.with_observer(Arc::new(crate::metrics::MetricsObserver(metrics.clone()))),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let store = match Store::open(&args.state.state) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let mut config = crate::daemon::DaemonConfig::new(args.path.clone());
+    config.plan = plan_options(&args.flags);
+    config.plan.resync_after = args.state.resync_after;
+    config.interval = args.interval;
+    config.concurrency = args.concurrency;
+    config.listen = args.listen;
+    config.debounce = args.debounce;
+    runtime().block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("signal received: stopping (a second signal exits at once)");
+            stop.cancel();
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            // The store commits each batch in its own transaction: exiting now is safe.
+            std::process::exit(130);
+        });
+        match crate::daemon::run(config, client, store, metrics, shutdown).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_ERROR
+            }
+        }
+    })
 }

@@ -54,6 +54,38 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Report what the last syncs did, per policy and per list. Needs no API key.
     Status(StatusArgs),
+    /// Run as a daemon: reconcile every list, then watch the manifests and keep every list
+    /// converged; serves /healthz, /readyz, /metrics and /status.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A manifest file or a directory of manifests (watched recursively).
+    #[arg(default_value = "manifests/")]
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub flags: PlanFlags,
+    #[command(flatten)]
+    pub state: StateFlags,
+    #[command(flatten)]
+    pub api: ApiFlags,
+    /// Every list is re-checked this often (cheap when nothing is pending: no API call).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Lists reconciled at the same time; they share one request budget (--rate-limit).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// How long file changes are gathered before a reload (one reload per burst of edits
+    /// or git checkout).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Log format on stderr: `text` for people, `json` for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Where the state store lives and when confirmed contacts are asserted again.
@@ -210,6 +242,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan_command(&args),
         Command::Apply(args) => commands::apply(&args),
         Command::Status(args) => commands::status(&args),
+        Command::Run(args) => commands::run(&args),
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,101 @@
+//! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the endpoints read. Flags are set by the scheduler.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<Store>,
+    /// First load and first reconcile pass done.
+    pub first_pass_done: AtomicBool,
+    /// The key was refused (401/402/403) and has not worked since.
+    pub unauthorized: AtomicBool,
+    pub pacer_waited: Box<dyn Fn() -> std::time::Duration + Send + Sync>,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared)
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if !s.first_pass_done.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first reconcile pass not done\n",
+        )
+    } else if s.unauthorized.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: AutoSend refused the API key\n",
+        )
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    s.metrics.set_pacing_wait((s.pacer_waited)());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let store = s.store.clone();
+    let doc = tokio::task::spawn_blocking(move || crate::status::status_document(&store)).await;
+    match doc {
+        Ok(Ok(doc)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&doc).unwrap_or_default(),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string(),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string(),
+        ),
+    }
+}
+
+/// Binds and serves until `stop` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = router(shared);
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok((local, handle))
+}

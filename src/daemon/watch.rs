@@ -1,0 +1,77 @@
+//! Watching the manifests: notify with a debouncer, reduced to "something changed".
+//!
+//! Editors write temporary files and rename them, git checkouts touch many files at once:
+//! the debouncer folds a burst into one notification, and the scheduler reloads everything
+//! and reconciles only the lists whose desired state changed. Which files changed is never
+//! trusted beyond "look again" (level-triggered).
+
+use std::path::Path;
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use tokio::sync::mpsc;
+
+/// Keeps the watch alive; dropping it stops watching.
+pub struct Watch {
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+}
+
+/// Watches `path` recursively; each debounced burst of relevant changes sends one `()`.
+pub fn watch(path: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> notify::Result<Watch> {
+    let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
+        match result {
+            Ok(events) => {
+                let relevant = events.iter().any(|e| {
+                    !e.kind.is_access()
+                        && e.paths
+                            .iter()
+                            .any(|p| !is_noise(p.strip_prefix(&root).unwrap_or(p)))
+                });
+                if relevant {
+                    // A full channel already holds a pending "look again": dropping is fine.
+                    let _ = tx.try_send(());
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "file watcher error");
+                }
+                let _ = tx.try_send(());
+            }
+        }
+    })?;
+    debouncer.watch(path, RecursiveMode::Recursive)?;
+    Ok(Watch {
+        _debouncer: debouncer,
+    })
+}
+
+/// Changes that cannot affect the manifests: git's internals and editor swap files. `p` is
+/// relative to the watched root (a root inside a hidden directory is fine).
+fn is_noise(p: &Path) -> bool {
+    let hidden_component = p.components().any(|c| {
+        let s = c.as_os_str().to_string_lossy();
+        s.starts_with('.') && s != "." && s != ".."
+    });
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    hidden_component || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".swx")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_internals_and_swap_files_are_noise() {
+        assert!(is_noise(Path::new(".git/index")));
+        assert!(is_noise(Path::new(".policy.yaml.swp")));
+        assert!(is_noise(Path::new("policy.yaml~")));
+        assert!(!is_noise(Path::new("policy.yaml")));
+        assert!(!is_noise(Path::new("data/list.txt")));
+    }
+}

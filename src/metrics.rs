@@ -1,0 +1,255 @@
+//! Prometheus metrics of the daemon (prometheus-client, OpenMetrics text format).
+//!
+//! Names, all prefixed `listwarden_`:
+//! - `reconciles_total{list,result}`, `reconcile_duration_seconds{result}` (histogram);
+//! - `contacts_total{list,outcome}` with outcome `removed`, `not_in_list`, `failed`;
+//! - `pending_contacts{list}`, `drift_contacts{list}`, `last_success_timestamp_seconds{list}`;
+//! - `api_requests_total{endpoint,status}` (status `error` for transport errors),
+//!   `rate_limited_total`, `pacing_wait_seconds_total`;
+//! - `policy_ready{policy,reason}` (1 when Ready=True), `manifest_errors`,
+//!   `manifest_loads_total{result}`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::autosend::Observer;
+use crate::reconcile::{ListOutcome, ListResult};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListLabel {
+    pub list: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub list: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContactLabels {
+    pub list: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+    pub reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_duration: Family<ResultLabel, Histogram>,
+    pub contacts: Family<ContactLabels, Counter>,
+    pub pending: Family<ListLabel, Gauge>,
+    pub drift: Family<ListLabel, Gauge>,
+    pub last_success: Family<ListLabel, FloatGauge>,
+    pub api_requests: Family<RequestLabels, Counter>,
+    pub rate_limited: Counter,
+    pub pacing_wait: FloatGauge,
+    pub policy_ready: Family<PolicyLabels, Gauge>,
+    pub manifest_errors: Gauge,
+    pub manifest_loads: Family<ResultLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("listwarden");
+        let m = Metrics {
+            reconciles: Family::default(),
+            reconcile_duration: Family::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            ),
+            contacts: Family::default(),
+            pending: Family::default(),
+            drift: Family::default(),
+            last_success: Family::default(),
+            api_requests: Family::default(),
+            rate_limited: Counter::default(),
+            pacing_wait: FloatGauge::default(),
+            policy_ready: Family::default(),
+            manifest_errors: Gauge::default(),
+            manifest_loads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "List reconciles by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of list reconciles",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "contacts",
+            "Contacts asserted, by outcome",
+            m.contacts.clone(),
+        );
+        registry.register(
+            "pending_contacts",
+            "Contacts still to assert per list after the last reconcile",
+            m.pending.clone(),
+        );
+        registry.register(
+            "drift_contacts",
+            "Desired-absent contacts found in the list by the last observation",
+            m.drift.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful sync of a list",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "AutoSend API requests by endpoint and HTTP status",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "429 answers received",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "pacing_wait_seconds_total",
+            "Time requests spent waiting for the client-side pacing budget",
+            m.pacing_wait.clone(),
+        );
+        registry.register(
+            "policy_ready",
+            "1 when the policy's Ready condition is True, else 0",
+            m.policy_ready.clone(),
+        );
+        registry.register(
+            "manifest_errors",
+            "Errors in the last manifest load",
+            m.manifest_errors.clone(),
+        );
+        registry.register(
+            "manifest_loads",
+            "Manifest loads by result (ok, error)",
+            m.manifest_loads.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records one list reconcile.
+    pub fn reconciled(&self, o: &ListOutcome, pending: u64) {
+        let result = result_label(&o.result);
+        let list = o.list.to_string();
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                list: list.clone(),
+                result: result.to_string(),
+            })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .observe(o.duration.as_secs_f64());
+        for (outcome, n) in [
+            ("removed", o.removed),
+            ("not_in_list", o.not_in_list + o.observed_absent),
+            ("failed", o.failed),
+        ] {
+            self.contacts
+                .get_or_create(&ContactLabels {
+                    list: list.clone(),
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(n);
+        }
+        self.pending
+            .get_or_create(&ListLabel { list: list.clone() })
+            .set(pending as i64);
+        if o.result.is_ok() {
+            self.last_success
+                .get_or_create(&ListLabel { list })
+                .set(crate::plan::now_unix() as f64);
+        }
+    }
+
+    pub fn set_pacing_wait(&self, waited: Duration) {
+        self.pacing_wait.set(waited.as_secs_f64());
+    }
+}
+
+pub fn result_label(r: &ListResult) -> &'static str {
+    match r {
+        ListResult::Converged => "converged",
+        ListResult::PartiallyFailed => "partially_failed",
+        ListResult::Refused(_) => "refused",
+        ListResult::ListNotFound(_) => "list_not_found",
+        ListResult::ListIsSegment => "list_is_segment",
+        ListResult::Unauthorized(_) => "unauthorized",
+        ListResult::Failed(_) => "failed",
+        ListResult::Interrupted => "interrupted",
+    }
+}
+
+/// The client reports every exchange here.
+pub struct MetricsObserver(pub Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn request(&self, endpoint: &'static str, status: Option<u16>, _elapsed: Duration) {
+        let status_label = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.0
+            .api_requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status: status_label,
+            })
+            .inc();
+        if status == Some(429) {
+            self.0.rate_limited.inc();
+        }
+    }
+}
