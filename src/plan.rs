@@ -204,8 +204,10 @@ impl Plan {
         self.options.rate_limits.least_time(self.requests())
     }
 
+    /// True when something is to be done, including lists a threshold refused: a refusal
+    /// is a change waiting for a decision, never "nothing to do".
     pub fn has_work(&self) -> bool {
-        self.lists.iter().any(ListPlan::has_work)
+        self.lists.iter().any(|l| l.to_assert() > 0)
     }
 }
 

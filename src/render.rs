@@ -165,6 +165,11 @@ pub fn plan_document<'a>(
     }
 }
 
+/// `1 contact`, `2 contacts`, `1,000 contacts`.
+pub fn plural(n: usize, noun: &str) -> String {
+    format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
 /// `1234567` -> `1,234,567`: plans are read by people comparing large counts.
 pub fn thousands(n: usize) -> String {
     let s = n.to_string();
@@ -274,15 +279,10 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
     let refused = plan.lists.iter().filter(|l| l.refused.is_some()).count();
     let _ = write!(
         out,
-        "Plan: {} contacts to assert absent in {} remove requests over {} list{}, at least {} at {}.",
-        thousands(plan.to_assert()),
-        thousands(plan.requests()),
-        plan.lists.len() - refused,
-        if plan.lists.len() - refused == 1 {
-            ""
-        } else {
-            "s"
-        },
+        "Plan: {} to assert absent in {} over {}, at least {} at {}.",
+        plural(plan.to_assert(), "contact"),
+        plural(plan.requests(), "remove request"),
+        plural(plan.lists.len() - refused, "list"),
         duration(plan.least_time()),
         limits
     );

@@ -236,7 +236,15 @@ pub struct PlanArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are successes; a bad flag is an error, and must not read as
+            // `--detailed-exitcode`'s 2 ("there is something to do").
+            return ExitCode::from(if e.use_stderr() { EXIT_ERROR } else { EXIT_OK });
+        }
+    };
     let code = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan_command(&args),
