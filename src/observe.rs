@@ -48,16 +48,25 @@ pub fn pages(members: u64) -> u64 {
 ///
 /// The observe estimate counts the pages plus one remove request when anything is pending
 /// (members found are usually few; the actual number is known only after the read).
-pub fn choose(plan: &ListPlan, contact_count: u64, batch_size: usize) -> Choice {
+pub fn choose(
+    plan: &ListPlan,
+    contact_count: u64,
+    batch_size: usize,
+    limits: &crate::autosend::RateLimits,
+) -> Choice {
     let b = batch_size.max(1);
     let assert_requests =
         (plan.emails.len().div_ceil(b) + plan.contact_ids.len().div_ceil(b)) as u64;
     let removes = if plan.to_assert() > 0 { 1 } else { 0 };
     let observe_requests = pages(contact_count) + removes;
+    let time = |r: u64| crate::render::duration(limits.least_time(r as usize));
     let costs = format!(
-        "assert: {assert_requests} remove request(s) for {} pending contact(s); observe: {} search page(s) for {contact_count} member(s) + removes of those found",
+        "assert = {assert_requests} remove request(s) for {} pending contact(s), at least {}; \
+         observe = {} search page(s) for {contact_count} member(s) + removes of those found, at least {}",
         plan.to_assert(),
-        pages(contact_count)
+        time(assert_requests),
+        pages(contact_count),
+        time(observe_requests)
     );
     let (strategy, why) = match plan.strategy {
         Strategy::Assert => (Strategy::Assert, "asked for"),
@@ -67,7 +76,7 @@ pub fn choose(plan: &ListPlan, contact_count: u64, batch_size: usize) -> Choice 
     };
     Choice {
         strategy,
-        reason: format!("{strategy} ({why}); {costs}"),
+        reason: format!("{strategy} ({why}): {costs}"),
         assert_requests,
         observe_requests,
     }

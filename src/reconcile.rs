@@ -217,7 +217,12 @@ async fn run(
         return Err(ListResult::ListIsSegment);
     }
     *contact_count = Some(info.contact_count);
-    let choice = observe::choose(plan, info.contact_count, ctx.batch_size);
+    let choice = observe::choose(
+        plan,
+        info.contact_count,
+        ctx.batch_size,
+        ctx.client.rate_limits(),
+    );
     let mut reason = choice.reason.clone();
     let mut members = None;
     if choice.strategy() == Strategy::Observe {

@@ -371,6 +371,10 @@ impl Client {
         &self.cancel
     }
 
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.config.rate_limits
+    }
+
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
     }
