@@ -42,6 +42,9 @@ use crate::plan::{self, PlanOptions};
 use crate::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
 use crate::store::{Condition, Ready, Store};
 
+/// Longest a reload waits for changes to settle.
+const MAX_RELOAD_DELAY: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub path: PathBuf,
@@ -116,8 +119,21 @@ pub async fn run(
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /status");
 
     let (watch_tx, mut watch_rx) = mpsc::channel(1);
-    let _watch = watch::watch(&config.path, config.debounce, watch_tx)
-        .map_err(|e| format!("cannot watch {}: {e}", config.path.display()))?;
+    // A single manifest file may read data files beside it: watch its directory.
+    let watched = if config.path.is_dir() {
+        config.path.clone()
+    } else {
+        config
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    // Half the debounce in the watcher (folding an editor's rename dance into one event),
+    // half in the trailing-edge wait below: a change is picked up about `debounce` later.
+    let _watch = watch::watch(&watched, config.debounce / 2, watch_tx)
+        .map_err(|e| format!("cannot watch {}: {e}", watched.display()))?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
 
@@ -140,12 +156,26 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     d.reload(false);
 
+    // Trailing-edge debounce on top of the watcher's: a reload waits until changes have
+    // been quiet for `debounce` (a git checkout touching files for a second is one reload),
+    // but never more than `MAX_RELOAD_DELAY` after the first change.
+    let mut reload_at: Option<(Instant, Instant)> = None;
     loop {
         d.start_due(&done_tx);
-        let wake = d.next_wake();
+        let wake = match reload_at {
+            Some((at, _)) => d.next_wake().min(at),
+            None => d.next_wake(),
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(()) = watch_rx.recv() => {
+                let now = Instant::now();
+                let first = reload_at.map_or(now, |(_, first)| first);
+                let at = (now + d.config.debounce / 2).min(first + MAX_RELOAD_DELAY);
+                reload_at = Some((at, first));
+            }
+            _ = tokio::time::sleep_until(reload_at.map_or(wake, |(at, _)| at)), if reload_at.is_some() => {
+                reload_at = None;
                 tracing::info!("manifests changed; reloading");
                 d.reload(false);
             }
