@@ -256,6 +256,9 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
                 limits
             );
         }
+        if l.has_work() {
+            let _ = writeln!(out, "  strategy     {}", strategy_note(l));
+        }
         if verbose {
             for a in &l.emails {
                 let _ = writeln!(
@@ -291,6 +294,27 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
     }
     out.push('\n');
     out
+}
+
+fn strategy_note(l: &ListPlan) -> String {
+    use crate::manifest::Strategy;
+    match l.strategy {
+        Strategy::Assert => "assert: every pending contact is sent to remove".into(),
+        Strategy::Observe => {
+            "observe: the list's members are read (100 a page) and only those found are removed"
+                .into()
+        }
+        // Mirrors observe::choose: observe wins when pages + 1 remove < assert requests.
+        Strategy::Auto if l.requests() <= 2 => format!(
+            "auto: assert ({} request(s); observing a list costs at least 2)",
+            l.requests()
+        ),
+        Strategy::Auto => format!(
+            "auto: observe if the list has at most {} members, else assert (decided at apply \
+             time from its contactCount; `plan --refresh` shows the choice)",
+            thousands((l.requests() - 2) * crate::plan::SEARCH_PAGE_LIMIT)
+        ),
+    }
 }
 
 fn reason_and_policies(
