@@ -7,7 +7,9 @@
 //! requests one way and about 21 the other; `auto` picks per list and per run.
 //!
 //! A page-based read is trusted only when it is complete and consistent: every page reported
-//! the same `total`, and the distinct members seen equal it. Otherwise members may have
+//! the same `total`, and the distinct members seen equal it; pages are read last to first so
+//! that a removal meanwhile can only make a member seen twice, never skipped (see
+//! [`read_members`]). Otherwise members may have
 //! shifted between pages (someone added or removed contacts meanwhile), the read is retried,
 //! and after [`READ_ATTEMPTS`] inconsistent reads the list falls back to asserting. Contacts a
 //! consistent read did not find are confirmed absent by it; nothing else is.
@@ -46,23 +48,31 @@ pub fn pages(members: u64) -> u64 {
 
 /// Chooses between assert and observe for `plan`, given the list's `contactCount`.
 ///
-/// The observe estimate counts the pages plus one remove request when anything is pending
-/// (members found are usually few; the actual number is known only after the read).
+/// The observe estimate counts the pages plus the remove requests for the members it expects
+/// to find: as many as the list's last observation found (`last_drift`), or one request when
+/// the list was never observed. The actual number is known only after the read, so a list
+/// that is mostly suppressed, observed for the first time, can cost more than asserting
+/// (BENCHMARKS.md measures by how much); from its second observation on, the estimate knows.
 pub fn choose(
     plan: &ListPlan,
     contact_count: u64,
     batch_size: usize,
     limits: &crate::autosend::RateLimits,
+    last_drift: Option<u64>,
 ) -> Choice {
     let b = batch_size.max(1);
     let assert_requests =
         (plan.emails.len().div_ceil(b) + plan.contact_ids.len().div_ceil(b)) as u64;
-    let removes = if plan.to_assert() > 0 { 1 } else { 0 };
+    let removes = if plan.to_assert() > 0 {
+        last_drift.unwrap_or(0).div_ceil(b as u64).max(1)
+    } else {
+        0
+    };
     let observe_requests = pages(contact_count) + removes;
     let time = |r: u64| crate::render::duration(limits.least_time(r as usize));
     let costs = format!(
         "assert = {assert_requests} remove request(s) for {} pending contact(s), at least {}; \
-         observe = {} search page(s) for {contact_count} member(s) + removes of those found, at least {}",
+         observe = {} search page(s) for {contact_count} member(s) + {removes} remove request(s) expected, at least {}",
         plan.to_assert(),
         time(assert_requests),
         pages(contact_count),
@@ -88,25 +98,51 @@ impl Choice {
     }
 }
 
-/// Reads every member of `list`. `Ok(None)` when no consistent read could be made.
+/// Reads every member of `list`, whose `contactCount` was just read as `contact_count` (it
+/// sizes the read: a stale count costs one more request). `Ok(None)` when no consistent read
+/// could be made.
+///
+/// Pages are read from the last to the first. Pages are offsets into the membership at
+/// request time (the fake: insertion order, new members last), so a member someone removes
+/// meanwhile shifts the later members towards the pages not read yet, never past them: a
+/// member present for the whole read is seen (at worst twice, which the count check
+/// rejects), and a member added meanwhile lands after the pages already read. Read first to
+/// last, a removal on a page already read would shift the next page's first member onto it
+/// unseen, and a simultaneous addition would keep every page's `total` the same: that member
+/// would be confirmed absent while still in the list.
 pub async fn read_members(
     client: &Client,
     list: &str,
+    contact_count: u64,
     tally: &Tally,
 ) -> Result<Option<Members>, ApiError> {
     let limit = SEARCH_PAGE_LIMIT as u64;
+    let mut expected = contact_count;
     for attempt in 1..=READ_ATTEMPTS {
         let mut members = Members::default();
         let mut seen = 0u64;
-        let first = client.search(list, 1, limit, tally).await?;
-        let total = first.pagination.total;
-        let pages = first.pagination.pages.max(total.div_ceil(limit));
+        let last = pages(expected);
+        let mut page = client.search(list, last, limit, tally).await?;
+        let total = page.pagination.total;
+        let pages_now = page.pagination.pages.max(total.div_ceil(limit)).max(1);
+        if pages_now != last {
+            tracing::info!(
+                list,
+                attempt,
+                expected,
+                total,
+                "the list changed size since its count was read; reading it again"
+            );
+            expected = total;
+            continue;
+        }
         let mut consistent = true;
-        let mut page = first;
-        let mut n = 1;
+        let mut n = last;
         loop {
             if page.pagination.total != total {
                 consistent = false;
+                expected = page.pagination.total;
+                break;
             }
             for m in &page.contacts {
                 seen += 1;
@@ -117,10 +153,10 @@ pub async fn read_members(
                     members.contact_ids.insert(m.id.clone());
                 }
             }
-            if n >= pages || page.contacts.is_empty() {
+            if n <= 1 {
                 break;
             }
-            n += 1;
+            n -= 1;
             page = client.search(list, n, limit, tally).await?;
         }
         let distinct = members.contact_ids.len().max(members.emails.len()) as u64;

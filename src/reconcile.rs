@@ -217,16 +217,18 @@ async fn run(
         return Err(ListResult::ListIsSegment);
     }
     *contact_count = Some(info.contact_count);
+    let last_drift = ctx.store.last_drift(plan.list.as_str()).unwrap_or(None);
     let choice = observe::choose(
         plan,
         info.contact_count,
         ctx.batch_size,
         ctx.client.rate_limits(),
+        last_drift,
     );
     let mut reason = choice.reason.clone();
     let mut members = None;
     if choice.strategy() == Strategy::Observe {
-        members = observe::read_members(&ctx.client, plan.list.as_str(), tally)
+        members = observe::read_members(&ctx.client, plan.list.as_str(), info.contact_count, tally)
             .await
             .map_err(classify_error)?;
         if members.is_none() {

@@ -589,6 +589,20 @@ impl Store {
         Ok(())
     }
 
+    /// How many desired-absent members the list's last observation found.
+    pub fn last_drift(&self, list: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT drift FROM lists WHERE list_id = ?1",
+                params![list],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten()
+            .map(|d| d.max(0) as u64))
+    }
+
     pub fn policies(&self) -> Result<Vec<PolicyStatus>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(

@@ -212,12 +212,24 @@ struct RefreshList<'a> {
     contact_list_id: &'a str,
     contact_count: Option<u64>,
     drift: Option<usize>,
-    drift_by_policy: Vec<(&'a str, usize)>,
+    drift_by_policy: Vec<PolicyDrift<'a>>,
+    /// What `auto` picks for this list now, with both costs (the drift just read makes the
+    /// observe cost exact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy_reason: Option<String>,
     requests: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     present: Option<Vec<&'a str>>,
+}
+
+#[derive(Serialize)]
+struct PolicyDrift<'a> {
+    policy: &'a str,
+    drift: usize,
 }
 
 #[derive(Serialize)]
@@ -243,8 +255,13 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
             let tally = Tally::default();
             let read = async {
                 let info = client.get_list(l.list.as_str(), &tally).await?;
-                let members =
-                    crate::observe::read_members(&client, l.list.as_str(), &tally).await?;
+                let members = crate::observe::read_members(
+                    &client,
+                    l.list.as_str(),
+                    info.contact_count,
+                    &tally,
+                )
+                .await?;
                 Ok::<_, crate::autosend::ApiError>((info, members))
             }
             .await;
@@ -261,6 +278,8 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
             contact_count: None,
             drift: None,
             drift_by_policy: Vec::new(),
+            strategy: None,
+            strategy_reason: None,
             requests: *requests,
             error: None,
             present: None,
@@ -290,8 +309,20 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
                                     && members.contact_ids.contains(m.contact.as_str())
                             })
                             .count();
-                    entry.drift_by_policy.push((name, n));
+                    entry.drift_by_policy.push(PolicyDrift {
+                        policy: name,
+                        drift: n,
+                    });
                 }
+                let choice = crate::observe::choose(
+                    l,
+                    info.contact_count,
+                    plan.options.batch_size,
+                    &plan.options.rate_limits,
+                    Some(drift.len() as u64),
+                );
+                entry.strategy = Some(choice.strategy.to_string());
+                entry.strategy_reason = Some(choice.reason);
                 if args.verbose {
                     entry.present = Some(
                         drift
@@ -337,8 +368,11 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
                             d,
                             l.requests
                         );
-                        for (p, n) in &l.drift_by_policy {
-                            println!("  {p}: {n}");
+                        for d in &l.drift_by_policy {
+                            println!("  {}: {}", d.policy, d.drift);
+                        }
+                        if let Some(reason) = &l.strategy_reason {
+                            println!("  strategy {reason}");
                         }
                         for c in l.present.iter().flatten() {
                             println!("    - {c}");
