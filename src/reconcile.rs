@@ -95,6 +95,26 @@ pub struct ListOutcome {
     pub strategy_reason: Option<String>,
 }
 
+impl ListOutcome {
+    /// An outcome with nothing done yet.
+    pub fn new(list: ContactListId, result: ListResult) -> ListOutcome {
+        ListOutcome {
+            list,
+            result,
+            removed: 0,
+            not_in_list: 0,
+            failed: 0,
+            observed_absent: 0,
+            first_errors: Vec::new(),
+            requests: 0,
+            rate_limited: 0,
+            duration: Duration::ZERO,
+            strategy: None,
+            strategy_reason: None,
+        }
+    }
+}
+
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
 }
@@ -155,20 +175,7 @@ pub async fn reconcile_list(ctx: &Context, policies: &[Policy], plan: &ListPlan)
     let now = crate::plan::now_unix();
     let tally = Tally::default();
     let mut acc = Acc {
-        outcome: ListOutcome {
-            list: plan.list.clone(),
-            result: ListResult::Converged,
-            removed: 0,
-            not_in_list: 0,
-            failed: 0,
-            observed_absent: 0,
-            first_errors: Vec::new(),
-            requests: 0,
-            rate_limited: 0,
-            duration: Duration::ZERO,
-            strategy: None,
-            strategy_reason: None,
-        },
+        outcome: ListOutcome::new(plan.list.clone(), ListResult::Converged),
         per_policy: HashMap::new(),
     };
     let mut contact_count = None;
@@ -737,20 +744,10 @@ pub async fn sync_all(
             now,
         );
         for plan in skipped {
-            report.outcomes.push(ListOutcome {
-                list: plan.list.clone(),
-                result: ListResult::Unauthorized(message.clone()),
-                removed: 0,
-                not_in_list: 0,
-                failed: 0,
-                observed_absent: 0,
-                first_errors: Vec::new(),
-                requests: 0,
-                rate_limited: 0,
-                duration: Duration::ZERO,
-                strategy: None,
-                strategy_reason: None,
-            });
+            report.outcomes.push(ListOutcome::new(
+                plan.list.clone(),
+                ListResult::Unauthorized(message.clone()),
+            ));
         }
     }
     report.outcomes.sort_by(|a, b| a.list.cmp(&b.list));

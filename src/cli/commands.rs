@@ -70,21 +70,30 @@ impl Progress for ApplyProgress {
     }
 }
 
+/// Prints a setup error (no key, unreadable store...) as one line; the exit code is 1.
+fn or_exit<T>(r: Result<T, String>) -> Result<T, u8> {
+    r.map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_ERROR
+    })
+}
+
+/// The client and the store that `apply` and `run` both need.
+fn connect(
+    api: &ApiFlags,
+    flags: &super::PlanFlags,
+    state: &super::StateFlags,
+) -> Result<(Client, Arc<Store>), u8> {
+    let client = or_exit(client(api, &flags.rate_limit))?;
+    let store = or_exit(Store::open(&state.state).map_err(|e| e.to_string()))?;
+    Ok((client, Arc::new(store)))
+}
+
 pub fn apply(args: &ApplyArgs) -> u8 {
     super::init_logging(args.log_format);
-    let client = match client(&args.api, &args.flags.rate_limit) {
+    let (client, store) = match connect(&args.api, &args.flags, &args.state) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_ERROR;
-        }
-    };
-    let store = match Store::open(&args.state.state) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_ERROR;
-        }
+        Err(code) => return code,
     };
     let mut options = plan_options(&args.flags);
     options.resync_after = args.state.resync_after;
@@ -396,20 +405,11 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.log_format);
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let client = match client(&args.api, &args.flags.rate_limit) {
-        Ok(c) => c.with_observer(Arc::new(crate::metrics::MetricsObserver(metrics.clone()))),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_ERROR;
-        }
+    let (client, store) = match connect(&args.api, &args.flags, &args.state) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let store = match Store::open(&args.state.state) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_ERROR;
-        }
-    };
+    let client = client.with_observer(Arc::new(crate::metrics::MetricsObserver(metrics.clone())));
     let mut config = crate::daemon::DaemonConfig::new(args.path.clone());
     config.plan = plan_options(&args.flags);
     config.plan.resync_after = args.state.resync_after;
