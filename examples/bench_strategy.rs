@@ -114,7 +114,10 @@ async fn run_once(
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async /// (list size N, members of the list that are desired-absent)
+type ListCell = (usize, usize);
+
+fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ds: &[usize] = if quick {
         &[100, 1_000, 10_000]
@@ -127,7 +130,7 @@ async fn main() {
     let mut cells = Vec::new();
     // (D, members of the set that are `m{i}`, [(N, present)]): the grid, then one adversarial
     // cell outside it where every member of the list is desired-absent.
-    let mut cases: Vec<(usize, usize, Vec<(usize, usize)>)> = ds
+    let mut cases: Vec<(usize, usize, Vec<ListCell>)> = ds
         .iter()
         .map(|&d| {
             let per_n = ns.iter().map(|&n| (n, (d.min(n) / 100).max(1))).collect();

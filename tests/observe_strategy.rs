@@ -716,7 +716,7 @@ fn plan_refresh_reports_the_drift_and_never_removes() {
             "drift-two",
             "list-r",
             &[members[229].clone(), members[0].clone()],
-            &[bob_id.clone()],
+            std::slice::from_ref(&bob_id),
             "",
         ),
     );
