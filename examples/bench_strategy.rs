@@ -113,11 +113,11 @@ async fn run_once(
     (requests, o.strategy.clone().unwrap_or_default())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async /// (list size N, members of the list that are desired-absent)
+/// (list size N, members of the list that are desired-absent)
 type ListCell = (usize, usize);
 
-fn main() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let ds: &[usize] = if quick {
         &[100, 1_000, 10_000]
