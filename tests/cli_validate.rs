@@ -568,3 +568,29 @@ fn repository_sample_manifests_are_valid() {
         r.stdout
     );
 }
+
+#[test]
+fn unquoted_numeric_ids_and_yaml_merge_keys_are_accepted() {
+    let r = run(&["validate", "yaml_merge_and_numeric_ids"]);
+    r.code(0);
+    let plan = run(&[
+        "plan",
+        "yaml_merge_and_numeric_ids",
+        "--output",
+        "json",
+        "--verbose",
+    ]);
+    plan.code(0);
+    let doc = plan.json();
+    let ids: Vec<&str> = doc["lists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["contact_list_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["12345", "list-b"]);
+    assert_eq!(
+        doc["lists"][0]["contacts"]["contact_ids"],
+        serde_json::json!(["111", "abc-2"])
+    );
+}

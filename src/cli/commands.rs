@@ -32,6 +32,9 @@ pub fn client(api: &ApiFlags, rate_limits: &crate::autosend::RateLimits) -> Resu
     let mut config =
         ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| e.to_string())?;
     config.rate_limits = rate_limits.clone();
+    config.max_retries = api.max_retries;
+    config.min_backoff = api.retry_backoff;
+    config.max_backoff = config.max_backoff.max(api.retry_backoff);
     Client::new(config).map_err(|e| e.to_string())
 }
 

@@ -109,6 +109,14 @@ pub struct ApiFlags {
     /// instead of AUTOSEND_API_KEY.
     #[arg(long, env = "AUTOSEND_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Retries of one request after a 5xx, a timeout or a dropped connection, before the
+    /// list fails (and, in the daemon, is requeued with its own backoff).
+    #[arg(long, default_value_t = 6)]
+    pub max_retries: usize,
+    /// First wait of the exponential backoff between those retries (doubling, full jitter,
+    /// at most 30s).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
 }
 
 #[derive(Args, Debug)]

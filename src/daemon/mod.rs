@@ -132,7 +132,7 @@ pub async fn run(
     };
     // Half the debounce in the watcher (folding an editor's rename dance into one event),
     // half in the trailing-edge wait below: a change is picked up about `debounce` later.
-    let _watch = watch::watch(&watched, config.debounce / 2, watch_tx)
+    let mut watch = watch::watch(&watched, config.debounce / 2, watch_tx.clone())
         .map_err(|e| format!("cannot watch {}: {e}", watched.display()))?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
@@ -177,6 +177,17 @@ pub async fn run(
             _ = tokio::time::sleep_until(reload_at.map_or(wake, |(at, _)| at)), if reload_at.is_some() => {
                 reload_at = None;
                 tracing::info!("manifests changed; reloading");
+                if watch.moved() {
+                    // A symlink on the path now points to a new checkout (git-sync): follow it.
+                    match watch::watch(&watched, d.config.debounce / 2, watch_tx.clone()) {
+                        Ok(w) => watch = w,
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            path = %watched.display(),
+                            "cannot watch the new target of the manifests path"
+                        ),
+                    }
+                }
                 d.reload(false);
             }
             _ = hangup(&mut sighup) => {

@@ -5,7 +5,7 @@
 //! and reconciles only the lists whose desired state changed. Which files changed is never
 //! trusted beyond "look again" (level-triggered).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::RecursiveMode;
@@ -15,19 +15,48 @@ use tokio::sync::mpsc;
 /// Keeps the watch alive; dropping it stops watching.
 pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    path: PathBuf,
+    root: PathBuf,
+}
+
+impl Watch {
+    /// True when the watched path now resolves to another directory: a symlink on it was
+    /// swapped (git-sync's `--link`), and the watch, which follows inodes, is still on the
+    /// old target. The caller sets up a new watch.
+    pub fn moved(&self) -> bool {
+        self.path.canonicalize().is_ok_and(|r| r != self.root)
+    }
 }
 
 /// Watches `path` recursively; each debounced burst of relevant changes sends one `()`.
 pub fn watch(path: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> notify::Result<Watch> {
     let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    // notify reports paths under the path as given (made absolute), not the canonical one.
+    let given = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // Symlinks on the way (git-sync's `--link`): their directories are watched too, so that
+    // swapping a link to a new checkout is a change.
+    let links: Vec<PathBuf> = given
+        .ancestors()
+        .filter(|a| {
+            a.symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+        })
+        .map(Path::to_path_buf)
+        .collect();
+    let links_watched = links.clone();
+    let watched_root = root.clone();
     let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
         match result {
             Ok(events) => {
                 let relevant = events.iter().any(|e| {
                     !e.kind.is_access()
-                        && e.paths
-                            .iter()
-                            .any(|p| !is_noise(p.strip_prefix(&root).unwrap_or(p)))
+                        && e.paths.iter().any(|p| {
+                            let rel = p
+                                .strip_prefix(&root)
+                                .or_else(|_| p.strip_prefix(&given))
+                                .unwrap_or(p);
+                            links.contains(p) || !is_noise(rel)
+                        })
                 });
                 if relevant {
                     // A full channel already holds a pending "look again": dropping is fine.
@@ -43,8 +72,15 @@ pub fn watch(path: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> notify::R
         }
     })?;
     debouncer.watch(path, RecursiveMode::Recursive)?;
+    for link in &links_watched {
+        if let Some(parent) = link.parent() {
+            debouncer.watch(parent, RecursiveMode::NonRecursive)?;
+        }
+    }
     Ok(Watch {
         _debouncer: debouncer,
+        path: path.to_path_buf(),
+        root: watched_root,
     })
 }
 

@@ -170,9 +170,50 @@ struct RawMetadata {
     labels: BTreeMap<String, String>,
 }
 
+/// An id written as a string or, unquoted, as a number (`contactListId: 12345`): YAML reads
+/// the latter as an integer, and refusing it would punish a reasonable manifest.
+struct RawId(String);
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawId, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id such as \"60d5ec49f1b2c72d9c8b4567\" (a string)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawId, E> {
+                Ok(RawId(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawId, E> {
+                Ok(RawId(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RawId {
+    fn into_string(self) -> String {
+        self.0
+    }
+}
+
+fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<RawId>::deserialize(d)?.map(RawId::into_string))
+}
+
+fn id_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<RawId>::deserialize(d)?
+        .into_iter()
+        .map(RawId::into_string)
+        .collect())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawSpec {
+    #[serde(default, deserialize_with = "id_string")]
     contact_list_id: Option<String>,
     #[serde(default)]
     suspend: bool,
@@ -187,7 +228,7 @@ struct RawSpec {
 struct RawExclude {
     #[serde(default)]
     emails: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "id_strings")]
     contact_ids: Vec<String>,
     #[serde(default)]
     files: Vec<RawFileSource>,
@@ -367,6 +408,26 @@ fn load_file(path: &Path, out: &mut Manifests) {
         };
         // An empty document (a trailing `---`, a file of comments) holds no policy.
         if value.is_null() {
+            continue;
+        }
+        // YAML merge keys (`<<: *defaults`) are how people share parts of documents.
+        let mut value = value;
+        if let Err(e) = value.apply_merge() {
+            let d = Diagnostic::error(
+                path,
+                format!("cannot apply a YAML merge key (<<): {}", yaml_error(&e).0),
+            )
+            .in_document(doc_no, None);
+            file_invalid.push(InvalidPolicy {
+                name: None,
+                contact_list_id: None,
+                origin: Origin {
+                    file: path.to_path_buf(),
+                    document: doc_no,
+                },
+                reason: d.to_string(),
+            });
+            out.diagnostics.push(d);
             continue;
         }
         let name_hint = value

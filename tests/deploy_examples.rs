@@ -1,0 +1,437 @@
+//! The deployment examples in `examples/deploy/` stay valid: every YAML document parses, the
+//! key fields are where operators expect them, and every listwarden command line in them is
+//! accepted by the real CLI (the workflow's `plan` and `validate` are run for real).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_yaml::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deploy")
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(deploy().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Every document of a YAML stream.
+fn documents(name: &str) -> Vec<Value> {
+    let text = read(name);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{name}: {e}")))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn listwarden(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_listwarden"))
+        .args(args)
+        .env_remove("AUTOSEND_API_KEY")
+        .env_remove("LISTWARDEN_STATE")
+        .env_remove("LISTWARDEN_RATE_LIMIT")
+        .output()
+        .expect("run listwarden")
+}
+
+/// The CLI accepts `args` (subcommand, flags and values): clap parses and validates every
+/// argument before `--help`, so an unknown flag or a bad value fails here.
+#[track_caller]
+fn assert_cli_accepts(args: &[String]) {
+    let mut with_help = args.to_vec();
+    with_help.push("--help".into());
+    let out = listwarden(&with_help);
+    assert!(
+        out.status.success(),
+        "listwarden {} is refused:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for k in path {
+        cur = cur.get(*k)?;
+    }
+    cur.as_str()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} document"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifest_has_probes_port_secret_sidecar_service_and_monitor() {
+    let docs = documents("kubernetes.yaml");
+    for d in &docs {
+        assert!(d["apiVersion"].as_str().is_some(), "no apiVersion in {d:?}");
+        assert!(d["kind"].as_str().is_some(), "no kind in {d:?}");
+        assert!(str_at(d, &["metadata", "name"]).is_some());
+    }
+    let deployment = kind(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_sequence().expect("containers");
+    let lw = containers
+        .iter()
+        .find(|c| c["name"] == "listwarden")
+        .expect("a listwarden container");
+    let sync = containers
+        .iter()
+        .find(|c| c["name"] == "git-sync")
+        .expect("a git-sync sidecar");
+
+    // Probes on the named port, which is 9464.
+    assert_eq!(
+        str_at(lw, &["livenessProbe", "httpGet", "path"]),
+        Some("/healthz")
+    );
+    assert_eq!(
+        str_at(lw, &["readinessProbe", "httpGet", "path"]),
+        Some("/readyz")
+    );
+    let port_name = str_at(lw, &["readinessProbe", "httpGet", "port"]).expect("probe port");
+    let port = lw["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port_name)
+        .expect("the probes' port");
+    assert_eq!(port["containerPort"].as_u64(), Some(9464));
+
+    // The key from a Secret.
+    let key = lw["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "AUTOSEND_API_KEY")
+        .expect("AUTOSEND_API_KEY");
+    assert!(str_at(key, &["valueFrom", "secretKeyRef", "name"]).is_some());
+    assert!(str_at(key, &["valueFrom", "secretKeyRef", "key"]).is_some());
+
+    // The command line: run on the git-sync checkout, listening on 9464, state on a volume.
+    let args = strings(&lw["args"]);
+    assert_eq!(args[0], "run");
+    assert!(
+        args.windows(2).any(|w| w == ["--listen", "0.0.0.0:9464"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--state", "/var/lib/listwarden/state.db"]),
+        "{args:?}"
+    );
+    assert_cli_accepts(&args);
+
+    let mount = |c: &Value, volume: &str| -> Option<String> {
+        c["volumeMounts"]
+            .as_sequence()?
+            .iter()
+            .find(|m| m["name"] == volume)
+            .and_then(|m| m["mountPath"].as_str().map(String::from))
+    };
+    let git_in_lw = mount(lw, "git").expect("listwarden mounts the git volume");
+    let git_in_sync = mount(sync, "git").expect("git-sync mounts the git volume");
+    assert!(
+        args[1].starts_with(&git_in_lw),
+        "run path {} not under {git_in_lw}",
+        args[1]
+    );
+    let sync_args = strings(&sync["args"]);
+    let root = sync_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--root="))
+        .expect("git-sync --root");
+    let link = sync_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--link="))
+        .expect("git-sync --link");
+    assert_eq!(root, git_in_sync);
+    assert!(
+        args[1].starts_with(&format!("{git_in_lw}/{link}/")),
+        "listwarden must read through git-sync's link: {}",
+        args[1]
+    );
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
+    assert!(volume("git").get("emptyDir").is_some());
+    let state_mount = mount(lw, "state").expect("a state volume");
+    assert_eq!(state_mount, "/var/lib/listwarden");
+    let state = volume("state");
+    assert!(state.get("persistentVolumeClaim").is_some() || state.get("emptyDir").is_some());
+    if let Some(claim) = str_at(state, &["persistentVolumeClaim", "claimName"]) {
+        let pvc = kind(&docs, "PersistentVolumeClaim");
+        assert_eq!(str_at(pvc, &["metadata", "name"]), Some(claim));
+    }
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1));
+
+    // The Service exposes 9464 and selects the pods; the ServiceMonitor scrapes /metrics.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let service = kind(&docs, "Service");
+    assert_eq!(&service["spec"]["selector"], labels);
+    let sport = &service["spec"]["ports"][0];
+    assert_eq!(sport["port"].as_u64(), Some(9464));
+    let monitor = kind(&docs, "ServiceMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    let ep = &monitor["spec"]["endpoints"][0];
+    assert_eq!(ep["path"], "/metrics");
+    assert_eq!(ep["port"], sport["name"]);
+    let service_labels = &service["metadata"]["labels"];
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            &service_labels[k], v,
+            "the ServiceMonitor does not select the Service"
+        );
+    }
+}
+
+/// The listwarden command lines of a workflow step's `run:` script (up to a shell operator).
+fn commands_in(script: &str) -> Vec<Vec<String>> {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("listwarden "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take_while(|t| !matches!(*t, ">" | "|" | "||" | "&&" | ";" | "2>&1"))
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn github_workflow_plans_pull_requests_and_applies_main() {
+    let docs = documents("github-workflow.yaml");
+    assert_eq!(docs.len(), 1);
+    let wf = &docs[0];
+    let on = &wf["on"];
+    assert!(on.get("pull_request").is_some(), "not run on pull requests");
+    assert!(strings(&on["push"]["branches"]).contains(&"main".to_string()));
+    let jobs = wf["jobs"].as_mapping().expect("jobs");
+    let mut plan_lines = Vec::new();
+    let mut apply_lines = Vec::new();
+    let mut all_commands = Vec::new();
+    let mut key_from_secrets = false;
+    let mut uses = Vec::new();
+    for (_, job) in jobs {
+        for step in job["steps"].as_sequence().expect("steps") {
+            if let Some(u) = step["uses"].as_str() {
+                uses.push(u.to_string());
+            }
+            let Some(script) = step["run"].as_str() else {
+                continue;
+            };
+            for cmd in commands_in(script) {
+                match cmd[0].as_str() {
+                    "plan" => plan_lines.push(cmd.clone()),
+                    "apply" => {
+                        apply_lines.push(cmd.clone());
+                        let key = str_at(step, &["env", "AUTOSEND_API_KEY"]).unwrap_or("");
+                        key_from_secrets |= key.contains("secrets.");
+                    }
+                    _ => {}
+                }
+                all_commands.push(cmd);
+            }
+        }
+    }
+    let detailed = plan_lines
+        .iter()
+        .find(|c| {
+            let s = c.join(" ");
+            s.contains("--detailed-exitcode") && s.contains("--output json")
+        })
+        .expect("a `plan --detailed-exitcode --output json` step");
+    assert!(!apply_lines.is_empty(), "no apply step");
+    assert!(
+        key_from_secrets,
+        "the apply step must take AUTOSEND_API_KEY from secrets"
+    );
+    assert!(
+        uses.iter().any(|u| u.starts_with("actions/cache")),
+        "the state store is not persisted: {uses:?}"
+    );
+    for cmd in &all_commands {
+        assert_cli_accepts(cmd);
+    }
+
+    // Run the plan exactly as the workflow does, in a copy of the repository's manifests.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests"),
+        &dir.path().join("manifests"),
+    );
+    let run = |args: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_listwarden"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("AUTOSEND_API_KEY")
+            .env("LISTWARDEN_STATE", dir.path().join(".listwarden/state.db"))
+            .output()
+            .unwrap()
+    };
+    for cmd in all_commands.iter().filter(|c| c[0] == "validate") {
+        let out = run(cmd);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(detailed);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "plan with work to do exits 2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the plan is JSON");
+    assert!(doc["format_version"].is_u64(), "{doc}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `Key=value` settings of a unit file, continuation lines joined, comments dropped.
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if pending.is_empty() && (t.is_empty() || t.starts_with('#') || t.starts_with('[')) {
+            continue;
+        }
+        if let Some(cont) = t.strip_suffix('\\') {
+            pending.push_str(cont);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(t);
+        if let Some((k, v)) = pending.split_once('=') {
+            out.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        pending.clear();
+    }
+    out
+}
+
+#[test]
+fn systemd_unit_is_hardened_takes_the_key_as_a_credential_and_verifies() {
+    let text = read("listwarden.service");
+    let settings = unit_settings(&text);
+    let get = |k: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let one = |k: &str| -> &str {
+        let v = get(k);
+        assert_eq!(v.len(), 1, "{k}: {v:?}");
+        v[0]
+    };
+    assert_eq!(
+        one("LoadCredential"),
+        "autosend-api-key:/etc/listwarden/api-key"
+    );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(one("Restart"), "on-failure");
+    for (k, v) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("StateDirectory", "listwarden"),
+        ("SystemCallFilter", "@system-service"),
+    ] {
+        assert!(get(k).contains(&v), "{k}={v} missing");
+    }
+    assert!(!get("RestrictAddressFamilies").is_empty());
+
+    let exec: Vec<String> = one("ExecStart")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert!(exec[0].ends_with("/listwarden"), "{exec:?}");
+    assert_eq!(exec[1], "run");
+    assert!(
+        exec.windows(2).any(|w| w
+            == [
+                "--api-key-file",
+                "${CREDENTIALS_DIRECTORY}/autosend-api-key"
+            ]),
+        "{exec:?}"
+    );
+    assert!(
+        exec.windows(2)
+            .any(|w| w == ["--state", "/var/lib/listwarden/state.db"]),
+        "the store must live in the StateDirectory: {exec:?}"
+    );
+    let args: Vec<String> = exec[1..]
+        .iter()
+        .map(|a| {
+            a.replace(
+                "${CREDENTIALS_DIRECTORY}",
+                "/run/credentials/listwarden.service",
+            )
+        })
+        .collect();
+    assert_cli_accepts(&args);
+
+    // systemd's own check, with ExecStart pointing at the built binary (verify wants it to
+    // exist). Skipped where systemd-analyze is not installed.
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not found: skipping `systemd-analyze verify`");
+        return;
+    };
+    if !version.status.success() {
+        eprintln!("systemd-analyze does not run here: skipping `systemd-analyze verify`");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("listwarden.service");
+    std::fs::write(
+        &unit,
+        text.replace(exec[0].as_str(), env!("CARGO_BIN_EXE_listwarden")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("listwarden.service:"),
+        "systemd-analyze verify:\n{stderr}"
+    );
+}
