@@ -25,11 +25,27 @@ use crate::plan::{ListPlan, SEARCH_PAGE_LIMIT};
 pub const READ_ATTEMPTS: usize = 3;
 
 /// Every member of a list, by normalised email and by contact id.
+///
+/// A kind is *complete* when every member came with it. Only a complete kind can confirm
+/// contacts by their absence: if some members came without an `id`, a desired contact id
+/// missing from `contact_ids` may still be in the list.
 #[derive(Clone, Debug, Default)]
 pub struct Members {
     pub emails: HashSet<String>,
     pub contact_ids: HashSet<String>,
     pub total: u64,
+    pub emails_complete: bool,
+    pub ids_complete: bool,
+}
+
+impl Members {
+    /// Whether the read can confirm contacts of this kind by not finding them.
+    pub fn complete(&self, kind: crate::contact::ContactKind) -> bool {
+        match kind {
+            crate::contact::ContactKind::Email => self.emails_complete,
+            crate::contact::ContactKind::ContactId => self.ids_complete,
+        }
+    }
 }
 
 /// The strategy chosen for one list, and why (for plan output, logs and status).
@@ -137,6 +153,7 @@ pub async fn read_members(
             continue;
         }
         let mut consistent = true;
+        let (mut without_email, mut without_id) = (0u64, 0u64);
         let mut n = last;
         loop {
             if page.pagination.total != total {
@@ -146,11 +163,15 @@ pub async fn read_members(
             }
             for m in &page.contacts {
                 seen += 1;
-                if !m.email.is_empty() {
+                if m.email.trim().is_empty() {
+                    without_email += 1;
+                } else {
                     members.emails.insert(Email::normalise(&m.email));
                 }
-                if !m.id.is_empty() {
-                    members.contact_ids.insert(m.id.clone());
+                if m.id.trim().is_empty() {
+                    without_id += 1;
+                } else {
+                    members.contact_ids.insert(m.id.trim().to_string());
                 }
             }
             if n <= 1 {
@@ -159,8 +180,21 @@ pub async fn read_members(
             n -= 1;
             page = client.search(list, n, limit, tally).await?;
         }
+        members.emails_complete = without_email == 0;
+        members.ids_complete = without_id == 0;
+        if !members.emails_complete && !members.ids_complete {
+            tracing::warn!(
+                list,
+                "the search answer names members by neither email nor id everywhere; cannot observe"
+            );
+            return Ok(None);
+        }
+        // Each complete kind must count every member once: a member seen twice or skipped
+        // (the pages shifted) shows up here.
+        let distinct_ok = (!members.emails_complete || members.emails.len() as u64 == total)
+            && (!members.ids_complete || members.contact_ids.len() as u64 == total);
         let distinct = members.contact_ids.len().max(members.emails.len()) as u64;
-        if consistent && seen == total && distinct == total {
+        if consistent && seen == total && distinct_ok {
             members.total = total;
             return Ok(Some(members));
         }

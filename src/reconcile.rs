@@ -31,6 +31,9 @@ use crate::store::{Condition, ContactOutcome, Keep, ListSync, PolicyCounts, Read
 /// How many failing contacts a summary quotes.
 const FIRST_ERRORS: usize = 5;
 
+/// Single contacts refused alike, with nothing accepted, before a list is failed as a whole.
+const UNIFORM_REFUSALS: usize = 3;
+
 /// Told about progress, for a progress bar or log lines. Default: nothing.
 pub trait Progress: Send + Sync {
     fn list_started(&self, _list: &ContactListId, _contacts: usize) {}
@@ -262,28 +265,37 @@ async fn run(
             record_observed_absent(ctx, plan, &members, acc).map_err(classify_error)?;
             // Every desired-absent member goes, pending or confirmed earlier: the read has
             // just shown it is back.
-            let emails: Vec<Pending> = sorted(
-                plan.desired
-                    .emails
-                    .iter()
-                    .filter(|m| members.emails.contains(m.contact.as_str()))
-                    .map(|m| Pending {
-                        key: m.contact.as_str(),
-                        policies: &m.policies,
-                    })
-                    .collect(),
-            );
-            let ids: Vec<Pending> = sorted(
-                plan.desired
-                    .contact_ids
-                    .iter()
-                    .filter(|m| members.contact_ids.contains(m.contact.as_str()))
-                    .map(|m| Pending {
-                        key: m.contact.as_str(),
-                        policies: &m.policies,
-                    })
-                    .collect(),
-            );
+            // A kind the read could not see completely is asserted as usual.
+            let emails: Vec<Pending> = if members.emails_complete {
+                sorted(
+                    plan.desired
+                        .emails
+                        .iter()
+                        .filter(|m| members.emails.contains(m.contact.as_str()))
+                        .map(|m| Pending {
+                            key: m.contact.as_str(),
+                            policies: &m.policies,
+                        })
+                        .collect(),
+                )
+            } else {
+                pending(&plan.emails)
+            };
+            let ids: Vec<Pending> = if members.ids_complete {
+                sorted(
+                    plan.desired
+                        .contact_ids
+                        .iter()
+                        .filter(|m| members.contact_ids.contains(m.contact.as_str()))
+                        .map(|m| Pending {
+                            key: m.contact.as_str(),
+                            policies: &m.policies,
+                        })
+                        .collect(),
+                )
+            } else {
+                pending(&plan.contact_ids)
+            };
             send_all(ctx, plan, ContactKind::Email, emails, tally, acc)
                 .await
                 .map_err(classify_error)?;
@@ -331,29 +343,26 @@ fn record_observed_absent(
     acc: &mut Acc,
 ) -> Result<(), ApiError> {
     let now = crate::plan::now_unix();
-    let emails: Vec<(&str, ContactOutcome)> = plan
+    // Only a kind every member came with can confirm by absence (see observe::Members).
+    let absent_emails = plan
         .emails
         .iter()
-        .filter(|a| !members.emails.contains(a.contact.as_str()))
-        .map(|a| (a.contact.as_str(), ContactOutcome::Confirmed))
-        .collect();
-    let ids: Vec<(&str, ContactOutcome)> = plan
+        .filter(|a| members.emails_complete && !members.emails.contains(a.contact.as_str()));
+    let absent_ids = plan
         .contact_ids
         .iter()
-        .filter(|a| !members.contact_ids.contains(a.contact.as_str()))
+        .filter(|a| members.ids_complete && !members.contact_ids.contains(a.contact.as_str()));
+    let emails: Vec<(&str, ContactOutcome)> = absent_emails
+        .clone()
         .map(|a| (a.contact.as_str(), ContactOutcome::Confirmed))
         .collect();
-    for a in plan
-        .emails
-        .iter()
-        .filter(|a| !members.emails.contains(a.contact.as_str()))
+    let ids: Vec<(&str, ContactOutcome)> = absent_ids
+        .clone()
+        .map(|a| (a.contact.as_str(), ContactOutcome::Confirmed))
+        .collect();
+    for a in absent_emails
         .map(|a| &a.policies)
-        .chain(
-            plan.contact_ids
-                .iter()
-                .filter(|a| !members.contact_ids.contains(a.contact.as_str()))
-                .map(|a| &a.policies),
-        )
+        .chain(absent_ids.map(|a| &a.policies))
     {
         for p in a {
             let e = acc.per_policy.entry(*p).or_default();
@@ -387,6 +396,12 @@ async fn send_all(
     acc: &mut Acc,
 ) -> Result<(), ApiError> {
     let mut stack: Vec<&[Pending]> = items.chunks(ctx.batch_size.max(1)).rev().collect();
+    // A refusal that is about the request, not about a contact (say, the list id itself),
+    // would otherwise be split down to every single contact: hundreds of wasted requests.
+    // When several single contacts were refused with the same message and no request of
+    // this list has succeeded, the list fails instead.
+    let mut accepted = 0usize;
+    let mut single_refusals: HashMap<String, usize> = HashMap::new();
     while let Some(batch) = stack.pop() {
         let entries: Vec<String> = batch.iter().map(|p| p.key.to_string()).collect();
         let request = match kind {
@@ -396,7 +411,21 @@ async fn send_all(
         let now = crate::plan::now_unix();
         match ctx.client.remove(plan.list.as_str(), &request, tally).await {
             Ok(outcome) => {
+                accepted += 1;
                 let errors = match_errors(kind, batch, &outcome.errors);
+                let accounted = outcome.removed + outcome.not_in_list + outcome.errors.len() as u64;
+                if accounted < batch.len() as u64 {
+                    // The contract implies partial failure only through `errors`, so the
+                    // contacts it does not name are confirmed; the mismatch is worth a look.
+                    tracing::warn!(
+                        list = %plan.list,
+                        batch = batch.len(),
+                        removed = outcome.removed,
+                        not_in_list = outcome.not_in_list,
+                        errors = outcome.errors.len(),
+                        "AutoSend accounted for fewer contacts than the batch held"
+                    );
+                }
                 let mut records: Vec<(&str, ContactOutcome)> = Vec::with_capacity(batch.len());
                 let failed: usize = errors.iter().filter(|e| e.is_some()).count();
                 let confirmed = batch.len() - failed;
@@ -439,6 +468,17 @@ async fn send_all(
                     stack.push(&batch[mid..]);
                     stack.push(&batch[..mid]);
                 } else {
+                    let same = single_refusals.entry(message.clone()).or_default();
+                    *same += 1;
+                    if *same >= UNIFORM_REFUSALS && accepted == 0 {
+                        return Err(ApiError::Rejected {
+                            status,
+                            code: "REQUEST_REFUSED".into(),
+                            message: format!(
+                                "every request for this list is refused, down to single contacts: {message}"
+                            ),
+                        });
+                    }
                     let p = &batch[0];
                     let msg = format!("refused by AutoSend ({status}): {message}");
                     acc.note_error(p.key, &msg);
@@ -805,6 +845,12 @@ pub fn record_manifests(
         .map(|p| p.name.as_str())
         .chain(manifests.invalid.iter().filter_map(|p| p.name.as_deref()))
         .collect();
+    // A load that found no policy at all is far more often a missing mount or a failed
+    // checkout than an intent: forgetting everything would re-send everything later.
+    if manifests.policies.is_empty() {
+        tracing::warn!("no policy loaded: nothing is forgotten from the state store");
+        return Ok(());
+    }
     store.prune_policies(&keep, &unparsed)?;
     if !manifests.has_errors() {
         forget_unlisted(store, &manifests.policies)?;

@@ -71,6 +71,11 @@ pub enum ConfigError {
     EmptyKeyFile(String),
     #[error("AUTOSEND_API_URL {0:?} is not an http(s) URL")]
     BadUrl(String),
+    #[error(
+        "the API key contains characters that cannot be sent in an HTTP header (a line break \
+         or a control character inside the key?); check AUTOSEND_API_KEY / --api-key-file"
+    )]
+    BadKey,
 }
 
 /// Where and how to call AutoSend.
@@ -126,6 +131,9 @@ impl ClientConfig {
                 _ => return Err(ConfigError::MissingKey),
             },
         };
+        if HeaderValue::from_str(&format!("Bearer {}", key.0.expose_secret())).is_err() {
+            return Err(ConfigError::BadKey);
+        }
         let base = std::env::var("AUTOSEND_API_URL")
             .ok()
             .filter(|s| !s.trim().is_empty())
@@ -273,13 +281,45 @@ pub struct RemoveOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListInfo {
+    #[serde(default, alias = "_id", deserialize_with = "lenient_string")]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub name: String,
     #[serde(rename = "type", default = "default_list_type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub contact_count: u64,
+}
+
+/// A count sent as a number or as a numeric string (`"6"`): reading it strictly would fail a
+/// list over a formatting detail the documentation does not pin down.
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(0),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                    .map(|f| f as u64)
+            })
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a count"))),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a count"))),
+        other => Err(serde::de::Error::custom(format!("{other} is not a count"))),
+    }
+}
+
+/// An id or a text sent as a string or a number; null is empty.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!("{other} is not a string"))),
+    }
 }
 
 fn default_list_type() -> String {
@@ -292,19 +332,30 @@ impl ListInfo {
     }
 }
 
+/// A member of a list, as the search endpoint names it. The id is also read from `_id` or
+/// `contactId`; a member without one makes the read incomplete for ids (see `observe`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Member {
-    #[serde(default)]
+    #[serde(
+        default,
+        alias = "_id",
+        alias = "contactId",
+        deserialize_with = "lenient_string"
+    )]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_string")]
     pub email: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Pagination {
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub page: u64,
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub limit: u64,
+    #[serde(deserialize_with = "lenient_u64")]
     pub total: u64,
+    #[serde(default, deserialize_with = "lenient_u64")]
     pub pages: u64,
 }
 
@@ -474,7 +525,7 @@ impl Client {
                     match backoff.next() {
                         Some(bound) => {
                             tally.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(endpoint, attempts, %message, "transport error; retrying");
+                            tracing::info!(endpoint, attempts, %message, "transport error; retrying");
                             self.sleep(full_jitter(bound)).await?;
                             continue;
                         }
@@ -538,7 +589,7 @@ impl Client {
                     match backoff.next() {
                         Some(bound) => {
                             tally.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(
+                            tracing::info!(
                                 endpoint,
                                 status = s.as_u16(),
                                 attempts,
@@ -650,6 +701,14 @@ fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
         .and_then(|s| s.trim().parse::<f64>().ok())
 }
 
+/// `Retry-After` may also be an HTTP date (RFC 9110); returned as an epoch timestamp.
+fn http_date(headers: &HeaderMap, name: &str, now: f64) -> Option<f64> {
+    let text = headers.get(name)?.to_str().ok()?;
+    let at = httpdate::parse_http_date(text.trim()).ok()?;
+    let secs = at.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(secs.max(now))
+}
+
 /// A value above 1,000,000,000 can only be an epoch timestamp; a small one only seconds.
 fn until(value: f64, now: f64) -> Duration {
     let secs = if value > 1_000_000_000.0 {
@@ -669,6 +728,7 @@ fn retry_wait(error: &Value, headers: &HeaderMap, now: f64) -> Option<Duration> 
     });
     let value = from_body
         .or_else(|| header_f64(headers, "retry-after"))
+        .or_else(|| http_date(headers, "retry-after", now))
         .or_else(|| header_f64(headers, "x-ratelimit-reset"))?;
     // A wait of zero would retry at once into the same window: wait at least a little.
     Some(until(value, now).max(Duration::from_millis(250)))
@@ -687,7 +747,20 @@ fn parse_remove(data: &Value) -> Result<RemoveOutcome, ApiError> {
         }
     };
     let mut errors = Vec::new();
-    if let Some(items) = data.get("errors").and_then(Value::as_array) {
+    let items: &[Value] = match data.get("errors") {
+        None | Some(Value::Null) => &[],
+        Some(Value::Array(items)) => items,
+        Some(Value::Object(o)) if o.is_empty() => &[],
+        // Anything else may well name failed contacts in a shape we cannot read: confirming
+        // the batch would be a guess, so it stays pending and is asserted again.
+        Some(other) => {
+            return Err(ApiError::Protocol(format!(
+                "remove: `errors` is not a list: {}",
+                other.to_string().chars().take(200).collect::<String>()
+            )));
+        }
+    };
+    {
         for item in items {
             let text_of = |keys: &[&str]| {
                 keys.iter()
@@ -708,9 +781,18 @@ fn parse_remove(data: &Value) -> Result<RemoveOutcome, ApiError> {
             errors.push(ContactError { contact, message });
         }
     }
+    let lenient = |field: &str| -> Result<u64, ApiError> {
+        match data.get(field) {
+            Some(Value::String(s)) => s
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::Protocol(format!("remove: `{field}` is not a count"))),
+            _ => count(field),
+        }
+    };
     Ok(RemoveOutcome {
-        removed: count("removed")?,
-        not_in_list: count("notInList")?,
+        removed: lenient("removed")?,
+        not_in_list: lenient("notInList")?,
         errors,
     })
 }
@@ -745,6 +827,15 @@ mod tests {
         assert_eq!(
             retry_wait(&Value::Null, &h, now).unwrap(),
             Duration::from_secs(2)
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 18 May 2033 03:33:24 GMT"),
+        );
+        assert_eq!(
+            retry_wait(&Value::Null, &h, now).unwrap(),
+            Duration::from_secs(4)
         );
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset", HeaderValue::from_static("2000000005"));

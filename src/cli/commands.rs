@@ -393,7 +393,15 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
                     _ => {}
                 }
             }
-            println!("Drift: {total_drift} contact(s) present that must not be.");
+            let unread = doc.lists.iter().filter(|l| l.error.is_some()).count();
+            if unread > 0 {
+                println!(
+                    "Drift: {total_drift} contact(s) present that must not be in the lists read; \
+                     unknown for {unread} list(s) that could not be read."
+                );
+            } else {
+                println!("Drift: {total_drift} contact(s) present that must not be.");
+            }
         }
     }
     if failed || manifests.has_errors() {

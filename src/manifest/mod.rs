@@ -287,6 +287,12 @@ pub fn load(path: &Path) -> Manifests {
             return out;
         }
     };
+    if files.is_empty() {
+        out.diagnostics.push(Diagnostic::warning(
+            path,
+            "no *.yaml or *.yml manifest found here: nothing to check or apply; is this the right path?",
+        ));
+    }
     for file in files {
         load_file(&file, &mut out);
     }
@@ -394,7 +400,8 @@ fn load_file(path: &Path, out: &mut Manifests) {
             Ok(v) => v,
             Err(e) => {
                 let (message, place) = yaml_error(&e);
-                let mut d = Diagnostic::error(path, format!("YAML syntax error: {message}"));
+                let mut d =
+                    Diagnostic::error(path, format!("YAML syntax error: {}", fix_hint(&message)));
                 if let Some((line, column)) = place {
                     d = d.at(line, column);
                 }
@@ -487,15 +494,27 @@ fn load_file(path: &Path, out: &mut Manifests) {
     }
 }
 
-/// serde's messages name the problem; a few common ones also get the fix.
+/// serde's and libyaml's messages name the problem; the common ones also get the fix.
 fn fix_hint(message: &str) -> String {
-    if message.starts_with("unknown field") {
-        format!("{message}; remove it or fix its spelling")
+    let message = message
+        .replace("expected i64", "expected a whole number")
+        .replace("expected u64", "expected a positive whole number");
+    let hint = if message.starts_with("unknown field") {
+        "remove it or fix its spelling"
     } else if message.starts_with("unknown variant") {
-        format!("{message}; use one of the listed values")
+        "use one of the listed values"
+    } else if message.contains("cannot start any token") {
+        "a tab? YAML does not allow tabs for indentation: use spaces"
+    } else if message.contains("expected a sequence") {
+        "write a list: [a@example.com, b@example.com], or one `- item` per line"
+    } else if message.contains("expected a boolean") {
+        "use true or false"
+    } else if message.contains("expected a string") {
+        "quote the value, e.g. \"1\""
     } else {
-        message.to_string()
-    }
+        return message;
+    };
+    format!("{message}; {hint}")
 }
 
 /// Checks one document. Every broken rule becomes a diagnostic; the policy is returned only

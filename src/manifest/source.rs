@@ -158,6 +158,13 @@ pub fn csv_entries(text: &str, column: &str) -> Result<Vec<(usize, String)>, Str
         .position(|h| h.trim_start_matches('\u{feff}').eq_ignore_ascii_case(wanted))
         .ok_or_else(|| {
             let found: Vec<&str> = headers.iter().collect();
+            if found.len() == 1 && found[0].contains(';') {
+                return format!(
+                    "the CSV header row is {:?}: the file seems to use ';' between fields; \
+                     only ',' is supported, export it with commas",
+                    found[0]
+                );
+            }
             format!(
                 "the CSV has no column {wanted:?}; its header row has {found:?}; set `column` to one of them"
             )

@@ -1,0 +1,281 @@
+//! Answers a faithful implementation of AutoSend's documented contract may give that our own
+//! fake does not: members named by `_id` or by email only, `errors` that is not a list,
+//! counts as strings, a refusal that concerns the request rather than a contact. None of
+//! them may confirm a contact wrongly or burn the request budget.
+
+mod apply_support;
+
+use std::sync::{Arc, Mutex};
+
+use apply_support::*;
+use axum::Json;
+use axum::extract::{Path as AxPath, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use listwarden::contact::{ContactKind, ContactListId};
+use listwarden::manifest::Strategy;
+use listwarden::reconcile::ListResult;
+use listwarden::store::Store;
+use serde_json::{Value, json};
+
+const LIST: &str = "L1";
+
+/// How the scripted server answers.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Search members carry `email` but no id; remove answers normally.
+    MembersWithoutId,
+    /// Search members carry `_id` (and `total` as a string).
+    UnderscoreIdStringTotal,
+    /// Remove answers `errors` as an object keyed by email.
+    ErrorsAsObject,
+    /// Every remove is refused with the same 400, whatever the batch.
+    RefuseEverything,
+}
+
+struct Scripted {
+    mode: Mode,
+    /// Members of the list: (id, email).
+    members: Vec<(String, String)>,
+    /// Every remove body received.
+    removes: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<Scripted>>;
+
+async fn get_list(State(s): State<Shared>, AxPath(id): AxPath<String>) -> Json<Value> {
+    let n = s.lock().unwrap().members.len();
+    Json(
+        json!({"success": true, "data": {"id": id, "name": "n", "type": "list", "contactCount": n}}),
+    )
+}
+
+async fn search(State(s): State<Shared>, Json(body): Json<Value>) -> Json<Value> {
+    let s = s.lock().unwrap();
+    let page = body["page"].as_u64().unwrap_or(1) as usize;
+    let limit = body["limit"].as_u64().unwrap_or(20) as usize;
+    let total = s.members.len();
+    let contacts: Vec<Value> = s
+        .members
+        .iter()
+        .skip((page - 1) * limit)
+        .take(limit)
+        .map(|(id, email)| match s.mode {
+            Mode::MembersWithoutId => json!({"email": email}),
+            Mode::UnderscoreIdStringTotal => json!({"_id": id, "email": email}),
+            _ => json!({"id": id, "email": email}),
+        })
+        .collect();
+    let total_value = match s.mode {
+        Mode::UnderscoreIdStringTotal => json!(total.to_string()),
+        _ => json!(total),
+    };
+    Json(
+        json!({"success": true, "data": {"contacts": contacts, "pagination": {
+        "page": page, "limit": limit, "total": total_value, "pages": total.div_ceil(limit)}}}),
+    )
+}
+
+async fn remove(State(s): State<Shared>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    let mut s = s.lock().unwrap();
+    s.removes.push(body.clone());
+    match s.mode {
+        Mode::RefuseEverything => (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"success": false, "error": {"message": "contactListId is not a valid ObjectId", "code": "VALIDATION_FAILED"}}),
+            ),
+        ),
+        Mode::ErrorsAsObject => {
+            let first = body["emails"][0].as_str().unwrap_or("").to_string();
+            (
+                StatusCode::OK,
+                Json(
+                    json!({"success": true, "data": {"removed": 0, "notInList": 0, "errors": {first: "Failed to remove"}}}),
+                ),
+            )
+        }
+        _ => {
+            let entries: Vec<String> = body["emails"]
+                .as_array()
+                .or(body["contactIds"].as_array())
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            let before = s.members.len();
+            s.members
+                .retain(|(id, email)| !entries.contains(id) && !entries.contains(email));
+            let removed = before - s.members.len();
+            (
+                StatusCode::OK,
+                Json(
+                    json!({"success": true, "data": {"removed": removed, "notInList": entries.len() - removed, "errors": []}}),
+                ),
+            )
+        }
+    }
+}
+
+struct Server {
+    url: String,
+    state: Shared,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(mode: Mode, members: &[(&str, &str)]) -> Server {
+    let state: Shared = Arc::new(Mutex::new(Scripted {
+        mode,
+        members: members
+            .iter()
+            .map(|(i, e)| (i.to_string(), e.to_string()))
+            .collect(),
+        removes: Vec::new(),
+    }));
+    let app = axum::Router::new()
+        .route("/v1/contact-lists/{id}", get(get_list))
+        .route("/v1/contact-lists/contacts/search", post(search))
+        .route("/v1/contact-lists/{id}/contacts/remove", post(remove))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Server {
+        url,
+        state,
+        _task: task,
+    }
+}
+
+fn manifest(dir: &std::path::Path, emails: &[&str], ids: &[&str]) {
+    let mut s = format!(
+        "{HEADER}metadata:\n  name: p\nspec:\n  contactListId: {LIST}\n  exclude:\n    emails: {emails:?}\n    contactIds: {ids:?}\n"
+    );
+    s = s
+        .replace("    emails: []\n", "")
+        .replace("    contactIds: []\n", "");
+    write(&dir.join("p.yaml"), &s);
+}
+
+fn confirmed(store: &Store, kind: ContactKind, contact: &str) -> bool {
+    let r = store.records(&ContactListId::parse(LIST).unwrap()).unwrap();
+    let map = match kind {
+        ContactKind::Email => &r.emails,
+        ContactKind::ContactId => &r.contact_ids,
+    };
+    map.get(contact)
+        .is_some_and(|r| r.confirmed_at.is_some() && r.failed_at.is_none())
+}
+
+async fn run(server: &Server, dir: &std::path::Path, strategy: Strategy) -> (Arc<Store>, Pass) {
+    let store = Arc::new(Store::in_memory().unwrap());
+    let mut options = plan_options(500);
+    options.strategy = strategy;
+    let client = fast_client(&server.url, KEY);
+    let pass = sync(&client, &store, dir, options, 1).await;
+    (store, pass)
+}
+
+#[tokio::test]
+async fn members_without_ids_never_confirm_contact_ids_by_absence() {
+    let server = serve(
+        Mode::MembersWithoutId,
+        &[("c1", "m1@example.com"), ("c2", "m2@example.com")],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(dir.path(), &["x1@example.com", "m1@example.com"], &["c2"]);
+    let (store, pass) = run(&server, dir.path(), Strategy::Observe).await;
+    assert_eq!(pass.report.outcomes[0].result, ListResult::Converged);
+    let removes = server.state.lock().unwrap().removes.clone();
+    // The email found is removed by email; the id, unreadable in the search answer, is
+    // asserted by id rather than confirmed by a read that could not see it.
+    assert!(
+        removes.iter().any(|b| b["contactIds"] == json!(["c2"])),
+        "{removes:?}"
+    );
+    assert!(
+        removes
+            .iter()
+            .any(|b| b["emails"] == json!(["m1@example.com"])),
+        "{removes:?}"
+    );
+    assert!(server.state.lock().unwrap().members.is_empty());
+    assert!(confirmed(&store, ContactKind::Email, "x1@example.com"));
+    assert!(confirmed(&store, ContactKind::ContactId, "c2"));
+}
+
+#[tokio::test]
+async fn underscore_ids_and_counts_as_strings_are_read() {
+    let server = serve(
+        Mode::UnderscoreIdStringTotal,
+        &[("c1", "m1@example.com"), ("c2", "m2@example.com")],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(dir.path(), &["x1@example.com"], &["c2", "c9"]);
+    let (store, pass) = run(&server, dir.path(), Strategy::Observe).await;
+    assert_eq!(pass.report.outcomes[0].result, ListResult::Converged);
+    assert_eq!(pass.report.outcomes[0].strategy.as_deref(), Some("observe"));
+    let removes = server.state.lock().unwrap().removes.clone();
+    assert_eq!(removes, vec![json!({"contactIds": ["c2"]})]);
+    assert!(confirmed(&store, ContactKind::ContactId, "c9"));
+    assert!(confirmed(&store, ContactKind::Email, "x1@example.com"));
+}
+
+#[tokio::test]
+async fn errors_that_are_not_a_list_leave_the_batch_unconfirmed() {
+    let server = serve(Mode::ErrorsAsObject, &[("c1", "m1@example.com")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(dir.path(), &["m1@example.com", "x1@example.com"], &[]);
+    let (store, pass) = run(&server, dir.path(), Strategy::Assert).await;
+    assert!(
+        matches!(&pass.report.outcomes[0].result, ListResult::Failed(m) if m.contains("not a list")),
+        "{:?}",
+        pass.report.outcomes[0].result
+    );
+    assert!(!confirmed(&store, ContactKind::Email, "m1@example.com"));
+    assert!(!confirmed(&store, ContactKind::Email, "x1@example.com"));
+}
+
+#[tokio::test]
+async fn a_refusal_of_every_request_fails_the_list_without_splitting_to_every_contact() {
+    let server = serve(Mode::RefuseEverything, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let emails: Vec<String> = (0..300).map(|i| format!("u{i}@example.com")).collect();
+    let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    manifest(dir.path(), &refs, &[]);
+    let (store, pass) = run(&server, dir.path(), Strategy::Assert).await;
+    let result = &pass.report.outcomes[0].result;
+    assert!(
+        matches!(result, ListResult::Failed(m) if m.contains("every request for this list is refused")),
+        "{result:?}"
+    );
+    let sent = server.state.lock().unwrap().removes.len();
+    // 300 -> 150 -> 75 -> 38 -> 19 -> 10 -> 5 -> 3 -> 2 -> 1 and two more singles: a dozen
+    // requests, not the ~600 of splitting down to every contact.
+    assert!(sent <= 20, "{sent} remove requests");
+    assert!(!confirmed(&store, ContactKind::Email, "u0@example.com"));
+}
+
+#[tokio::test]
+async fn a_load_without_any_policy_forgets_nothing() {
+    let server = serve(Mode::MembersWithoutId, &[("c1", "m1@example.com")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(dir.path(), &["m1@example.com"], &[]);
+    let (store, _) = run(&server, dir.path(), Strategy::Assert).await;
+    assert!(confirmed(&store, ContactKind::Email, "m1@example.com"));
+    // The manifests vanish (a failed checkout, a missing mount): nothing is forgotten.
+    std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
+    let client = fast_client(&server.url, KEY);
+    let pass = sync(&client, &store, dir.path(), plan_options(500), 1).await;
+    assert!(pass.manifests.policies.is_empty());
+    assert!(
+        pass.manifests
+            .warnings()
+            .any(|d| d.message.contains("no *.yaml"))
+    );
+    assert!(confirmed(&store, ContactKind::Email, "m1@example.com"));
+}
