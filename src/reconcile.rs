@@ -395,14 +395,31 @@ async fn send_all(
     tally: &Tally,
     acc: &mut Acc,
 ) -> Result<(), ApiError> {
-    let mut stack: Vec<&[Pending]> = items.chunks(ctx.batch_size.max(1)).rev().collect();
+    // Each entry: a batch, and the index in `splits` of the refused batch it is half of.
+    let mut stack: Vec<(&[Pending], Option<usize>)> = items
+        .chunks(ctx.batch_size.max(1))
+        .rev()
+        .map(|c| (c, None))
+        .collect();
+    // Refused batches that were split: how many of their halves were accepted. When both
+    // were, the refusal was about the size (a server with a smaller maximum), not about a
+    // contact: every later batch of this run is cut to that half size up front, instead of
+    // paying the same refusals again for each batch.
+    let mut splits: Vec<usize> = Vec::new();
+    let mut cap: Option<usize> = None;
     // A refusal that is about the request, not about a contact (say, the list id itself),
     // would otherwise be split down to every single contact: hundreds of wasted requests.
     // When several single contacts were refused with the same message and no request of
     // this list has succeeded, the list fails instead.
     let mut accepted = 0usize;
     let mut single_refusals: HashMap<String, usize> = HashMap::new();
-    while let Some(batch) = stack.pop() {
+    while let Some((batch, parent)) = stack.pop() {
+        if let Some(c) = cap
+            && batch.len() > c
+        {
+            stack.extend(batch.chunks(c).rev().map(|c| (c, None)));
+            continue;
+        }
         let entries: Vec<String> = batch.iter().map(|p| p.key.to_string()).collect();
         let request = match kind {
             ContactKind::Email => RemoveBatch::Emails(entries),
@@ -412,6 +429,16 @@ async fn send_all(
         match ctx.client.remove(plan.list.as_str(), &request, tally).await {
             Ok(outcome) => {
                 accepted += 1;
+                if let Some(i) = parent {
+                    splits[i] += 1;
+                    if splits[i] == 2 {
+                        let learned = batch.len().max(1);
+                        if cap.is_none_or(|c| learned < c) {
+                            tracing::info!(list = %plan.list, size = learned, "AutoSend takes smaller batches; using this size for the rest of the run");
+                            cap = Some(learned);
+                        }
+                    }
+                }
                 let errors = match_errors(kind, batch, &outcome.errors);
                 let accounted = outcome.removed + outcome.not_in_list + outcome.errors.len() as u64;
                 if accounted < batch.len() as u64 {
@@ -465,8 +492,10 @@ async fn send_all(
                 if batch.len() > 1 {
                     let mid = batch.len() / 2;
                     tracing::info!(list = %plan.list, size = batch.len(), status, "batch refused; splitting it in halves");
-                    stack.push(&batch[mid..]);
-                    stack.push(&batch[..mid]);
+                    splits.push(0);
+                    let id = Some(splits.len() - 1);
+                    stack.push((&batch[mid..], id));
+                    stack.push((&batch[..mid], id));
                 } else {
                     let same = single_refusals.entry(message.clone()).or_default();
                     *same += 1;

@@ -461,6 +461,23 @@ fn too_large_batch_is_split_until_the_server_accepts_it() {
     }
     assert_eq!(c.contacts_removed, 600);
     assert_eq!(c.contacts_not_in_list, 400);
+    // Once both halves of a refused batch were accepted, the size is learned: only the first
+    // batch pays refusals (500, 250, 125), the rest go out at 63 without being refused.
+    let refused = c.remove_batches.iter().filter(|b| b.status == 400).count();
+    assert_eq!(
+        refused,
+        3,
+        "{:?}",
+        c.remove_batches
+            .iter()
+            .map(|b| (b.status, b.entries.len()))
+            .collect::<Vec<_>>()
+    );
+    let accepted = c.remove_batches.iter().filter(|b| b.status == 200).count();
+    // 62 + 63, then the other half of the 250 (125 -> 2 batches), the other half of the 500
+    // (250 -> 4) and the second 500 (-> 8): 19 requests in all, where splitting every batch
+    // afresh would cost 30 (and the ideal, knowing the limit, is 10).
+    assert_eq!(accepted, 16, "accepted batches");
     assert_eq!(env.fake().member_count("list-a"), 0);
     let doc = env.status_json();
     assert_eq!(list_status(&doc, "list-a")["confirmed"], 1000);
