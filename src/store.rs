@@ -589,6 +589,15 @@ impl Store {
         Ok(())
     }
 
+    /// The last observed drift of every list that was observed.
+    pub fn drifts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT list_id, drift FROM lists WHERE drift IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// How many desired-absent members the list's last observation found.
     pub fn last_drift(&self, list: &str) -> Result<Option<u64>, StoreError> {
         let conn = self.conn();

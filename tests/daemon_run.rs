@@ -480,3 +480,53 @@ fn a_git_sync_checkout_is_followed_across_worktree_swaps() {
     );
     h.wait_removed(L1, &[extra], Duration::from_secs(3));
 }
+
+/// utime + stime of a process, in clock ticks (Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_list_moved_away_during_its_reconcile_leaves_the_daemon_idle() {
+    let mut h = Harness::new();
+    let all = emails("mv", 40);
+    h.fake().add_contacts(L1, &all);
+    h.fake().add_contacts(L2, &all);
+    h.write("p1.yaml", &policy("p1", L1, &all));
+    h.start_with(Opts {
+        rate_limit: "10/s".into(),
+        // A short interval: a list left scheduled without a desired state would fall due,
+        // and the scheduler would find nothing to run and never sleep.
+        extra: [
+            "--batch-size",
+            "5",
+            "--strategy",
+            "assert",
+            "--interval",
+            "1s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Opts::default()
+    });
+    h.wait("the first batch", Duration::from_secs(10), || {
+        (!h.ok_batches().is_empty()).then_some(())
+    });
+    // While L1 is being reconciled, the policy moves to L2.
+    h.write("p1.yaml", &policy("p1", L2, &all));
+    h.wait_removed(L2, &all, Duration::from_secs(15));
+    h.wait_reason("p1", "Converged", CONVERGE);
+    // L1's run has ended too (its batches stop); the daemon must now sleep, not spin.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = h.daemon().pid();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // 2 s of a busy loop would be ~200 ticks; an idle daemon uses 0 or 1.
+    assert!(used < 20, "{used} ticks of CPU in 2 s while idle");
+    assert!(h.daemon().running());
+}

@@ -91,8 +91,20 @@ struct ListState {
 
 struct Done {
     list: ContactListId,
-    outcome: ListOutcome,
+    /// The load the reconcile planned from.
+    generation: u64,
+    /// `None` when the list was no longer in the manifests by the time its turn came.
+    outcome: Option<ListOutcome>,
     pending_after: u64,
+}
+
+/// What the latest load says; a reconcile plans from it when its turn comes (not when it was
+/// queued), so a queued list never runs a plan the manifests have since changed.
+struct Snapshot {
+    generation: u64,
+    policies: Arc<Vec<manifest::Policy>>,
+    desired: DesiredState,
+    source_revision: Option<String>,
 }
 
 /// Runs until shutdown. Returns once the store is consistent and tasks have stopped.
@@ -144,17 +156,20 @@ pub async fn run(
         metrics,
         shared,
         manifests: Arc::new(Manifests::default()),
-        desired: DesiredState::default(),
-        policies: Arc::new(Vec::new()),
+        snapshot: Arc::new(std::sync::RwLock::new(Snapshot {
+            generation: 0,
+            policies: Arc::new(Vec::new()),
+            desired: DesiredState::default(),
+            source_revision: None,
+        })),
         lists: BTreeMap::new(),
         limit: Arc::new(Semaphore::new(1)),
         auth_paused_until: None,
         auth_backoff: None,
-        source_revision: None,
     };
     d.limit = Arc::new(Semaphore::new(d.config.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    d.reload(false);
+    d.reload(false).await;
 
     // Trailing-edge debounce on top of the watcher's: a reload waits until changes have
     // been quiet for `debounce` (a git checkout touching files for a second is one reload),
@@ -188,11 +203,11 @@ pub async fn run(
                         ),
                     }
                 }
-                d.reload(false);
+                d.reload(false).await;
             }
             _ = hangup(&mut sighup) => {
                 tracing::info!("SIGHUP: reloading and re-asserting every list");
-                d.reload(true);
+                d.reload(true).await;
             }
             Some(done) = done_rx.recv() => d.finished(done),
             _ = tokio::time::sleep_until(wake) => {}
@@ -215,6 +230,43 @@ pub async fn run(
     Ok(())
 }
 
+/// Plans one list from the store's records now and reconciles it. A store that cannot be
+/// read fails the list (requeued with backoff) rather than planning every contact as new.
+async fn reconcile_one(
+    ctx: &Context,
+    policies: &[manifest::Policy],
+    desired: &Arc<crate::desired::DesiredList>,
+    mut options: PlanOptions,
+) -> (ListOutcome, usize, String) {
+    let names: Vec<&str> = desired
+        .policies
+        .iter()
+        .map(|&i| policies[i].name.as_str())
+        .collect();
+    let names = names.join(",");
+    let records = {
+        let (store, list) = (ctx.store.clone(), desired.list.clone());
+        tokio::task::spawn_blocking(move || store.records(&list)).await
+    };
+    let records = match records {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let message = format!("cannot read the state store: {e}");
+            tracing::error!(list = %desired.list, %message);
+            let outcome = ListOutcome::new(desired.list.clone(), ListResult::Failed(message));
+            return (outcome, 0, names);
+        }
+        Err(e) => {
+            let outcome = ListOutcome::new(desired.list.clone(), ListResult::Failed(e.to_string()));
+            return (outcome, 0, names);
+        }
+    };
+    options.now = plan::now_unix();
+    let list_plan = plan::plan_list(policies, desired, &records, &options);
+    let outcome = reconcile::reconcile_list(ctx, policies, &list_plan).await;
+    (outcome, list_plan.to_assert(), names)
+}
+
 async fn hangup(s: &mut tokio::signal::unix::Signal) {
     s.recv().await;
 }
@@ -226,28 +278,36 @@ struct Scheduler {
     metrics: Arc<Metrics>,
     shared: Arc<http::Shared>,
     manifests: Arc<Manifests>,
-    desired: DesiredState,
-    policies: Arc<Vec<manifest::Policy>>,
+    snapshot: Arc<std::sync::RwLock<Snapshot>>,
     lists: BTreeMap<ContactListId, ListState>,
     limit: Arc<Semaphore>,
     auth_paused_until: Option<Instant>,
     auth_backoff: Option<backon::ExponentialBackoff>,
-    source_revision: Option<String>,
 }
 
 impl Scheduler {
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.config.min_backoff)
-            .with_max_delay(self.config.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
     /// Loads the manifests again and schedules the lists whose desired state changed.
-    fn reload(&mut self, resync_all: bool) {
-        let manifests = manifest::load(&self.config.path);
+    async fn reload(&mut self, resync_all: bool) {
+        // Loading (possibly millions of lines), the store writes and `git rev-parse` block:
+        // off the async workers, so pacing timers and the HTTP endpoints stay responsive.
+        let (path, store) = (self.config.path.clone(), self.store.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let manifests = manifest::load(&path);
+            if let Err(e) = reconcile::record_manifests(&store, &manifests, plan::now_unix()) {
+                tracing::error!(error = %e, "cannot record manifest state");
+            }
+            let desired = DesiredState::build(&manifests.policies);
+            let revision = crate::revision::git_commit(&path);
+            (manifests, desired, revision)
+        })
+        .await;
+        let (manifests, desired, source_revision) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "manifest load panicked; keeping the previous load");
+                return;
+            }
+        };
         let errors = manifests.errors().count();
         for d in manifests.errors() {
             tracing::warn!(diagnostic = %d, "manifest error");
@@ -259,12 +319,6 @@ impl Scheduler {
                 result: if errors > 0 { "error" } else { "ok" }.into(),
             })
             .inc();
-        let now = plan::now_unix();
-        if let Err(e) = reconcile::record_manifests(&self.store, &manifests, now) {
-            tracing::error!(error = %e, "cannot record manifest state");
-        }
-        let desired = DesiredState::build(&manifests.policies);
-        self.source_revision = crate::revision::git_commit(&self.config.path);
         let mut seen = HashSet::new();
         let due_now = Instant::now();
         for l in &desired.lists {
@@ -298,7 +352,8 @@ impl Scheduler {
                 }
             }
         }
-        // Lists no policy names any more: stop scheduling them (a run in flight finishes).
+        // Lists no policy names any more: stop scheduling them (a run in flight finishes,
+        // then `finished` drops them).
         self.lists.retain(|id, s| seen.contains(id) || s.running);
         if resync_all {
             self.auth_paused_until = None;
@@ -310,9 +365,14 @@ impl Scheduler {
             errors,
             "manifests loaded"
         );
-        self.policies = Arc::new(manifests.policies.clone());
+        {
+            let mut snap = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+            snap.generation += 1;
+            snap.policies = Arc::new(manifests.policies.clone());
+            snap.desired = desired;
+            snap.source_revision = source_revision;
+        }
         self.manifests = Arc::new(manifests);
-        self.desired = desired;
         self.refresh_ready_gauges();
         self.update_first_pass();
     }
@@ -346,47 +406,57 @@ impl Scheduler {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            let Some(desired) = self.desired.lists.iter().find(|l| l.list == id).cloned() else {
-                continue;
-            };
             let state = self.lists.get_mut(&id).expect("scheduled list");
             state.running = true;
             state.dirty = false;
             let mut options = self.config.plan.clone();
-            options.now = plan::now_unix();
             options.resync_all = std::mem::take(&mut state.resync_all);
-            let records = self.store.records(&id).unwrap_or_else(|e| {
-                tracing::error!(error = %e, list = %id, "cannot read the store");
-                Default::default()
-            });
-            let list_plan = plan::plan_list(&self.policies, &desired, &records, &options);
             let ctx = Context {
                 client: self.client.clone(),
                 store: self.store.clone(),
                 batch_size: options.batch_size,
                 progress: Arc::new(NoProgress),
-                source_revision: self.source_revision.clone(),
+                source_revision: None,
             };
-            let (policies, limit, done) = (self.policies.clone(), self.limit.clone(), done.clone());
+            let (snapshot, limit, done) = (self.snapshot.clone(), self.limit.clone(), done.clone());
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let outcome = reconcile::reconcile_list(&ctx, &policies, &list_plan).await;
+                let (generation, policies, desired, source_revision) = {
+                    let snap = snapshot.read().unwrap_or_else(|p| p.into_inner());
+                    let desired = snap.desired.lists.iter().find(|l| l.list == id).cloned();
+                    (
+                        snap.generation,
+                        snap.policies.clone(),
+                        desired,
+                        snap.source_revision.clone(),
+                    )
+                };
+                let Some(desired) = desired else {
+                    let _ = done.send(Done {
+                        list: id,
+                        generation,
+                        outcome: None,
+                        pending_after: 0,
+                    });
+                    return;
+                };
+                let ctx = Context {
+                    source_revision,
+                    ..ctx
+                };
+                let (outcome, to_assert, names) =
+                    reconcile_one(&ctx, &policies, &desired, options).await;
                 let confirmed = outcome.removed + outcome.not_in_list + outcome.observed_absent;
                 let pending_after = if outcome.result.is_ok() {
                     0
                 } else {
-                    (list_plan.to_assert() as u64).saturating_sub(confirmed)
+                    (to_assert as u64).saturating_sub(confirmed)
                 };
-                let names: Vec<&str> = list_plan
-                    .policies
-                    .iter()
-                    .map(|&i| policies[i].name.as_str())
-                    .collect();
                 tracing::info!(
-                    list = %list_plan.list,
-                    policies = %names.join(","),
+                    list = %outcome.list,
+                    policies = %names,
                     result = crate::metrics::result_label(&outcome.result),
-                    to_assert = list_plan.to_assert(),
+                    to_assert,
                     removed = outcome.removed,
                     not_in_list = outcome.not_in_list + outcome.observed_absent,
                     failed = outcome.failed,
@@ -397,8 +467,9 @@ impl Scheduler {
                     "reconciled"
                 );
                 let _ = done.send(Done {
-                    list: list_plan.list.clone(),
-                    outcome,
+                    list: id,
+                    generation,
+                    outcome: Some(outcome),
                     pending_after,
                 });
             });
@@ -406,28 +477,59 @@ impl Scheduler {
     }
 
     fn finished(&mut self, done: Done) {
-        self.metrics.reconciled(&done.outcome, done.pending_after);
+        let (generation, still_desired) = self
+            .snapshot
+            .read()
+            .map(|s| {
+                (
+                    s.generation,
+                    s.desired.lists.iter().any(|l| l.list == done.list),
+                )
+            })
+            .unwrap_or((0, true));
+        // A reconcile that planned from an older load may have written a condition the newer
+        // load contradicts (a policy since made invalid, or deleted): state it again.
+        if done.generation != generation
+            && let Err(e) =
+                reconcile::record_manifests(&self.store, &self.manifests, plan::now_unix())
+        {
+            tracing::error!(error = %e, "cannot record manifest state");
+        }
         let now = Instant::now();
-        let unauthorized = matches!(done.outcome.result, ListResult::Unauthorized(_));
-        let fresh = self.backoff();
-        let mut backoff = self
-            .lists
-            .get_mut(&done.list)
-            .and_then(|s| s.backoff.take());
-        if let Some(state) = self.lists.get_mut(&done.list) {
+        let result = done.outcome.as_ref().map(|o| &o.result);
+        let unauthorized = matches!(result, Some(ListResult::Unauthorized(_)));
+        if let Some(o) = &done.outcome {
+            self.metrics.reconciled(o, done.pending_after);
+        }
+        if !still_desired {
+            // The list left the manifests meanwhile: drop its schedule (a due time left in
+            // the past would keep the loop from ever sleeping).
+            self.lists.remove(&done.list);
+        } else if let Some(state) = self.lists.get_mut(&done.list) {
             state.running = false;
             state.completed_once = true;
-            let ok = done.outcome.result.is_ok();
-            if state.dirty {
+            let ok = result.is_some_and(ListResult::is_ok);
+            if state.dirty || result.is_none() {
                 state.next_due = now;
-            } else if ok || matches!(done.outcome.result, ListResult::Interrupted) {
+            } else if ok || matches!(result, Some(ListResult::Interrupted)) {
                 state.next_due = now + self.config.interval;
+                state.backoff = None;
             } else if !unauthorized {
-                let b = backoff.get_or_insert(fresh);
-                let wait = b.next().unwrap_or(self.config.max_backoff);
+                let fresh = || {
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(self.config.min_backoff)
+                        .with_max_delay(self.config.max_backoff)
+                        .with_jitter()
+                        .without_max_times()
+                        .build()
+                };
+                let wait = state
+                    .backoff
+                    .get_or_insert_with(fresh)
+                    .next()
+                    .unwrap_or(self.config.max_backoff);
                 tracing::info!(list = %done.list, wait_ms = wait.as_millis() as u64, "requeued after failure");
                 state.next_due = now + wait;
-                state.backoff = backoff;
             }
         }
         if unauthorized {
@@ -450,20 +552,27 @@ impl Scheduler {
             );
             self.shared.unauthorized.store(true, Ordering::Relaxed);
             self.auth_paused_until = Some(now + wait);
-            if let ListResult::Unauthorized(m) = &done.outcome.result {
+            if let Some(ListResult::Unauthorized(m)) = result {
                 let condition = Condition::new(Ready::False, "Unauthorized", m.clone());
-                reconcile::mark_policies(
-                    &self.store,
-                    self.policies.iter().filter(|p| !p.suspend),
-                    &condition,
-                    plan::now_unix(),
-                );
+                let policies = self.snapshot.read().map(|s| s.policies.clone());
+                if let Ok(policies) = policies {
+                    reconcile::mark_policies(
+                        &self.store,
+                        policies.iter().filter(|p| !p.suspend),
+                        &condition,
+                        plan::now_unix(),
+                    );
+                }
             }
             // Every list waits for the pause, then tries again.
             for s in self.lists.values_mut() {
                 s.next_due = s.next_due.max(now + wait);
             }
-        } else if !matches!(done.outcome.result, ListResult::Interrupted) {
+        } else if done.outcome.as_ref().is_some_and(|o| o.requests > 0)
+            && !matches!(result, Some(ListResult::Interrupted))
+        {
+            // Only a list that actually reached AutoSend proves the key works again; one with
+            // nothing pending made no request and proves nothing.
             self.auth_backoff = None;
             self.auth_paused_until = None;
             self.shared.unauthorized.store(false, Ordering::Relaxed);
@@ -492,16 +601,12 @@ impl Scheduler {
                 })
                 .set(i64::from(p.condition.ready == Ready::True));
         }
-        if let Ok(lists) = self.store.lists(0) {
-            for l in lists {
-                if let Some(d) = l.drift {
-                    self.metrics
-                        .drift
-                        .get_or_create(&ListLabel {
-                            list: l.contact_list_id,
-                        })
-                        .set(d);
-                }
+        if let Ok(drifts) = self.store.drifts() {
+            for (list, drift) in drifts {
+                self.metrics
+                    .drift
+                    .get_or_create(&ListLabel { list })
+                    .set(drift as i64);
             }
         }
     }
