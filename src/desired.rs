@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
-use crate::contact::{ContactId, ContactKind, ContactListId, Email};
+use crate::contact::{ContactId, ContactListId, Email};
 use crate::manifest::Policy;
 
 /// Indices into the policy slice the desired state was built from. Most contacts are asked
@@ -45,13 +45,6 @@ impl DesiredList {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    pub fn count(&self, kind: ContactKind) -> usize {
-        match kind {
-            ContactKind::Email => self.emails.len(),
-            ContactKind::ContactId => self.contact_ids.len(),
-        }
-    }
 }
 
 /// The desired state of every list named by at least one valid policy, sorted by list id.
@@ -81,12 +74,18 @@ impl DesiredState {
                         .iter()
                         .map(|&i| (i as u32, &policies[i].contact_ids[..])),
                 );
+                // Settings count too: raising a threshold to unblock a refused list, or
+                // switching strategy, must make the daemon reconcile it now.
                 let mut h = Sha256::new();
-                for &i in &active {
-                    h.update(policies[i].name.as_str().as_bytes());
-                    h.update(b"=");
-                    h.update(policies[i].revision.as_bytes());
-                    h.update(b"\n");
+                for &i in active.iter().chain(&suspended) {
+                    let p = &policies[i];
+                    h.update(
+                        format!(
+                            "{}={} suspend={} max={:?} strategy={:?}\n",
+                            p.name, p.revision, p.suspend, p.max_removals_per_sync, p.strategy
+                        )
+                        .as_bytes(),
+                    );
                 }
                 let digest = h.finalize();
                 let revision = format!(
@@ -108,13 +107,6 @@ impl DesiredState {
             })
             .collect();
         DesiredState { lists }
-    }
-
-    pub fn list(&self, id: &ContactListId) -> Option<&DesiredList> {
-        self.lists
-            .binary_search_by(|l| l.list.cmp(id))
-            .ok()
-            .map(|i| &*self.lists[i])
     }
 }
 
@@ -167,6 +159,33 @@ fn union<'a, K: Ord + Clone + 'a>(sets: impl Iterator<Item = (u32, &'a [K])>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn list_revision(threshold: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            format!(
+                "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata: {{name: p}}\n\
+                 spec:\n  contactListId: l1\n{threshold}  exclude: {{emails: [a@example.com]}}\n"
+            ),
+        )
+        .unwrap();
+        let m = crate::manifest::load(dir.path());
+        assert!(!m.has_errors(), "{:?}", m.diagnostics);
+        DesiredState::build(&m.policies).lists[0].revision.clone()
+    }
+
+    #[test]
+    fn a_settings_change_changes_the_list_revision() {
+        // The daemon reconciles a list when its revision changes: raising a threshold to
+        // unblock a refused list must count as a change.
+        let none = list_revision("");
+        let some = list_revision("  maxRemovalsPerSync: 10\n");
+        let more = list_revision("  maxRemovalsPerSync: 20\n");
+        assert_ne!(none, some);
+        assert_ne!(some, more);
+        assert_eq!(some, list_revision("  maxRemovalsPerSync: 10\n"));
+    }
     use proptest::prelude::*;
     use std::collections::{BTreeSet, HashSet};
 

@@ -69,7 +69,9 @@ pub struct Metrics {
     pub last_success: Family<ListLabel, FloatGauge>,
     pub api_requests: Family<RequestLabels, Counter>,
     pub rate_limited: Counter,
-    pub pacing_wait: FloatGauge,
+    pub pacing_wait: Counter<f64, AtomicU64>,
+    /// The pacer's total when the counter was last brought up to date.
+    pacing_seen: std::sync::Mutex<Duration>,
     pub policy_ready: Family<PolicyLabels, Gauge>,
     pub manifest_errors: Gauge,
     pub manifest_loads: Family<ResultLabel, Counter>,
@@ -105,7 +107,8 @@ impl Metrics {
             last_success: Family::default(),
             api_requests: Family::default(),
             rate_limited: Counter::default(),
-            pacing_wait: FloatGauge::default(),
+            pacing_wait: Counter::default(),
+            pacing_seen: std::sync::Mutex::new(Duration::ZERO),
             policy_ready: Family::default(),
             manifest_errors: Gauge::default(),
             manifest_loads: Family::default(),
@@ -152,7 +155,7 @@ impl Metrics {
             m.rate_limited.clone(),
         );
         registry.register(
-            "pacing_wait_seconds_total",
+            "pacing_wait_seconds",
             "Time requests spent waiting for the client-side pacing budget",
             m.pacing_wait.clone(),
         );
@@ -217,8 +220,13 @@ impl Metrics {
         }
     }
 
+    /// Brings the counter up to the pacer's running total (read at scrape time).
     pub fn set_pacing_wait(&self, waited: Duration) {
-        self.pacing_wait.set(waited.as_secs_f64());
+        let mut seen = self.pacing_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if waited > *seen {
+            self.pacing_wait.inc_by((waited - *seen).as_secs_f64());
+            *seen = waited;
+        }
     }
 }
 

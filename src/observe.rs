@@ -38,16 +38,6 @@ pub struct Members {
     pub ids_complete: bool,
 }
 
-impl Members {
-    /// Whether the read can confirm contacts of this kind by not finding them.
-    pub fn complete(&self, kind: crate::contact::ContactKind) -> bool {
-        match kind {
-            crate::contact::ContactKind::Email => self.emails_complete,
-            crate::contact::ContactKind::ContactId => self.ids_complete,
-        }
-    }
-}
-
 /// The strategy chosen for one list, and why (for plan output, logs and status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Choice {

@@ -175,12 +175,31 @@ impl Plan {
         mut records: impl FnMut(&ContactListId) -> ListRecords,
         options: PlanOptions,
     ) -> Plan {
+        match Plan::try_build(
+            policies,
+            desired,
+            |l| Ok::<_, std::convert::Infallible>(records(l)),
+            options,
+        ) {
+            Ok(plan) => plan,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`Plan::build`], for records that can fail to be read. A store that cannot be
+    /// read fails the plan: planning its contacts as new would re-send confirmed work.
+    pub fn try_build<E>(
+        policies: &[Policy],
+        desired: &DesiredState,
+        mut records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
+        options: PlanOptions,
+    ) -> Result<Plan, E> {
         let lists = desired
             .lists
             .iter()
-            .map(|d| plan_list(policies, d, &records(&d.list), &options))
-            .collect();
-        Plan { lists, options }
+            .map(|d| Ok(plan_list(policies, d, &records(&d.list)?, &options)))
+            .collect::<Result<_, E>>()?;
+        Ok(Plan { lists, options })
     }
 
     pub fn requests(&self) -> usize {
@@ -334,11 +353,6 @@ pub fn plan_list(
         refused,
         strategy,
     }
-}
-
-/// Splits `items` into request-sized batches.
-pub fn batches<T>(items: &[T], batch_size: usize) -> impl Iterator<Item = &[T]> {
-    items.chunks(batch_size.max(1))
 }
 
 #[cfg(test)]

@@ -798,9 +798,12 @@ pub async fn sync_all(
         {
             o.result = ListResult::Unauthorized(message.clone());
         }
+        // Lists that converged in this pass keep their condition; only those the refused key
+        // stopped (mid-way, or before they started) are marked.
         let interrupted: Vec<&ContactListId> = report
             .outcomes
             .iter()
+            .filter(|o| matches!(o.result, ListResult::Unauthorized(_)))
             .map(|o| &o.list)
             .chain(skipped.iter().map(|p| &p.list))
             .collect();
@@ -810,6 +813,7 @@ pub async fn sync_all(
                 .iter()
                 .filter(|p| !p.suspend && interrupted.contains(&&p.contact_list_id)),
             &condition,
+            ctx.source_revision.as_deref(),
             now,
         );
         for plan in skipped {
@@ -929,16 +933,18 @@ pub fn mark_policies<'a>(
     store: &Store,
     policies: impl Iterator<Item = &'a Policy>,
     condition: &Condition,
+    source_revision: Option<&str>,
     now: i64,
 ) {
     for p in policies {
+        let attempted = source_revision.unwrap_or(&p.revision);
         if let Err(e) = store.update_policy(
             p.name.as_str(),
             Some(p.contact_list_id.as_str()),
             &p.origin.file,
             p.origin.document,
             Some(&p.revision),
-            Some((now, &p.revision)),
+            Some((now, attempted)),
             None,
             None,
             condition,

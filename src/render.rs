@@ -334,16 +334,6 @@ fn reason_and_policies(
     format!("{reason}; {}", names.join(", "))
 }
 
-/// Just a list's header line for logs.
-pub fn list_summary(l: &ListPlan) -> String {
-    format!(
-        "{}: {} to assert in {} requests",
-        l.list,
-        l.to_assert(),
-        l.requests()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

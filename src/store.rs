@@ -243,13 +243,41 @@ impl Store {
         Store::init(conn, path)
     }
 
-    /// Opens an existing store read-only-in-spirit (for `plan` and `status`): `None` when
-    /// there is no store yet, so that a dry run never creates files.
+    /// Opens an existing store read-only (for `plan` and `status`): `None` when there is no
+    /// store yet. A dry run never creates, migrates or writes it.
     pub fn open_existing(path: &Path) -> Result<Option<Store>, StoreError> {
         if !path.exists() {
             return Ok(None);
         }
-        Store::open(path).map(Some)
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+            });
+        }
+        if version < SCHEMA_VERSION {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                message: format!(
+                    "written by an older listwarden (schema {version}, this one reads \
+                     {SCHEMA_VERSION}); run `listwarden apply` once to migrate it"
+                ),
+            });
+        }
+        Ok(Some(Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        }))
     }
 
     /// An in-memory store, for tests and benchmarks.
@@ -444,7 +472,10 @@ impl Store {
         last_error: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        // One transaction: a reader (status in another process) never sees new counts next to
+        // an old condition, and it is one fsync instead of five.
+        let conn = guard.transaction()?;
         conn.execute(
             "INSERT INTO policies (name, contact_list_id, file, document, revision, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -498,6 +529,7 @@ impl Store {
                 last_error
             ],
         )?;
+        conn.commit()?;
         Ok(())
     }
 

@@ -31,6 +31,8 @@ enum Mode {
     ErrorsAsObject,
     /// Every remove is refused with the same 400, whatever the batch.
     RefuseEverything,
+    /// The list `L2` answers 401 (a key scoped to other lists); `L1` works.
+    UnauthorizedOnL2,
 }
 
 struct Scripted {
@@ -43,10 +45,29 @@ struct Scripted {
 
 type Shared = Arc<Mutex<Scripted>>;
 
-async fn get_list(State(s): State<Shared>, AxPath(id): AxPath<String>) -> Json<Value> {
-    let n = s.lock().unwrap().members.len();
-    Json(
-        json!({"success": true, "data": {"id": id, "name": "n", "type": "list", "contactCount": n}}),
+fn unauthorized() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(
+            json!({"success": false, "error": {"message": "Unauthorized", "code": "UNAUTHORIZED"}}),
+        ),
+    )
+}
+
+async fn get_list(
+    State(s): State<Shared>,
+    AxPath(id): AxPath<String>,
+) -> (StatusCode, Json<Value>) {
+    let s = s.lock().unwrap();
+    if matches!(s.mode, Mode::UnauthorizedOnL2) && id == "L2" {
+        return unauthorized();
+    }
+    let n = s.members.len();
+    (
+        StatusCode::OK,
+        Json(
+            json!({"success": true, "data": {"id": id, "name": "n", "type": "list", "contactCount": n}}),
+        ),
     )
 }
 
@@ -278,4 +299,37 @@ async fn a_load_without_any_policy_forgets_nothing() {
             .any(|d| d.message.contains("no *.yaml"))
     );
     assert!(confirmed(&store, ContactKind::Email, "m1@example.com"));
+}
+
+#[tokio::test]
+async fn a_key_refused_on_one_list_leaves_the_converged_lists_ready() {
+    let server = serve(Mode::UnauthorizedOnL2, &[("c1", "m1@example.com")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("a.yaml"),
+        &format!(
+            "{HEADER}metadata:\n  name: on-l1\nspec:\n  contactListId: L1\n  exclude:\n    emails: [m1@example.com]\n"
+        ),
+    );
+    write(
+        &dir.path().join("b.yaml"),
+        &format!(
+            "{HEADER}metadata:\n  name: on-l2\nspec:\n  contactListId: L2\n  exclude:\n    emails: [m2@example.com]\n"
+        ),
+    );
+    let store = Arc::new(Store::in_memory().unwrap());
+    let client = fast_client(&server.url, KEY);
+    // One list at a time, L1 first: it converges before L2's 401 stops the pass.
+    let pass = sync(&client, &store, dir.path(), plan_options(500), 1).await;
+    assert!(pass.report.unauthorized.is_some(), "{:?}", pass.report);
+    let policies = store.policies().unwrap();
+    let reason = |name: &str| {
+        policies
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.condition.reason.clone())
+            .unwrap()
+    };
+    assert_eq!(reason("on-l1"), "Converged");
+    assert_eq!(reason("on-l2"), "Unauthorized");
 }

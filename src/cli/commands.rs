@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     ApiFlags, ApplyArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output, PlanArgs,
-    RunArgs, StatusArgs, load_and_plan, plan_options, print_diagnostics,
+    RunArgs, StatusArgs, plan_options, print_diagnostics,
 };
 use crate::autosend::{Client, ClientConfig, Tally};
 use crate::contact::ContactListId;
@@ -102,9 +102,14 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     options.resync_after = args.state.resync_after;
     options.resync_all = args.resync;
     options.force = args.force;
-    let (manifests, plan) = load_and_plan(&args.path, options, |list| {
-        store.records(list).unwrap_or_default()
-    });
+    let (manifests, plan) = match or_exit(super::load_and_plan_with_store(
+        &args.path,
+        options,
+        Some(&store),
+    )) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     print_diagnostics(&manifests);
     print!("{}", render::plan_text(&manifests, &plan, false));
     if let Err(e) = reconcile::record_manifests(&store, &manifests, crate::plan::now_unix()) {
@@ -121,16 +126,10 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     };
     let policies = Arc::new(manifests.policies.clone());
     let report = runtime().block_on(async {
-        let cancel = ctx.client.cancel_token().clone();
-        let ctrl_c = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: finishing the request in flight, then stopping");
-                cancel.cancel();
-            }
-        });
+        let signals = stop_on_signals(ctx.client.cancel_token().clone());
         let report =
             reconcile::sync_all(&ctx, policies, plan.lists.clone(), args.concurrency).await;
-        ctrl_c.abort();
+        signals.abort();
         report
     });
     if let Some(bar) = &progress.bar {
@@ -148,6 +147,28 @@ fn exit_code(manifests: &Manifests, report: &SyncReport) -> u8 {
     } else {
         EXIT_OK
     }
+}
+
+/// SIGTERM or SIGINT: cancel `stop` (requests in flight finish and are recorded); a second
+/// signal exits at once, which is safe because every batch is its own transaction.
+fn stop_on_signals(stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!(
+            "signal received: finishing the request in flight, then stopping \
+             (a second signal exits at once)"
+        );
+        stop.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    })
 }
 
 pub fn summary(report: &SyncReport) -> String {
@@ -430,22 +451,7 @@ pub fn run(args: &RunArgs) -> u8 {
     config.debounce = args.debounce;
     runtime().block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!("signal received: stopping (a second signal exits at once)");
-            stop.cancel();
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            // The store commits each batch in its own transaction: exiting now is safe.
-            std::process::exit(130);
-        });
+        stop_on_signals(shutdown.clone());
         match crate::daemon::run(config, client, store, metrics, shutdown).await {
             Ok(()) => EXIT_OK,
             Err(e) => {

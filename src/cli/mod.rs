@@ -320,6 +320,27 @@ pub fn load_and_plan(
     (manifests, plan)
 }
 
+/// [`load_and_plan`] against a state store: an unreadable store is an error, never an
+/// empty one (that would plan every confirmed contact as new).
+pub fn load_and_plan_with_store(
+    path: &Path,
+    options: PlanOptions,
+    store: Option<&crate::store::Store>,
+) -> Result<(Manifests, Plan), String> {
+    let manifests = manifest::load(path);
+    let desired = DesiredState::build(&manifests.policies);
+    let plan = Plan::try_build(
+        &manifests.policies,
+        &desired,
+        |list| match store {
+            Some(s) => s.records(list).map_err(|e| e.to_string()),
+            None => Ok(ListRecords::default()),
+        },
+        options,
+    )?;
+    Ok((manifests, plan))
+}
+
 fn plan_command(args: &PlanArgs) -> u8 {
     let store = match crate::store::Store::open_existing(&args.state.state) {
         Ok(s) => s,
@@ -330,12 +351,13 @@ fn plan_command(args: &PlanArgs) -> u8 {
     };
     let mut options = plan_options(&args.flags);
     options.resync_after = args.state.resync_after;
-    let (manifests, plan) = load_and_plan(&args.path, options, |list| {
-        store
-            .as_ref()
-            .and_then(|s| s.records(list).ok())
-            .unwrap_or_default()
-    });
+    let (manifests, plan) = match load_and_plan_with_store(&args.path, options, store.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
     if args.refresh {
         return commands::refresh(args, &manifests, &plan);
     }

@@ -554,12 +554,16 @@ impl Scheduler {
             self.auth_paused_until = Some(now + wait);
             if let Some(ListResult::Unauthorized(m)) = result {
                 let condition = Condition::new(Ready::False, "Unauthorized", m.clone());
-                let policies = self.snapshot.read().map(|s| s.policies.clone());
-                if let Ok(policies) = policies {
+                let snap = self
+                    .snapshot
+                    .read()
+                    .map(|s| (s.policies.clone(), s.source_revision.clone()));
+                if let Ok((policies, revision)) = snap {
                     reconcile::mark_policies(
                         &self.store,
                         policies.iter().filter(|p| !p.suspend),
                         &condition,
+                        revision.as_deref(),
                         plan::now_unix(),
                     );
                 }

@@ -83,17 +83,9 @@ pub struct Policy {
     pub emails: Vec<Email>,
     /// Sorted, without duplicates.
     pub contact_ids: Vec<ContactId>,
-    /// The data files this policy reads (as shown in diagnostics), for the watcher.
-    pub data_files: Vec<PathBuf>,
     /// Digest of the list id and the desired-absent set: changes exactly when what the
     /// policy asks for changes.
     pub revision: String,
-}
-
-impl Policy {
-    pub fn contact_count(&self) -> usize {
-        self.emails.len() + self.contact_ids.len()
-    }
 }
 
 /// A policy that was written but could not be loaded. `name` is known when the document got
@@ -138,18 +130,6 @@ impl Manifests {
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics.iter().filter(|d| !d.is_error())
-    }
-
-    /// Every file the manifests depend on (manifests and data files): a change to any of
-    /// them can change the desired state.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = self.files.iter().map(|f| f.path.clone()).collect();
-        for p in &self.policies {
-            out.extend(p.data_files.iter().cloned());
-        }
-        out.sort();
-        out.dedup();
-        out
     }
 }
 
@@ -626,7 +606,6 @@ fn validate(
     }
 
     let policy_label = name_raw.as_deref().unwrap_or("unnamed policy");
-    let mut data_files = Vec::new();
     for (i, fs) in spec.exclude.files.iter().enumerate() {
         let field = format!("spec.exclude.files[{i}]");
         let file_err = |diagnostics: &mut Vec<Diagnostic>, field: &str, message: String| {
@@ -643,7 +622,6 @@ fn validate(
                 continue;
             }
         };
-        data_files.push(shown.clone());
         let entry_type = match fs.entry_type {
             None | Some(RawEntryType::Email) => EntryType::Email,
             Some(RawEntryType::ContactId) => EntryType::ContactId,
@@ -714,7 +692,6 @@ fn validate(
         origin,
         emails,
         contact_ids,
-        data_files,
         revision,
     })
 }
