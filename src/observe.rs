@@ -215,6 +215,33 @@ impl Drift<'_> {
     }
 }
 
+/// Drift per active policy of the list: (policy index, desired-absent members it asks for).
+pub fn drift_by_policy(desired: &DesiredList, members: &Members) -> Vec<(usize, usize)> {
+    let mut counts: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    let present = desired
+        .emails
+        .iter()
+        .filter(|m| members.emails.contains(m.contact.as_str()))
+        .map(|m| &m.policies)
+        .chain(
+            desired
+                .contact_ids
+                .iter()
+                .filter(|m| members.contact_ids.contains(m.contact.as_str()))
+                .map(|m| &m.policies),
+        );
+    for set in present {
+        for p in set {
+            *counts.entry(*p).or_default() += 1;
+        }
+    }
+    desired
+        .policies
+        .iter()
+        .map(|&p| (p, counts.get(&(p as u32)).copied().unwrap_or(0)))
+        .collect()
+}
+
 pub fn drift<'a>(desired: &'a DesiredList, members: &Members) -> Drift<'a> {
     Drift {
         emails: desired

@@ -619,6 +619,18 @@ fn record_status(
             .unwrap_or_else(|| policy.revision.clone())
     };
     let log_err = |e: crate::store::StoreError| tracing::error!(error = %e, "cannot write status");
+    // Contacts each policy had to assert in this sync (resyncs included), in one pass.
+    let mut asserted_by: HashMap<u32, usize> = HashMap::new();
+    for set in plan
+        .emails
+        .iter()
+        .map(|a| &a.policies)
+        .chain(plan.contact_ids.iter().map(|a| &a.policies))
+    {
+        for p in set {
+            *asserted_by.entry(*p).or_default() += 1;
+        }
+    }
     for &(pi, _) in &plan.per_policy {
         let p = &policies[pi];
         let a = acc
@@ -626,16 +638,7 @@ fn record_status(
             .get(&(pi as u32))
             .cloned()
             .unwrap_or_default();
-        let asserted = plan
-            .emails
-            .iter()
-            .filter(|x| x.policies.contains(&(pi as u32)))
-            .count()
-            + plan
-                .contact_ids
-                .iter()
-                .filter(|x| x.policies.contains(&(pi as u32)))
-                .count();
+        let asserted = asserted_by.get(&(pi as u32)).copied().unwrap_or(0);
         let counts = PolicyCounts {
             removed: a.removed.round() as u64,
             not_in_list: a.not_in_list.round() as u64,

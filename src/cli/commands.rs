@@ -323,27 +323,9 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
                 total_drift += drift.len();
                 entry.contact_count = Some(info.contact_count);
                 entry.drift = Some(drift.len());
-                for &p in &l.desired.policies {
-                    let name = manifests.policies[p].name.as_str();
-                    let n = l
-                        .desired
-                        .emails
-                        .iter()
-                        .filter(|m| {
-                            m.policies.contains(&(p as u32))
-                                && members.emails.contains(m.contact.as_str())
-                        })
-                        .count()
-                        + l.desired
-                            .contact_ids
-                            .iter()
-                            .filter(|m| {
-                                m.policies.contains(&(p as u32))
-                                    && members.contact_ids.contains(m.contact.as_str())
-                            })
-                            .count();
+                for (p, n) in crate::observe::drift_by_policy(&l.desired, members) {
                     entry.drift_by_policy.push(PolicyDrift {
-                        policy: name,
+                        policy: manifests.policies[p].name.as_str(),
                         drift: n,
                     });
                 }
