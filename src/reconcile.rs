@@ -165,6 +165,23 @@ fn pending<'a, K: AsRef<str>>(items: &'a [Assertion<K>]) -> Vec<Pending<'a>> {
     )
 }
 
+/// The desired-absent contacts a read found in the list.
+fn present<'a, K: AsRef<str>>(
+    desired: &'a [crate::desired::Member<K>],
+    found: &std::collections::HashSet<String>,
+) -> Vec<Pending<'a>> {
+    sorted(
+        desired
+            .iter()
+            .filter(|m| found.contains(m.contact.as_ref()))
+            .map(|m| Pending {
+                key: m.contact.as_ref(),
+                policies: &m.policies,
+            })
+            .collect(),
+    )
+}
+
 /// Grouping by policy set keeps most batches to one policy, so per-policy removed and
 /// notInList counts are exact for them; the request count is the same either way.
 fn sorted(mut v: Vec<Pending<'_>>) -> Vec<Pending<'_>> {
@@ -264,35 +281,15 @@ async fn run(
             );
             record_observed_absent(ctx, plan, &members, acc).map_err(classify_error)?;
             // Every desired-absent member goes, pending or confirmed earlier: the read has
-            // just shown it is back.
-            // A kind the read could not see completely is asserted as usual.
-            let emails: Vec<Pending> = if members.emails_complete {
-                sorted(
-                    plan.desired
-                        .emails
-                        .iter()
-                        .filter(|m| members.emails.contains(m.contact.as_str()))
-                        .map(|m| Pending {
-                            key: m.contact.as_str(),
-                            policies: &m.policies,
-                        })
-                        .collect(),
-                )
+            // just shown it is back. A kind the read could not see completely is asserted
+            // as usual.
+            let emails = if members.emails_complete {
+                present(&plan.desired.emails, &members.emails)
             } else {
                 pending(&plan.emails)
             };
-            let ids: Vec<Pending> = if members.ids_complete {
-                sorted(
-                    plan.desired
-                        .contact_ids
-                        .iter()
-                        .filter(|m| members.contact_ids.contains(m.contact.as_str()))
-                        .map(|m| Pending {
-                            key: m.contact.as_str(),
-                            policies: &m.policies,
-                        })
-                        .collect(),
-                )
+            let ids = if members.ids_complete {
+                present(&plan.desired.contact_ids, &members.contact_ids)
             } else {
                 pending(&plan.contact_ids)
             };
