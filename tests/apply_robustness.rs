@@ -373,3 +373,70 @@ fn api_key_appears_in_no_output_and_no_state_file() {
         }
     }
 }
+
+#[test]
+fn sigterm_mid_apply_finishes_the_request_in_flight_exits_1_and_shows_progressing() {
+    let env = Env::new(fake_config(SECRET));
+    let all = emails("t", 300);
+    env.fake().add_contacts("list-a", &all);
+    write_file_policy(&env.manifests(), "pa", "list-a", &all);
+    let m = env.manifests();
+    let s = env.state();
+    let log = |name: &str| std::fs::File::create(env.dir.path().join(name)).unwrap();
+    let mut child = env
+        .command(SECRET)
+        .args([
+            "apply",
+            m.to_str().unwrap(),
+            "--state",
+            s.to_str().unwrap(),
+            "--rate-limit",
+            "5/s",
+            "--batch-size",
+            "10",
+            "--strategy",
+            "assert",
+        ])
+        .stdout(Stdio::from(log("stdout")))
+        .stderr(Stdio::from(log("stderr")))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.fake().counters().remove_batches.len() < 3 {
+        assert!(Instant::now() < deadline, "the apply never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "apply did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1), "interrupted apply exits 1");
+    let stderr = std::fs::read_to_string(env.dir.path().join("stderr")).unwrap();
+    assert!(stderr.contains("signal received"), "{stderr}");
+    // Every batch AutoSend answered is recorded: status counts them as confirmed.
+    let answered: usize = env
+        .fake()
+        .counters()
+        .remove_batches
+        .iter()
+        .filter(|b| b.status == 200)
+        .map(|b| b.entries.len())
+        .sum();
+    let doc = env.status_json();
+    assert_eq!(list_status(&doc, "list-a")["confirmed"], answered as u64);
+    assert_eq!(
+        policy_status(&doc, "pa")["condition"]["reason"],
+        "Progressing"
+    );
+}
