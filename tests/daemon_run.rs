@@ -300,7 +300,7 @@ fn a_401_pauses_until_sighup_then_it_converges() {
 }
 
 #[test]
-fn sigterm_during_a_long_apply_exits_cleanly_and_a_restart_resends_nothing_confirmed() {
+fn sigterm_during_a_long_reconcile_exits_0_and_a_restart_resends_nothing_confirmed() {
     let mut h = Harness::new();
     let all = emails("m", 300);
     h.fake().add_contacts(L1, &all);
