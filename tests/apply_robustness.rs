@@ -110,18 +110,13 @@ fn state_files(env: &Env) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-#[test]
-fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
-    let env = Env::new(fake_config(SECRET));
-    let all = emails("k", 300);
-    env.fake().add_contacts("list-a", &all);
-    write_file_policy(&env.manifests(), "pa", "list-a", &all);
-
+/// A long apply in the background (300 contacts at 5 requests/s in batches of 10), its
+/// output in `stdout` / `stderr` beside the state.
+fn spawn_slow_apply(env: &Env) -> std::process::Child {
     let m = env.manifests();
     let s = env.state();
     let log = |name: &str| std::fs::File::create(env.dir.path().join(name)).unwrap();
-    let mut child = env
-        .command(SECRET)
+    env.command(SECRET)
         .args([
             "apply",
             m.to_str().unwrap(),
@@ -137,7 +132,19 @@ fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
         .stdout(Stdio::from(log("stdout")))
         .stderr(Stdio::from(log("stderr")))
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
+    let env = Env::new(fake_config(SECRET));
+    let all = emails("k", 300);
+    env.fake().add_contacts("list-a", &all);
+    write_file_policy(&env.manifests(), "pa", "list-a", &all);
+
+    let m = env.manifests();
+    let s = env.state();
+    let mut child = spawn_slow_apply(&env);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let seen = env
@@ -380,27 +387,7 @@ fn sigterm_mid_apply_finishes_the_request_in_flight_exits_1_and_shows_progressin
     let all = emails("t", 300);
     env.fake().add_contacts("list-a", &all);
     write_file_policy(&env.manifests(), "pa", "list-a", &all);
-    let m = env.manifests();
-    let s = env.state();
-    let log = |name: &str| std::fs::File::create(env.dir.path().join(name)).unwrap();
-    let mut child = env
-        .command(SECRET)
-        .args([
-            "apply",
-            m.to_str().unwrap(),
-            "--state",
-            s.to_str().unwrap(),
-            "--rate-limit",
-            "5/s",
-            "--batch-size",
-            "10",
-            "--strategy",
-            "assert",
-        ])
-        .stdout(Stdio::from(log("stdout")))
-        .stderr(Stdio::from(log("stderr")))
-        .spawn()
-        .unwrap();
+    let mut child = spawn_slow_apply(&env);
     let deadline = Instant::now() + Duration::from_secs(30);
     while env.fake().counters().remove_batches.len() < 3 {
         assert!(Instant::now() < deadline, "the apply never got going");
