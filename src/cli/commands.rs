@@ -93,17 +93,17 @@ fn connect(
 }
 
 pub fn apply(args: &ApplyArgs) -> u8 {
-    super::init_logging(args.log_format);
-    let (client, store) = match connect(&args.api, &args.flags, &args.state) {
+    super::init_logging(args.sync.log_format);
+    let (client, store) = match connect(&args.sync.api, &args.sync.flags, &args.sync.state) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut options = plan_options(&args.flags);
-    options.resync_after = args.state.resync_after;
+    let mut options = plan_options(&args.sync.flags);
+    options.resync_after = args.sync.state.resync_after;
     options.resync_all = args.resync;
     options.force = args.force;
     let (manifests, plan) = match or_exit(super::load_and_plan_with_store(
-        &args.path,
+        &args.sync.path,
         options,
         Some(&store),
     )) {
@@ -122,13 +122,13 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         store: store.clone(),
         batch_size: plan.options.batch_size,
         progress: progress.clone(),
-        source_revision: crate::revision::git_commit(&args.path),
+        source_revision: crate::revision::git_commit(&args.sync.path),
     };
     let policies = Arc::new(manifests.policies.clone());
     let report = runtime().block_on(async {
         let signals = stop_on_signals(ctx.client.cancel_token().clone());
         let report =
-            reconcile::sync_all(&ctx, policies, plan.lists.clone(), args.concurrency).await;
+            reconcile::sync_all(&ctx, policies, plan.lists.clone(), args.sync.concurrency).await;
         signals.abort();
         report
     });
@@ -417,18 +417,18 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
 }
 
 pub fn run(args: &RunArgs) -> u8 {
-    super::init_logging(args.log_format);
+    super::init_logging(args.sync.log_format);
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let (client, store) = match connect(&args.api, &args.flags, &args.state) {
+    let (client, store) = match connect(&args.sync.api, &args.sync.flags, &args.sync.state) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let client = client.with_observer(Arc::new(crate::metrics::MetricsObserver(metrics.clone())));
-    let mut config = crate::daemon::DaemonConfig::new(args.path.clone());
-    config.plan = plan_options(&args.flags);
-    config.plan.resync_after = args.state.resync_after;
+    let mut config = crate::daemon::DaemonConfig::new(args.sync.path.clone());
+    config.plan = plan_options(&args.sync.flags);
+    config.plan.resync_after = args.sync.state.resync_after;
     config.interval = args.interval;
-    config.concurrency = args.concurrency;
+    config.concurrency = args.sync.concurrency;
     config.listen = args.listen;
     config.debounce = args.debounce;
     runtime().block_on(async {

@@ -61,7 +61,24 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// A manifest file or a directory of manifests (watched recursively).
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    /// Every list is re-checked this often (cheap when nothing is pending: no API call).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// How long file changes are gathered before a reload (one reload per burst of edits
+    /// or git checkout).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+}
+
+/// What `apply` and `run` both take: they converge lists the same way.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// A manifest file or a directory of manifests (`run` watches it recursively).
     #[arg(default_value = "manifests/")]
     pub path: PathBuf,
     #[command(flatten)]
@@ -70,19 +87,10 @@ pub struct RunArgs {
     pub state: StateFlags,
     #[command(flatten)]
     pub api: ApiFlags,
-    /// Every list is re-checked this often (cheap when nothing is pending: no API call).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub interval: Duration,
-    /// Lists reconciled at the same time; they share one request budget (--rate-limit).
+    /// Lists reconciled at the same time. They share one request budget (--rate-limit), so
+    /// more concurrency helps only when requests wait on the network, not on the budget.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status.
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    pub listen: std::net::SocketAddr,
-    /// How long file changes are gathered before a reload (one reload per burst of edits
-    /// or git checkout).
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-    pub debounce: Duration,
     /// Log format on stderr: `text` for people, `json` for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -121,28 +129,14 @@ pub struct ApiFlags {
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
-    /// A manifest file or a directory of manifests.
-    #[arg(default_value = "manifests/")]
-    pub path: PathBuf,
     #[command(flatten)]
-    pub flags: PlanFlags,
-    #[command(flatten)]
-    pub state: StateFlags,
-    #[command(flatten)]
-    pub api: ApiFlags,
+    pub sync: SyncArgs,
     /// Assert every confirmed contact again now, whatever its age (corrects drift at once).
     #[arg(long)]
     pub resync: bool,
     /// Apply even where a safety threshold (maxRemovalsPerSync / --max-removals) refuses.
     #[arg(long)]
     pub force: bool,
-    /// Lists reconciled at the same time. They share one request budget (--rate-limit), so
-    /// more concurrency helps only when requests wait on the network, not on the budget.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-    /// Log format on stderr: `text` for people, `json` for log shippers.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
 #[derive(Args, Debug)]
