@@ -18,6 +18,20 @@ use crate::contact::{ContactId, ContactListId, Email};
 use crate::desired::{DesiredList, DesiredState, Member, PolicySet};
 use crate::manifest::{Policy, Strategy};
 
+/// Loads the manifests under `path`, builds the desired state and plans it, with `records`
+/// telling what the store remembers of each list. A store that cannot be read fails the
+/// plan: planning its contacts as new would re-send confirmed work.
+pub fn load_and_plan<E>(
+    path: &std::path::Path,
+    options: PlanOptions,
+    records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
+) -> Result<(crate::manifest::Manifests, Plan), E> {
+    let manifests = crate::manifest::load(path);
+    let desired = DesiredState::build(&manifests.policies);
+    let plan = Plan::try_build(&manifests.policies, &desired, records, options)?;
+    Ok((manifests, plan))
+}
+
 /// Default number of contacts per remove request. AutoSend documents no maximum for remove;
 /// bulk-add allows 500, and a server that refuses a batch as too large makes the client split.
 pub const DEFAULT_BATCH_SIZE: usize = 500;

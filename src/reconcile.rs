@@ -271,7 +271,7 @@ async fn run(
     tracing::info!(list = %plan.list, strategy = %used, reason = %reason, "strategy chosen");
     acc.outcome.strategy = Some(used.to_string());
     acc.outcome.strategy_reason = Some(reason);
-    match members {
+    let (emails, ids) = match members {
         Some(members) => {
             let drift = observe::drift(&plan.desired, &members);
             let _ = ctx.store.record_drift(
@@ -293,36 +293,16 @@ async fn run(
             } else {
                 pending(&plan.contact_ids)
             };
-            send_all(ctx, plan, ContactKind::Email, emails, tally, acc)
-                .await
-                .map_err(classify_error)?;
-            send_all(ctx, plan, ContactKind::ContactId, ids, tally, acc)
-                .await
-                .map_err(classify_error)?;
+            (emails, ids)
         }
-        None => {
-            send_all(
-                ctx,
-                plan,
-                ContactKind::Email,
-                pending(&plan.emails),
-                tally,
-                acc,
-            )
-            .await
-            .map_err(classify_error)?;
-            send_all(
-                ctx,
-                plan,
-                ContactKind::ContactId,
-                pending(&plan.contact_ids),
-                tally,
-                acc,
-            )
-            .await
-            .map_err(classify_error)?;
-        }
-    }
+        None => (pending(&plan.emails), pending(&plan.contact_ids)),
+    };
+    send_all(ctx, plan, ContactKind::Email, emails, tally, acc)
+        .await
+        .map_err(classify_error)?;
+    send_all(ctx, plan, ContactKind::ContactId, ids, tally, acc)
+        .await
+        .map_err(classify_error)?;
     Ok(())
 }
 
@@ -825,6 +805,18 @@ pub async fn sync_all(
     }
     report.outcomes.sort_by(|a, b| a.list.cmp(&b.list));
     report
+}
+
+/// Everything `apply` does before its first request: load and plan against the store, then
+/// record what the load says about policies. The daemon does the same per list.
+pub fn prepare(
+    store: &Store,
+    path: &std::path::Path,
+    options: crate::plan::PlanOptions,
+) -> Result<(crate::manifest::Manifests, crate::plan::Plan), crate::store::StoreError> {
+    let (manifests, plan) = crate::plan::load_and_plan(path, options, |l| store.records(l))?;
+    record_manifests(store, &manifests, crate::plan::now_unix())?;
+    Ok((manifests, plan))
 }
 
 /// Records what a load says about policies, before any API call: invalid policies get

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use listwarden::autosend::{ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally};
 use listwarden::contact::ContactListId;
-use listwarden::desired::DesiredState;
 use listwarden::fake::{Counters, FakeAutoSend, FakeConfig, Faults, RunningFake};
-use listwarden::manifest::{self, Strategy};
-use listwarden::plan::{Plan, PlanOptions};
+use listwarden::manifest::Strategy;
+use listwarden::plan::PlanOptions;
 use listwarden::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
 use listwarden::store::Store;
 use serde_json::Value;
@@ -108,17 +107,9 @@ async fn sync(
     dir: &Path,
     options: PlanOptions,
 ) -> Vec<ListOutcome> {
-    let m = manifest::load(dir);
-    assert!(!m.has_errors(), "{:?}", m.diagnostics);
-    let desired = DesiredState::build(&m.policies);
     let batch_size = options.batch_size;
-    let plan = Plan::build(
-        &m.policies,
-        &desired,
-        |l| store.records(l).unwrap_or_default(),
-        options,
-    );
-    reconcile::record_manifests(store, &m, listwarden::plan::now_unix()).unwrap();
+    let (m, plan) = reconcile::prepare(store, dir, options).unwrap();
+    assert!(!m.has_errors(), "{:?}", m.diagnostics);
     let ctx = Context {
         client: client.clone(),
         store: store.clone(),

@@ -102,20 +102,13 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     options.resync_after = args.sync.state.resync_after;
     options.resync_all = args.resync;
     options.force = args.force;
-    let (manifests, plan) = match or_exit(super::load_and_plan_with_store(
-        &args.sync.path,
-        options,
-        Some(&store),
-    )) {
+    let prepared = reconcile::prepare(&store, &args.sync.path, options);
+    let (manifests, plan) = match or_exit(prepared.map_err(|e| e.to_string())) {
         Ok(p) => p,
         Err(code) => return code,
     };
     print_diagnostics(&manifests);
     print!("{}", render::plan_text(&manifests, &plan, false));
-    if let Err(e) = reconcile::record_manifests(&store, &manifests, crate::plan::now_unix()) {
-        eprintln!("error: {e}");
-        return EXIT_ERROR;
-    }
     let progress = Arc::new(ApplyProgress::new(plan.to_assert()));
     let ctx = Context {
         client,

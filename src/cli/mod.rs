@@ -7,14 +7,13 @@
 //! - 3: `apply`: finished, but some contacts failed (they are retried next run).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::autosend::pacing::RateLimits;
-use crate::desired::DesiredState;
 use crate::manifest::{self, Manifests, Strategy};
 use crate::plan::{self, ListRecords, Plan, PlanOptions};
 use crate::render;
@@ -302,39 +301,6 @@ pub fn plan_options(flags: &PlanFlags) -> PlanOptions {
     }
 }
 
-/// Loads, builds the desired state and plans, with `records` from the store (or none).
-pub fn load_and_plan(
-    path: &Path,
-    options: PlanOptions,
-    records: impl FnMut(&crate::contact::ContactListId) -> ListRecords,
-) -> (Manifests, Plan) {
-    let manifests = manifest::load(path);
-    let desired = DesiredState::build(&manifests.policies);
-    let plan = Plan::build(&manifests.policies, &desired, records, options);
-    (manifests, plan)
-}
-
-/// [`load_and_plan`] against a state store: an unreadable store is an error, never an
-/// empty one (that would plan every confirmed contact as new).
-pub fn load_and_plan_with_store(
-    path: &Path,
-    options: PlanOptions,
-    store: Option<&crate::store::Store>,
-) -> Result<(Manifests, Plan), String> {
-    let manifests = manifest::load(path);
-    let desired = DesiredState::build(&manifests.policies);
-    let plan = Plan::try_build(
-        &manifests.policies,
-        &desired,
-        |list| match store {
-            Some(s) => s.records(list).map_err(|e| e.to_string()),
-            None => Ok(ListRecords::default()),
-        },
-        options,
-    )?;
-    Ok((manifests, plan))
-}
-
 fn plan_command(args: &PlanArgs) -> u8 {
     let store = match crate::store::Store::open_existing(&args.state.state) {
         Ok(s) => s,
@@ -345,7 +311,13 @@ fn plan_command(args: &PlanArgs) -> u8 {
     };
     let mut options = plan_options(&args.flags);
     options.resync_after = args.state.resync_after;
-    let (manifests, plan) = match load_and_plan_with_store(&args.path, options, store.as_ref()) {
+    // An unreadable store is an error, never an empty one: that would plan every confirmed
+    // contact as new.
+    let loaded = crate::plan::load_and_plan(&args.path, options, |list| match &store {
+        Some(s) => s.records(list),
+        None => Ok(ListRecords::default()),
+    });
+    let (manifests, plan) = match loaded {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

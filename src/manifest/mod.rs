@@ -405,16 +405,7 @@ fn load_file(path: &Path, out: &mut Manifests) {
                 format!("cannot apply a YAML merge key (<<): {}", yaml_error(&e).0),
             )
             .in_document(doc_no, None);
-            file_invalid.push(InvalidPolicy {
-                name: None,
-                contact_list_id: None,
-                origin: Origin {
-                    file: path.to_path_buf(),
-                    document: doc_no,
-                },
-                reason: d.to_string(),
-            });
-            out.diagnostics.push(d);
+            reject(&mut file_invalid, &mut out.diagnostics, d, None, doc_no);
             continue;
         }
         let name_hint = value
@@ -432,16 +423,13 @@ fn load_file(path: &Path, out: &mut Manifests) {
                 if field != "." {
                     d = d.field(field);
                 }
-                file_invalid.push(InvalidPolicy {
-                    name: name_hint,
-                    contact_list_id: None,
-                    origin: Origin {
-                        file: path.to_path_buf(),
-                        document: doc_no,
-                    },
-                    reason: d.to_string(),
-                });
-                out.diagnostics.push(d);
+                reject(
+                    &mut file_invalid,
+                    &mut out.diagnostics,
+                    d,
+                    name_hint,
+                    doc_no,
+                );
                 continue;
             }
         };
@@ -472,6 +460,27 @@ fn load_file(path: &Path, out: &mut Manifests) {
         }
         out.invalid.extend(file_invalid);
     }
+}
+
+/// A document that could not even be read as a policy: it is listed as invalid (so status
+/// can say why) with its one diagnostic.
+fn reject(
+    invalid: &mut Vec<InvalidPolicy>,
+    diagnostics: &mut Vec<Diagnostic>,
+    d: Diagnostic,
+    name: Option<String>,
+    document: usize,
+) {
+    invalid.push(InvalidPolicy {
+        name,
+        contact_list_id: None,
+        origin: Origin {
+            file: d.file.clone(),
+            document,
+        },
+        reason: d.to_string(),
+    });
+    diagnostics.push(d);
 }
 
 /// serde's and libyaml's messages name the problem; the common ones also get the fix.

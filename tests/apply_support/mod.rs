@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use listwarden::autosend::{ApiKey, Client, ClientConfig, RateLimits};
-use listwarden::desired::DesiredState;
 use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RunningFake};
-use listwarden::manifest::{self, Manifests, Strategy};
+use listwarden::manifest::{Manifests, Strategy};
 use listwarden::plan::{Plan, PlanOptions};
 use listwarden::reconcile::{self, Context, NoProgress, SyncReport};
 use listwarden::store::Store;
@@ -298,16 +297,8 @@ pub async fn sync(
     options: PlanOptions,
     concurrency: usize,
 ) -> Pass {
-    let manifests = manifest::load(path);
-    let desired = DesiredState::build(&manifests.policies);
     let batch_size = options.batch_size;
-    let plan = Plan::build(
-        &manifests.policies,
-        &desired,
-        |l| store.records(l).unwrap_or_default(),
-        options,
-    );
-    reconcile::record_manifests(store, &manifests, listwarden::plan::now_unix()).unwrap();
+    let (manifests, plan) = reconcile::prepare(store, path, options).unwrap();
     let ctx = Context {
         client: client.clone(),
         store: store.clone(),
