@@ -35,11 +35,10 @@ use std::time::{Duration, Instant};
 
 use listwarden::autosend::{ApiKey, Client, ClientConfig, Observer};
 use listwarden::contact::{ContactKind, ContactListId};
-use listwarden::desired::DesiredState;
 use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
 use listwarden::manifest::{self, Strategy};
 use listwarden::plan::{Plan, PlanOptions};
-use listwarden::reconcile::{self, Context, NoProgress};
+use listwarden::reconcile::{self, Context};
 use listwarden::store::{ContactOutcome, Store};
 
 const KEY: &str = "bench-key";
@@ -161,7 +160,7 @@ async fn one_run(dir: &Path, memory_store: bool, run: usize) -> RunResult {
         Store::in_memory().unwrap()
     } else {
         let path = dir.join(format!("state-{run}.db"));
-        Store::open(&path).unwrap()
+        Store::open(&path, "bench_apply").unwrap()
     });
     let mut config = ClientConfig::new(&served.base_url(), ApiKey::new(KEY));
     config.rate_limits = format!("{RATE}/s").parse().unwrap();
@@ -173,30 +172,20 @@ async fn one_run(dir: &Path, memory_store: bool, run: usize) -> RunResult {
     let started = Instant::now();
     let manifests = manifest::load(dir);
     assert!(!manifests.has_errors(), "{:?}", manifests.diagnostics);
-    let desired = DesiredState::build(&manifests.policies);
     let options = PlanOptions {
         batch_size: BATCH,
         rate_limits: format!("{RATE}/s").parse().unwrap(),
         strategy: Strategy::Auto,
         ..PlanOptions::default()
     };
-    let plan = Plan::build(
-        &manifests.policies,
-        &desired,
-        |l| store.records(l).unwrap_or_default(),
-        options,
-    );
-    reconcile::record_manifests(&store, &manifests, listwarden::plan::now_unix()).unwrap();
+    let baselines = store.baselines().unwrap();
+    let plan = Plan::for_manifests(&manifests, &baselines, |l| store.records(l), options).unwrap();
+    reconcile::record_manifests(&store, &manifests, &plan.holds, listwarden::plan::now_unix())
+        .unwrap();
     let load_plan = started.elapsed();
     let contacts = plan.to_assert();
     let planned_requests = plan.requests();
-    let ctx = Context {
-        client: client.clone(),
-        store: store.clone(),
-        batch_size: BATCH,
-        progress: Arc::new(NoProgress),
-        source_revision: None,
-    };
+    let ctx = Context::new(client.clone(), store.clone(), BATCH);
     let sync_started = Instant::now();
     let report = reconcile::sync_all(
         &ctx,
@@ -266,7 +255,7 @@ fn commit_cost(dir: &Path, memory: bool) -> (Duration, Duration) {
     let store = if memory {
         Store::in_memory().unwrap()
     } else {
-        Store::open(&dir.join("commit-cost.db")).unwrap()
+        Store::open(&dir.join("commit-cost.db"), "bench_apply").unwrap()
     };
     let list = ContactListId::parse("commit-cost").unwrap();
     let mut times = Vec::new();

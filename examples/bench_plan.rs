@@ -134,7 +134,7 @@ fn child(scenario: &str, dir: &Path) {
     let mut requests = 0;
     for _ in 0..RUNS {
         let start = Instant::now();
-        let (manifests, plan) = load_and_plan(&root, PlanOptions::default(), |_| {
+        let (manifests, plan) = load_and_plan(&root, PlanOptions::default(), &Default::default(), |_| {
             Ok::<_, std::convert::Infallible>(ListRecords::default())
         })
         .unwrap_or_else(|never| match never {});

@@ -31,7 +31,7 @@ use listwarden::desired::DesiredState;
 use listwarden::fake::{FakeAutoSend, FakeConfig, Faults};
 use listwarden::manifest::{self, Manifests, Strategy};
 use listwarden::plan::{ListRecords, Plan, PlanOptions};
-use listwarden::reconcile::{self, Context, ListResult, NoProgress};
+use listwarden::reconcile::{self, Context, ListResult};
 use listwarden::render::{duration, thousands};
 use listwarden::store::Store;
 
@@ -96,13 +96,7 @@ async fn run_once(
             ..PlanOptions::default()
         },
     );
-    let ctx = Context {
-        client: client.clone(),
-        store,
-        batch_size: plan.options.batch_size,
-        progress: Arc::new(NoProgress),
-        source_revision: None,
-    };
+    let ctx = Context::new(client.clone(), store, plan.options.batch_size);
     let report = reconcile::sync_all(&ctx, Arc::new(m.policies.clone()), plan.lists, 1).await;
     let o = &report.outcomes[0];
     assert_eq!(o.result, ListResult::Converged, "{o:?}");

@@ -2,7 +2,8 @@
 //! policies exclude, each contact keeping the policies that asked for it.
 //!
 //! Suspended policies are listed with their list but contribute nothing: they are loaded and
-//! validated, never applied.
+//! validated, never applied. Held policies (a change waiting for approval, see
+//! [`crate::hold`]) likewise contribute nothing until the change is approved.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,8 @@ pub struct DesiredList {
     pub policies: Vec<usize>,
     /// Suspended policies targeting this list.
     pub suspended: Vec<usize>,
+    /// Policies of this list whose load is held by the forget threshold.
+    pub held: Vec<usize>,
     /// Sorted by address, one entry per address.
     pub emails: Vec<Member<Email>>,
     /// Sorted by id, one entry per id.
@@ -56,10 +59,18 @@ pub struct DesiredState {
 
 impl DesiredState {
     pub fn build(policies: &[Policy]) -> DesiredState {
-        let mut by_list: BTreeMap<&ContactListId, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+        DesiredState::build_holding(policies, &[])
+    }
+
+    /// Like [`DesiredState::build`], with `held[i]` true for each policy whose load is held.
+    pub fn build_holding(policies: &[Policy], held: &[bool]) -> DesiredState {
+        type Groups = (Vec<usize>, Vec<usize>, Vec<usize>);
+        let mut by_list: BTreeMap<&ContactListId, Groups> = BTreeMap::new();
         for (i, p) in policies.iter().enumerate() {
             let entry = by_list.entry(&p.contact_list_id).or_default();
-            if p.suspend {
+            if held.get(i).copied().unwrap_or(false) {
+                entry.2.push(i);
+            } else if p.suspend {
                 entry.1.push(i);
             } else {
                 entry.0.push(i);
@@ -67,7 +78,7 @@ impl DesiredState {
         }
         let lists = by_list
             .into_iter()
-            .map(|(list, (active, suspended))| {
+            .map(|(list, (active, suspended, held))| {
                 let emails = union(active.iter().map(|&i| (i as u32, &policies[i].emails[..])));
                 let contact_ids = union(
                     active
@@ -77,12 +88,18 @@ impl DesiredState {
                 // Settings count too: raising a threshold to unblock a refused list, or
                 // switching strategy, must make the daemon reconcile it now.
                 let mut h = Sha256::new();
-                for &i in active.iter().chain(&suspended) {
+                for &i in active.iter().chain(&suspended).chain(&held) {
                     let p = &policies[i];
                     h.update(
                         format!(
-                            "{}={} suspend={} max={:?} strategy={:?}\n",
-                            p.name, p.revision, p.suspend, p.max_removals_per_sync, p.strategy
+                            "{}={} suspend={} held={} max={:?} forget={:?} strategy={:?}\n",
+                            p.name,
+                            p.revision,
+                            p.suspend,
+                            held.contains(&i),
+                            p.max_removals_per_sync,
+                            p.max_forget_percent,
+                            p.strategy
                         )
                         .as_bytes(),
                     );
@@ -100,6 +117,7 @@ impl DesiredState {
                     list: list.clone(),
                     policies: active,
                     suspended,
+                    held,
                     emails,
                     contact_ids,
                     revision,

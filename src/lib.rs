@@ -6,6 +6,8 @@
 //!
 //! - [`contact`]: validated identifiers (`Email`, `ContactId`, `ContactListId`, `PolicyName`);
 //! - [`manifest`]: manifests on disk -> validated [`manifest::Policy`] values + diagnostics;
+//! - [`hold`]: the forget threshold: a policy that loses too many contacts in one load is held
+//!   until approved;
 //! - [`desired`]: policies -> the desired-absent set of each list (union, with attribution);
 //! - [`plan`]: desired state + the store's records -> what to assert, in which batches, at
 //!   what cost;
@@ -13,6 +15,7 @@
 //! - [`autosend`]: the HTTP client (pacing, retries, typed errors);
 //! - [`observe`]: reading a list's members, and choosing assert or observe per list;
 //! - [`reconcile`]: a list's plan -> remove requests -> the store, batch by batch;
+//! - [`gate`]: per-list send gates that stop a reconcile whose manifests changed;
 //! - [`store`]: SQLite state: confirmed contacts, policy conditions, list syncs;
 //! - [`status`]: the store as a report (text and JSON);
 //! - [`daemon`]: `run`: a watcher and a scheduler around the same plan/reconcile path;
@@ -27,6 +30,8 @@ pub mod contact;
 pub mod daemon;
 pub mod desired;
 pub mod fake;
+pub mod gate;
+pub mod hold;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;

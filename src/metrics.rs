@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::autosend::Observer;
-use crate::reconcile::{ListOutcome, ListResult};
+use crate::reconcile::ListOutcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListLabel {
@@ -185,7 +185,7 @@ impl Metrics {
 
     /// Records one list reconcile.
     pub fn reconciled(&self, o: &ListOutcome, pending: u64) {
-        let result = result_label(&o.result);
+        let result = o.result.label();
         let list = o.list.to_string();
         self.reconciles
             .get_or_create(&ReconcileLabels {
@@ -227,19 +227,6 @@ impl Metrics {
             self.pacing_wait.inc_by((waited - *seen).as_secs_f64());
             *seen = waited;
         }
-    }
-}
-
-pub fn result_label(r: &ListResult) -> &'static str {
-    match r {
-        ListResult::Converged => "converged",
-        ListResult::PartiallyFailed => "partially_failed",
-        ListResult::Refused(_) => "refused",
-        ListResult::ListNotFound(_) => "list_not_found",
-        ListResult::ListIsSegment => "list_is_segment",
-        ListResult::Unauthorized(_) => "unauthorized",
-        ListResult::Failed(_) => "failed",
-        ListResult::Interrupted => "interrupted",
     }
 }
 

@@ -18,17 +18,18 @@ use crate::contact::{ContactId, ContactListId, Email};
 use crate::desired::{DesiredList, DesiredState, Member, PolicySet};
 use crate::manifest::{Policy, Strategy};
 
-/// Loads the manifests under `path`, builds the desired state and plans it, with `records`
-/// telling what the store remembers of each list. A store that cannot be read fails the
-/// plan: planning its contacts as new would re-send confirmed work.
+/// Loads the manifests under `path`, holds the policies the forget threshold stops (from
+/// `baselines`, what the store keeps of each policy), builds the desired state and plans
+/// it, with `records` telling what the store remembers of each list. A store that cannot be
+/// read fails the plan: planning its contacts as new would re-send confirmed work.
 pub fn load_and_plan<E>(
     path: &std::path::Path,
     options: PlanOptions,
+    baselines: &HashMap<String, crate::store::Baseline>,
     records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
 ) -> Result<(crate::manifest::Manifests, Plan), E> {
     let manifests = crate::manifest::load(path);
-    let desired = DesiredState::build(&manifests.policies);
-    let plan = Plan::try_build(&manifests.policies, &desired, records, options)?;
+    let plan = Plan::for_manifests(&manifests, baselines, records, options)?;
     Ok((manifests, plan))
 }
 
@@ -39,21 +40,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 500;
 /// Largest page the search endpoint serves (used by the observe strategy).
 pub const SEARCH_PAGE_LIMIT: usize = 100;
 
-/// What the store remembers about one contact of one list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// Unix seconds of the last confirmation that it is absent (removed or notInList).
-    pub confirmed_at: Option<i64>,
-    /// Unix seconds of the last failed attempt, if the last attempt failed.
-    pub failed_at: Option<i64>,
-}
-
-/// The store's records of one list, by contact.
-#[derive(Clone, Debug, Default)]
-pub struct ListRecords {
-    pub emails: HashMap<Box<str>, Record>,
-    pub contact_ids: HashMap<Box<str>, Record>,
-}
+pub use crate::store::{ListRecords, Record};
 
 /// Why a contact is asserted in this run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -111,6 +98,8 @@ pub struct ListPlan {
     pub revision: String,
     pub policies: Vec<usize>,
     pub suspended: Vec<usize>,
+    /// Policies whose load is held by the forget threshold (nothing is sent for them).
+    pub held: Vec<usize>,
     pub emails: Vec<Assertion<Email>>,
     pub contact_ids: Vec<Assertion<ContactId>>,
     pub email_counts: Counts,
@@ -147,6 +136,9 @@ pub struct PlanOptions {
     pub resync_all: bool,
     /// Threshold for policies that set no `maxRemovalsPerSync`.
     pub max_removals: Option<u64>,
+    /// Share of its contacts (percent) a policy may lose in one load before the change is
+    /// held, for policies that set no `maxForgetPercent`.
+    pub max_forget_percent: u8,
     /// Ignore thresholds (`--force`).
     pub force: bool,
     pub strategy: Strategy,
@@ -161,6 +153,7 @@ impl Default for PlanOptions {
             resync_after: Duration::from_secs(24 * 3600),
             resync_all: false,
             max_removals: None,
+            max_forget_percent: crate::hold::DEFAULT_MAX_FORGET_PERCENT,
             force: false,
             strategy: Strategy::Auto,
         }
@@ -177,10 +170,33 @@ pub fn now_unix() -> i64 {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub lists: Vec<ListPlan>,
+    /// Policies the forget threshold holds, with what they would lose.
+    pub holds: Vec<crate::hold::Hold>,
     pub options: PlanOptions,
 }
 
 impl Plan {
+    /// Holds what the forget threshold stops, builds the desired state and plans it: the one
+    /// path `plan`, `apply` and the daemon share.
+    pub fn for_manifests<E>(
+        manifests: &crate::manifest::Manifests,
+        baselines: &HashMap<String, crate::store::Baseline>,
+        records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
+        options: PlanOptions,
+    ) -> Result<Plan, E> {
+        let holds = crate::hold::check(
+            &manifests.policies,
+            baselines,
+            options.max_forget_percent,
+            options.force,
+        );
+        let held: Vec<bool> = holds.iter().map(Option::is_some).collect();
+        let desired = DesiredState::build_holding(&manifests.policies, &held);
+        let mut plan = Plan::try_build(&manifests.policies, &desired, records, options)?;
+        plan.holds = holds.into_iter().flatten().collect();
+        Ok(plan)
+    }
+
     /// Plans every list of `desired`. `records` gives what the store knows of a list (an
     /// empty [`ListRecords`] when there is no store yet: everything is new).
     pub fn build(
@@ -213,7 +229,11 @@ impl Plan {
             .iter()
             .map(|d| Ok(plan_list(policies, d, &records(&d.list)?, &options)))
             .collect::<Result<_, E>>()?;
-        Ok(Plan { lists, options })
+        Ok(Plan {
+            lists,
+            holds: Vec::new(),
+            options,
+        })
     }
 
     pub fn requests(&self) -> usize {
@@ -237,16 +257,19 @@ impl Plan {
         self.options.rate_limits.least_time(self.requests())
     }
 
-    /// True when something is to be done, including lists a threshold refused: a refusal
-    /// is a change waiting for a decision, never "nothing to do".
+    /// True when something is to be done, including lists a threshold refused and changes
+    /// the forget threshold holds: each is a change waiting for a decision, never "nothing
+    /// to do".
     pub fn has_work(&self) -> bool {
-        self.lists.iter().any(|l| l.to_assert() > 0)
+        !self.holds.is_empty() || self.lists.iter().any(|l| l.to_assert() > 0)
     }
 }
 
 fn classify(record: Option<&Record>, options: &PlanOptions) -> Option<Reason> {
     match record {
         None => Some(Reason::New),
+        // An answer that did not account for it confirmed nothing: assert it again.
+        Some(r) if r.unaccounted > 0 => Some(Reason::Retry),
         Some(r) => match (r.confirmed_at, r.failed_at) {
             (_, Some(_)) => Some(Reason::Retry),
             (Some(t), None) => {
@@ -359,6 +382,7 @@ pub fn plan_list(
         revision: desired.revision.clone(),
         policies: desired.policies.clone(),
         suspended: desired.suspended.clone(),
+        held: desired.held.clone(),
         emails,
         contact_ids,
         email_counts,
@@ -377,6 +401,7 @@ mod tests {
         Record {
             confirmed_at: confirmed,
             failed_at: failed,
+            unaccounted: 0,
         }
     }
 
@@ -397,6 +422,11 @@ mod tests {
             classify(Some(&record(Some(99_500), Some(99_600))), &opts),
             Some(Reason::Retry)
         );
+        let unaccounted = Record {
+            unaccounted: 1,
+            ..record(Some(99_500), None)
+        };
+        assert_eq!(classify(Some(&unaccounted), &opts), Some(Reason::Retry));
         let all = PlanOptions {
             resync_all: true,
             ..opts

@@ -9,24 +9,37 @@
 //!    only, a refused key stops the run;
 //! 3. the strategy is chosen (assert, or observe the list's members first: see
 //!    [`crate::observe`]);
-//! 4. batches are sent one at a time; the outcome of each is committed to the store before
-//!    the next is sent. A batch the server refuses (400/413) is split in halves down to
-//!    single contacts, so one poisoned entry fails alone and by name;
-//! 5. every policy of the list gets its condition and counts.
+//! 4. batches are sent one at a time, each after the list's [gate](crate::gate) lets it
+//!    through; the outcome of each is committed to the store before the next is sent. A
+//!    batch the server refuses (400/413) is split in halves down to single contacts, so one
+//!    poisoned entry fails alone and by name. Only what an answer accounts for is confirmed:
+//!    when `removed + notInList + errors` falls short of the batch, its contacts stay pending;
+//!    counts beyond the batch are clamped;
+//! 5. every policy of the list gets its condition and counts, in one transaction.
+//!
+//! A panic inside one list's reconcile is caught and fails that list (`ApiError`), so it is
+//! retried with backoff and never wedges the daemon or reads as success.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::autosend::{ApiError, Client, RemoveBatch, Tally};
+use crate::autosend::{ApiError, Client, RemoveBatch, RemoveOutcome, Tally};
 use crate::contact::{ContactKind, ContactListId, Email};
 use crate::desired::PolicySet;
-use crate::manifest::{Policy, Strategy};
+use crate::gate::{Admit, Gates};
+use crate::hold::Hold;
+use crate::manifest::{Manifests, Policy, Strategy};
 use crate::observe;
 use crate::plan::{Assertion, ListPlan};
-use crate::store::{Condition, ContactOutcome, Keep, ListSync, PolicyCounts, Ready, Store};
+use crate::store::{
+    Accepted, Condition, ContactOutcome, Held, Keep, ListSync, LoadRecord, LoadSummary,
+    PolicyCounts, PolicyUpdate, Ready, StatusWrite, Store, StoreError,
+};
 
 /// How many failing contacts a summary quotes.
 const FIRST_ERRORS: usize = 5;
@@ -53,6 +66,22 @@ pub struct Context {
     /// Revision recorded as applied/attempted (a git commit when the manifests are in a
     /// work tree, else the list's desired digest).
     pub source_revision: Option<String>,
+    /// Where sends wait while the manifests may be changing (the daemon's); none for apply.
+    pub gates: Arc<Gates>,
+}
+
+impl Context {
+    /// A context with no progress reporting, no source revision and no gates.
+    pub fn new(client: Client, store: Arc<Store>, batch_size: usize) -> Context {
+        Context {
+            client,
+            store,
+            batch_size,
+            progress: Arc::new(NoProgress),
+            source_revision: None,
+            gates: Arc::new(Gates::new()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,7 +89,7 @@ pub struct Context {
 pub enum ListResult {
     /// Every desired contact is confirmed absent.
     Converged,
-    /// Some contacts failed (recorded; retried next run).
+    /// Some contacts failed or were not accounted for (recorded; asserted again next run).
     PartiallyFailed,
     /// The safety threshold stopped this list; nothing was sent.
     Refused(String),
@@ -68,8 +97,12 @@ pub enum ListResult {
     ListIsSegment,
     /// 401/402/403: the whole run stops.
     Unauthorized(String),
-    /// Another API error (server down after retries, protocol error...).
+    /// Another API error (server down after retries, protocol error...), or a panic.
     Failed(String),
+    /// The state store could not be written (disk full, I/O error, file replaced).
+    StoreFailed(String),
+    /// The manifests changed while the list was being reconciled: planned again.
+    Superseded,
     /// Shutdown before the list finished; the next run resumes.
     Interrupted,
 }
@@ -77,6 +110,39 @@ pub enum ListResult {
 impl ListResult {
     pub fn is_ok(&self) -> bool {
         matches!(self, ListResult::Converged)
+    }
+
+    /// A stable label, for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ListResult::Converged => "converged",
+            ListResult::PartiallyFailed => "partially_failed",
+            ListResult::Refused(_) => "refused",
+            ListResult::ListNotFound(_) => "list_not_found",
+            ListResult::ListIsSegment => "list_is_segment",
+            ListResult::Unauthorized(_) => "unauthorized",
+            ListResult::Failed(_) => "failed",
+            ListResult::StoreFailed(_) => "store_failed",
+            ListResult::Superseded => "superseded",
+            ListResult::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for ListResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListResult::Converged => f.write_str("converged"),
+            ListResult::PartiallyFailed => f.write_str("partially failed"),
+            ListResult::Refused(m) => write!(f, "refused: {m}"),
+            ListResult::ListNotFound(m) => write!(f, "list not found: {m}"),
+            ListResult::ListIsSegment => f.write_str("refused: the list is a segment"),
+            ListResult::Unauthorized(m) => write!(f, "stopped: {m}"),
+            ListResult::Failed(m) => write!(f, "failed: {m}"),
+            ListResult::StoreFailed(m) => write!(f, "stopped: {m}"),
+            ListResult::Superseded => f.write_str("superseded by a manifest change; planned again"),
+            ListResult::Interrupted => f.write_str("interrupted (resumes next run)"),
+        }
     }
 }
 
@@ -87,6 +153,8 @@ pub struct ListOutcome {
     pub removed: u64,
     pub not_in_list: u64,
     pub failed: u64,
+    /// Contacts the answers did not account for: still pending, asserted again next sync.
+    pub unaccounted: u64,
     /// Contacts confirmed by an observation (a full, consistent read) rather than a remove.
     pub observed_absent: u64,
     pub first_errors: Vec<(String, String)>,
@@ -107,6 +175,7 @@ impl ListOutcome {
             removed: 0,
             not_in_list: 0,
             failed: 0,
+            unaccounted: 0,
             observed_absent: 0,
             first_errors: Vec::new(),
             requests: 0,
@@ -143,6 +212,42 @@ impl Acc {
             self.outcome
                 .first_errors
                 .push((contact.to_string(), message.to_string()));
+        }
+    }
+}
+
+/// Why a list's sends stopped.
+enum Stop {
+    Api(ApiError),
+    Store(StoreError),
+    Segment,
+    Superseded,
+}
+
+impl From<ApiError> for Stop {
+    fn from(e: ApiError) -> Stop {
+        Stop::Api(e)
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Stop {
+        Stop::Store(e)
+    }
+}
+
+impl From<Stop> for ListResult {
+    fn from(stop: Stop) -> ListResult {
+        match stop {
+            Stop::Api(e) => match e {
+                ApiError::Auth { .. } => ListResult::Unauthorized(e.to_string()),
+                ApiError::NotFound { .. } => ListResult::ListNotFound(e.to_string()),
+                ApiError::Cancelled => ListResult::Interrupted,
+                other => ListResult::Failed(other.to_string()),
+            },
+            Stop::Store(e) => ListResult::StoreFailed(e.to_string()),
+            Stop::Segment => ListResult::ListIsSegment,
+            Stop::Superseded => ListResult::Superseded,
         }
     }
 }
@@ -205,27 +310,48 @@ pub async fn reconcile_list(ctx: &Context, policies: &[Policy], plan: &ListPlan)
         ListResult::Converged
     } else {
         ctx.progress.list_started(&plan.list, plan.to_assert());
-        match run(ctx, plan, &tally, &mut acc, &mut contact_count).await {
-            Ok(()) if acc.outcome.failed > 0 => ListResult::PartiallyFailed,
-            Ok(()) => ListResult::Converged,
-            Err(result) => result,
+        let converge = AssertUnwindSafe(run(ctx, plan, &tally, &mut acc, &mut contact_count));
+        match converge.catch_unwind().await {
+            Ok(Ok(())) if acc.outcome.failed > 0 || acc.outcome.unaccounted > 0 => {
+                ListResult::PartiallyFailed
+            }
+            Ok(Ok(())) => ListResult::Converged,
+            Ok(Err(stop)) => stop.into(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                tracing::error!(list = %plan.list, panic = what, "the reconcile of this list panicked");
+                ListResult::Failed(format!(
+                    "internal error while reconciling this list ({what}); what was recorded \
+                     stays, and the list is tried again"
+                ))
+            }
         }
     };
     acc.outcome.result = result;
     acc.outcome.requests = tally.requests();
     acc.outcome.rate_limited = tally.rate_limited();
     acc.outcome.duration = started.elapsed();
-    record_status(ctx, policies, plan, &acc, now, contact_count);
+    let write = status_write(ctx, policies, plan, &acc, now, contact_count);
+    if let Err(e) = ctx.store.write_status(std::slice::from_ref(&write), now) {
+        tracing::error!(list = %plan.list, error = %e, "cannot write status");
+        if acc.outcome.result.is_ok() || e.is_write_failure() {
+            acc.outcome.result = ListResult::StoreFailed(e.to_string());
+        }
+    }
     acc.outcome
 }
 
-fn classify_error(e: ApiError) -> ListResult {
-    match e {
-        ApiError::Auth { .. } => ListResult::Unauthorized(e.to_string()),
-        ApiError::NotFound { .. } => ListResult::ListNotFound(e.to_string()),
-        ApiError::Cancelled => ListResult::Interrupted,
-        other => ListResult::Failed(other.to_string()),
-    }
+/// The outcome of a list that needs no request (nothing pending, or refused): no I/O.
+fn quiet_outcome(plan: &ListPlan) -> ListOutcome {
+    let result = match &plan.refused {
+        Some(refusal) => ListResult::Refused(refusal.to_string()),
+        None => ListResult::Converged,
+    };
+    ListOutcome::new(plan.list.clone(), result)
 }
 
 async fn run(
@@ -234,17 +360,13 @@ async fn run(
     tally: &Tally,
     acc: &mut Acc,
     contact_count: &mut Option<u64>,
-) -> Result<(), ListResult> {
-    let info = ctx
-        .client
-        .get_list(plan.list.as_str(), tally)
-        .await
-        .map_err(classify_error)?;
+) -> Result<(), Stop> {
+    let info = ctx.client.get_list(plan.list.as_str(), tally).await?;
     if info.is_segment() {
-        return Err(ListResult::ListIsSegment);
+        return Err(Stop::Segment);
     }
     *contact_count = Some(info.contact_count);
-    let last_drift = ctx.store.last_drift(plan.list.as_str()).unwrap_or(None);
+    let last_drift = ctx.store.last_drift(plan.list.as_str())?;
     let choice = observe::choose(
         plan,
         info.contact_count,
@@ -255,9 +377,9 @@ async fn run(
     let mut reason = choice.reason.clone();
     let mut members = None;
     if choice.strategy() == Strategy::Observe {
-        members = observe::read_members(&ctx.client, plan.list.as_str(), info.contact_count, tally)
-            .await
-            .map_err(classify_error)?;
+        members =
+            observe::read_members(&ctx.client, plan.list.as_str(), info.contact_count, tally)
+                .await?;
         if members.is_none() {
             reason
                 .push_str("; the list kept changing while it was read, so it was asserted instead");
@@ -274,12 +396,12 @@ async fn run(
     let (emails, ids) = match members {
         Some(members) => {
             let drift = observe::drift(&plan.desired, &members);
-            let _ = ctx.store.record_drift(
+            ctx.store.record_drift(
                 plan.list.as_str(),
                 drift.len() as u64,
                 crate::plan::now_unix(),
-            );
-            record_observed_absent(ctx, plan, &members, acc).map_err(classify_error)?;
+            )?;
+            record_observed_absent(ctx, plan, &members, acc)?;
             // Every desired-absent member goes, pending or confirmed earlier: the read has
             // just shown it is back. A kind the read could not see completely is asserted
             // as usual.
@@ -297,28 +419,20 @@ async fn run(
         }
         None => (pending(&plan.emails), pending(&plan.contact_ids)),
     };
-    send_all(ctx, plan, ContactKind::Email, emails, tally, acc)
-        .await
-        .map_err(classify_error)?;
-    send_all(ctx, plan, ContactKind::ContactId, ids, tally, acc)
-        .await
-        .map_err(classify_error)?;
+    send_all(ctx, plan, ContactKind::Email, emails, tally, acc).await?;
+    send_all(ctx, plan, ContactKind::ContactId, ids, tally, acc).await?;
     Ok(())
 }
 
 const SEGMENT_MESSAGE: &str = "this contact list is a segment: its members are computed from \
     filters and nothing can be removed from it; point the policy at a real list";
 
-fn store_err(e: crate::store::StoreError) -> ApiError {
-    ApiError::Protocol(format!("cannot record progress in the state store: {e}"))
-}
-
 fn record_observed_absent(
     ctx: &Context,
     plan: &ListPlan,
     members: &observe::Members,
     acc: &mut Acc,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let now = crate::plan::now_unix();
     // Only a kind every member came with can confirm by absence (see observe::Members).
     let absent_emails = plan
@@ -349,18 +463,31 @@ fn record_observed_absent(
     }
     acc.outcome.observed_absent += (emails.len() + ids.len()) as u64;
     ctx.store
-        .record_batch(&plan.list, ContactKind::Email, &emails, &plan.revision, now)
-        .map_err(store_err)?;
-    ctx.store
-        .record_batch(
-            &plan.list,
-            ContactKind::ContactId,
-            &ids,
-            &plan.revision,
-            now,
-        )
-        .map_err(store_err)?;
+        .record_batch(&plan.list, ContactKind::Email, &emails, &plan.revision, now)?;
+    ctx.store.record_batch(
+        &plan.list,
+        ContactKind::ContactId,
+        &ids,
+        &plan.revision,
+        now,
+    )?;
     Ok(())
+}
+
+/// Waits at the list's gate; stops when the manifests changed since the plan, or on shutdown.
+async fn admit(ctx: &Context, plan: &ListPlan) -> Result<(), Stop> {
+    let cancel = ctx.client.cancel_token();
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Stop::Api(ApiError::Cancelled)),
+        admit = ctx.gates.admit(&plan.list, &plan.revision) => match admit {
+            Admit::Go => Ok(()),
+            Admit::Superseded => {
+                tracing::info!(list = %plan.list, "the manifests changed during this reconcile: stopping it to plan again");
+                Err(Stop::Superseded)
+            }
+        },
+    }
 }
 
 /// Sends `items` in batches, splitting refused batches, committing each outcome.
@@ -371,7 +498,7 @@ async fn send_all(
     items: Vec<Pending<'_>>,
     tally: &Tally,
     acc: &mut Acc,
-) -> Result<(), ApiError> {
+) -> Result<(), Stop> {
     // Each entry: a batch, and the index in `splits` of the refused batch it is half of.
     let mut stack: Vec<(&[Pending], Option<usize>)> = items
         .chunks(ctx.batch_size.max(1))
@@ -402,6 +529,9 @@ async fn send_all(
             ContactKind::Email => RemoveBatch::Emails(entries),
             ContactKind::ContactId => RemoveBatch::ContactIds(entries),
         };
+        admit(ctx, plan).await?;
+        // A store replaced under us would lose this request's outcome: stop before sending.
+        ctx.store.check_file()?;
         let now = crate::plan::now_unix();
         match ctx.client.remove(plan.list.as_str(), &request, tally).await {
             Ok(outcome) => {
@@ -416,51 +546,9 @@ async fn send_all(
                         }
                     }
                 }
-                let errors = match_errors(kind, batch, &outcome.errors);
-                let accounted = outcome.removed + outcome.not_in_list + outcome.errors.len() as u64;
-                if accounted < batch.len() as u64 {
-                    // The contract implies partial failure only through `errors`, so the
-                    // contacts it does not name are confirmed; the mismatch is worth a look.
-                    tracing::warn!(
-                        list = %plan.list,
-                        batch = batch.len(),
-                        removed = outcome.removed,
-                        not_in_list = outcome.not_in_list,
-                        errors = outcome.errors.len(),
-                        "AutoSend accounted for fewer contacts than the batch held"
-                    );
-                }
-                let mut records: Vec<(&str, ContactOutcome)> = Vec::with_capacity(batch.len());
-                let failed: usize = errors.iter().filter(|e| e.is_some()).count();
-                let confirmed = batch.len() - failed;
-                // The API reports counts, not names: split them over the batch's policies in
-                // proportion (exact when the batch serves one policy set, as most do).
-                let share = |n: u64| n as f64 / confirmed.max(1) as f64;
-                for (p, err) in batch.iter().zip(&errors) {
-                    match err {
-                        Some(msg) => {
-                            acc.note_error(p.key, msg);
-                            for pol in p.policies {
-                                acc.per_policy.entry(*pol).or_default().failed += 1;
-                            }
-                            records.push((p.key, ContactOutcome::Failed(msg.clone())));
-                        }
-                        None => {
-                            for pol in p.policies {
-                                let e = acc.per_policy.entry(*pol).or_default();
-                                e.confirmed += 1;
-                                e.removed += share(outcome.removed);
-                                e.not_in_list += share(outcome.not_in_list);
-                            }
-                            records.push((p.key, ContactOutcome::Confirmed));
-                        }
-                    }
-                }
-                acc.outcome.removed += outcome.removed;
-                acc.outcome.not_in_list += outcome.not_in_list;
+                let records = account(plan, kind, batch, &outcome, acc);
                 ctx.store
-                    .record_batch(&plan.list, kind, &records, &plan.revision, now)
-                    .map_err(store_err)?;
+                    .record_batch(&plan.list, kind, &records, &plan.revision, now)?;
                 ctx.progress.batch_done(&plan.list, batch.len());
             }
             Err(ApiError::Rejected {
@@ -477,13 +565,13 @@ async fn send_all(
                     let same = single_refusals.entry(message.clone()).or_default();
                     *same += 1;
                     if *same >= UNIFORM_REFUSALS && accepted == 0 {
-                        return Err(ApiError::Rejected {
+                        return Err(Stop::Api(ApiError::Rejected {
                             status,
                             code: "REQUEST_REFUSED".into(),
                             message: format!(
                                 "every request for this list is refused, down to single contacts: {message}"
                             ),
-                        });
+                        }));
                     }
                     let p = &batch[0];
                     let msg = format!("refused by AutoSend ({status}): {message}");
@@ -491,22 +579,95 @@ async fn send_all(
                     for pol in p.policies {
                         acc.per_policy.entry(*pol).or_default().failed += 1;
                     }
-                    ctx.store
-                        .record_batch(
-                            &plan.list,
-                            kind,
-                            &[(p.key, ContactOutcome::Failed(msg))],
-                            &plan.revision,
-                            now,
-                        )
-                        .map_err(store_err)?;
+                    ctx.store.record_batch(
+                        &plan.list,
+                        kind,
+                        &[(p.key, ContactOutcome::Failed(msg))],
+                        &plan.revision,
+                        now,
+                    )?;
                     ctx.progress.batch_done(&plan.list, 1);
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(Stop::Api(e)),
         }
     }
     Ok(())
+}
+
+/// What one answer establishes for each contact of its batch, tallied into `acc`.
+///
+/// Contacts named in `errors` failed. The others are confirmed only when the counts account
+/// for them: the docs define `notInList` as the contacts not in the list, so `removed +
+/// notInList` must cover every contact not named in `errors`. When they fall short there is
+/// no telling which contacts were handled, so none of them is confirmed: they stay pending
+/// (asserted again next sync; failed after three such answers in a row). Counts beyond the
+/// batch are nonsense: clamped, with a warning, never stored as they came.
+fn account<'b>(
+    plan: &ListPlan,
+    kind: ContactKind,
+    batch: &[Pending<'b>],
+    outcome: &RemoveOutcome,
+    acc: &mut Acc,
+) -> Vec<(&'b str, ContactOutcome)> {
+    let errors = match_errors(kind, batch, &outcome.errors);
+    let failed = errors.iter().filter(|e| e.is_some()).count() as u64;
+    let rest = batch.len() as u64 - failed;
+    let reported = outcome.removed.saturating_add(outcome.not_in_list);
+    let removed = outcome.removed.min(rest);
+    let not_in_list = outcome.not_in_list.min(rest - removed);
+    let covered = reported >= rest;
+    if reported > rest {
+        tracing::warn!(
+            list = %plan.list,
+            batch = batch.len(),
+            removed = outcome.removed,
+            not_in_list = outcome.not_in_list,
+            errors = outcome.errors.len(),
+            "AutoSend reported more contacts than the batch held; the counts are clamped"
+        );
+    } else if !covered {
+        tracing::warn!(
+            list = %plan.list,
+            batch = batch.len(),
+            removed = outcome.removed,
+            not_in_list = outcome.not_in_list,
+            errors = outcome.errors.len(),
+            unaccounted = rest - reported,
+            "AutoSend's answer does not account for every contact of the batch; they stay pending"
+        );
+    }
+    let mut records: Vec<(&str, ContactOutcome)> = Vec::with_capacity(batch.len());
+    // The API reports counts, not names: split them over the batch's policies in
+    // proportion (exact when the batch serves one policy set, as most do).
+    let share = |n: u64| n as f64 / rest.max(1) as f64;
+    for (p, err) in batch.iter().zip(&errors) {
+        match err {
+            Some(msg) => {
+                acc.note_error(p.key, msg);
+                for pol in p.policies {
+                    acc.per_policy.entry(*pol).or_default().failed += 1;
+                }
+                records.push((p.key, ContactOutcome::Failed(msg.clone())));
+            }
+            None if covered => {
+                for pol in p.policies {
+                    let e = acc.per_policy.entry(*pol).or_default();
+                    e.confirmed += 1;
+                    e.removed += share(removed);
+                    e.not_in_list += share(not_in_list);
+                }
+                records.push((p.key, ContactOutcome::Confirmed));
+            }
+            None => records.push((p.key, ContactOutcome::Unaccounted)),
+        }
+    }
+    acc.outcome.removed += removed;
+    acc.outcome.not_in_list += not_in_list;
+    if !covered {
+        acc.outcome.unaccounted += rest;
+    }
+    records
 }
 
 /// Matches the server's error items to the batch (emails case-insensitively). An item that
@@ -541,19 +702,10 @@ fn match_errors(
     out
 }
 
-/// Writes each policy's condition and counts, and the list's row.
-fn record_status(
-    ctx: &Context,
-    policies: &[Policy],
-    plan: &ListPlan,
-    acc: &Acc,
-    now: i64,
-    contact_count: Option<u64>,
-) {
-    let o = &acc.outcome;
-    let store = &ctx.store;
-    let (ready, reason, message) = match &o.result {
-        ListResult::Converged => (
+/// The condition a list's result gives its policies.
+fn list_condition(plan: &ListPlan, o: &ListOutcome) -> Condition {
+    match &o.result {
+        ListResult::Converged => Condition::new(
             Ready::True,
             "Converged",
             format!(
@@ -562,40 +714,66 @@ fn record_status(
                 o.not_in_list + o.observed_absent
             ),
         ),
-        ListResult::PartiallyFailed => (
-            Ready::False,
-            "PartiallyFailed",
-            format!(
-                "{} contact(s) failed, retried next sync; first: {}",
-                o.failed,
-                o.first_errors
+        ListResult::PartiallyFailed => {
+            let mut parts = Vec::new();
+            if o.failed > 0 {
+                let first = o
+                    .first_errors
                     .first()
-                    .map(|(c, m)| format!("{c}: {m}"))
-                    .unwrap_or_default()
-            ),
-        ),
-        ListResult::Refused(m) => (Ready::False, "ThresholdExceeded", m.clone()),
-        ListResult::ListNotFound(m) => (
+                    .map(|(_, m)| format!(", first error: {m}"))
+                    .unwrap_or_default();
+                parts.push(format!(
+                    "{} contact(s) failed{first} (`listwarden status` lists them)",
+                    o.failed
+                ));
+            }
+            if o.unaccounted > 0 {
+                parts.push(format!(
+                    "{} contact(s) not accounted for by AutoSend's answers",
+                    o.unaccounted
+                ));
+            }
+            Condition::new(
+                Ready::False,
+                "PartiallyFailed",
+                format!("{}; asserted again next sync", parts.join(", ")),
+            )
+        }
+        ListResult::Refused(m) => Condition::new(Ready::False, "ThresholdExceeded", m.clone()),
+        ListResult::ListNotFound(m) => Condition::new(
             Ready::False,
             "ListNotFound",
             format!("contact list {} does not exist: {m}", plan.list),
         ),
-        ListResult::ListIsSegment => (Ready::False, "ListIsSegment", SEGMENT_MESSAGE.into()),
-        ListResult::Unauthorized(m) => (Ready::False, "Unauthorized", m.clone()),
-        ListResult::Failed(m) => (Ready::False, "ApiError", m.clone()),
-        ListResult::Interrupted => (
+        ListResult::ListIsSegment => Condition::new(Ready::False, "ListIsSegment", SEGMENT_MESSAGE),
+        ListResult::Unauthorized(m) => Condition::new(Ready::False, "Unauthorized", m.clone()),
+        ListResult::Failed(m) => Condition::new(Ready::False, "ApiError", m.clone()),
+        ListResult::StoreFailed(m) => Condition::new(Ready::False, "StoreError", m.clone()),
+        ListResult::Superseded => Condition::new(
             Ready::Unknown,
             "Progressing",
-            "interrupted by shutdown; the next sync resumes where this one stopped".into(),
+            "the manifests changed during this sync; it is planned again from them",
         ),
-    };
+        ListResult::Interrupted => Condition::new(
+            Ready::Unknown,
+            "Progressing",
+            "interrupted by shutdown; the next sync resumes where this one stopped",
+        ),
+    }
+}
+
+/// Each policy's condition and counts, and the list's row, as one write.
+fn status_write<'a>(
+    ctx: &'a Context,
+    policies: &'a [Policy],
+    plan: &'a ListPlan,
+    acc: &Acc,
+    now: i64,
+    contact_count: Option<u64>,
+) -> StatusWrite<'a> {
+    let o = &acc.outcome;
+    let list_condition = list_condition(plan, o);
     let ok = o.result.is_ok();
-    let source_rev = |policy: &Policy| {
-        ctx.source_revision
-            .clone()
-            .unwrap_or_else(|| policy.revision.clone())
-    };
-    let log_err = |e: crate::store::StoreError| tracing::error!(error = %e, "cannot write status");
     // Contacts each policy had to assert in this sync (resyncs included), in one pass.
     let mut asserted_by: HashMap<u32, usize> = HashMap::new();
     for set in plan
@@ -608,6 +786,7 @@ fn record_status(
             *asserted_by.entry(*p).or_default() += 1;
         }
     }
+    let mut updates = Vec::with_capacity(plan.per_policy.len() + plan.suspended.len());
     for &(pi, _) in &plan.per_policy {
         let p = &policies[pi];
         let a = acc
@@ -622,8 +801,12 @@ fn record_status(
             failed: a.failed,
             pending: (asserted as u64).saturating_sub(a.confirmed + a.failed),
         };
-        // A list-level result applies to each policy; a per-policy condition refines it.
-        let condition = if ok || a.failed == 0 && matches!(o.result, ListResult::PartiallyFailed) {
+        // A list-level result applies to each policy; a per-policy condition refines it:
+        // in a partly failed list, a policy with nothing failed or pending has converged.
+        let own_converged = matches!(o.result, ListResult::PartiallyFailed)
+            && a.failed == 0
+            && counts.pending == 0;
+        let condition = if ok || own_converged {
             Condition::new(
                 Ready::True,
                 "Converged",
@@ -633,62 +816,57 @@ fn record_status(
                 ),
             )
         } else {
-            Condition::new(ready, reason, message.clone())
+            list_condition.clone()
         };
-        let rev = source_rev(p);
+        let rev = ctx.source_revision.as_deref().unwrap_or(&p.revision);
         let converged = condition.reason == "Converged";
-        let last_error = (!converged).then_some(condition.message.as_str());
-        if let Err(e) = store.update_policy(
-            p.name.as_str(),
-            Some(p.contact_list_id.as_str()),
-            &p.origin.file,
-            p.origin.document,
-            Some(&p.revision),
-            Some((now, &rev)),
-            converged.then_some((now, rev.as_str())),
-            Some(&counts),
-            &condition,
-            last_error,
-            now,
-        ) {
-            log_err(e);
-        }
+        updates.push(PolicyUpdate {
+            name: p.name.as_str(),
+            list: Some(p.contact_list_id.as_str()),
+            file: &p.origin.file,
+            document: p.origin.document,
+            revision: Some(&p.revision),
+            attempt: Some((now, rev)),
+            success: converged.then_some((now, rev)),
+            counts: Some(counts),
+            record_error: !converged,
+            condition,
+        });
     }
     for &pi in &plan.suspended {
         let p = &policies[pi];
-        let condition = Condition::new(
-            Ready::False,
-            "Suspended",
-            "spec.suspend is true: loaded and validated, never applied",
-        );
-        if let Err(e) = store.update_policy(
-            p.name.as_str(),
-            Some(p.contact_list_id.as_str()),
-            &p.origin.file,
-            p.origin.document,
-            Some(&p.revision),
-            None,
-            None,
-            None,
-            &condition,
-            None,
-            now,
-        ) {
-            log_err(e);
-        }
+        updates.push(PolicyUpdate {
+            name: p.name.as_str(),
+            list: Some(p.contact_list_id.as_str()),
+            file: &p.origin.file,
+            document: p.origin.document,
+            revision: Some(&p.revision),
+            attempt: None,
+            success: None,
+            counts: None,
+            condition: Condition::new(
+                Ready::False,
+                "Suspended",
+                "spec.suspend is true: loaded and validated, never applied",
+            ),
+            record_error: false,
+        });
     }
-    let sync = ListSync {
-        attempt_at: now,
-        success: ok,
-        error: (!ok).then(|| message.clone()),
-        strategy: o.strategy.clone(),
-        strategy_reason: o.strategy_reason.clone(),
-        requests: o.requests,
-        rate_limited: o.rate_limited,
-        contact_count,
-    };
-    if let Err(e) = store.update_list(plan.list.as_str(), &sync) {
-        log_err(e);
+    StatusWrite {
+        policies: updates,
+        list: Some((
+            plan.list.as_str(),
+            ListSync {
+                attempt_at: now,
+                success: ok,
+                error: (!ok).then(|| list_condition.message.clone()),
+                strategy: o.strategy.clone(),
+                strategy_reason: o.strategy_reason.clone(),
+                requests: o.requests,
+                rate_limited: o.rate_limited,
+                contact_count,
+            },
+        )),
     }
 }
 
@@ -702,7 +880,7 @@ pub struct SyncReport {
 
 impl SyncReport {
     pub fn failed_contacts(&self) -> u64 {
-        self.outcomes.iter().map(|o| o.failed).sum()
+        self.outcomes.iter().map(|o| o.failed + o.unaccounted).sum()
     }
 
     /// True when a list ended in an error other than per-contact failures.
@@ -715,17 +893,59 @@ impl SyncReport {
                 )
             })
     }
+
+    /// True when every list that reached AutoSend was "not found": more likely a wrong base
+    /// URL (one without `/v1`, say) than every list id being wrong.
+    pub fn all_not_found(&self) -> bool {
+        let mut reached = self
+            .outcomes
+            .iter()
+            .filter(|o| !matches!(o.result, ListResult::Converged | ListResult::Refused(_)))
+            .peekable();
+        reached.peek().is_some()
+            && reached.all(|o| matches!(o.result, ListResult::ListNotFound(_)))
+    }
 }
 
 /// Reconciles every list of `lists`, up to `concurrency` at a time, all sharing the client's
-/// pacing budget. A refused key cancels the lists still running and marks every policy of
-/// the pass `Unauthorized`.
+/// pacing budget. Lists that need no request (nothing pending, or refused by a threshold)
+/// are recorded together in one transaction. A refused key cancels the lists still running
+/// and marks every policy of the pass `Unauthorized`.
 pub async fn sync_all(
     ctx: &Context,
     policies: Arc<Vec<Policy>>,
     lists: Vec<ListPlan>,
     concurrency: usize,
 ) -> SyncReport {
+    let mut report = SyncReport::default();
+    let (busy, quiet): (Vec<ListPlan>, Vec<ListPlan>) =
+        lists.into_iter().partition(ListPlan::has_work);
+    if !quiet.is_empty() {
+        let now = crate::plan::now_unix();
+        let outcomes: Vec<ListOutcome> = quiet.iter().map(quiet_outcome).collect();
+        let writes: Vec<StatusWrite<'_>> = quiet
+            .iter()
+            .zip(&outcomes)
+            .map(|(plan, outcome)| {
+                let acc = Acc {
+                    outcome: outcome.clone(),
+                    per_policy: HashMap::new(),
+                };
+                status_write(ctx, &policies, plan, &acc, now, None)
+            })
+            .collect();
+        match ctx.store.write_status(&writes, now) {
+            Ok(()) => report.outcomes.extend(outcomes),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write status");
+                report.outcomes.extend(outcomes.into_iter().map(|mut o| {
+                    o.result = ListResult::StoreFailed(e.to_string());
+                    o
+                }));
+            }
+        }
+    }
+
     // A child token: shutdown stops the pass, and a refused key stops only this pass.
     let auth_stop = ctx.client.cancel_token().child_token();
     let client = ctx.client.clone().with_cancel(auth_stop.clone());
@@ -735,14 +955,16 @@ pub async fn sync_all(
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for plan in lists {
+    let mut running: HashMap<tokio::task::Id, ContactListId> = HashMap::new();
+    for plan in busy {
         let (ctx, policies, limit, auth_stop) = (
             ctx.clone(),
             policies.clone(),
             limit.clone(),
             auth_stop.clone(),
         );
-        tasks.spawn(async move {
+        let list = plan.list.clone();
+        let handle = tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             if auth_stop.is_cancelled() {
                 return (plan, None);
@@ -753,19 +975,30 @@ pub async fn sync_all(
             }
             (plan, Some(outcome))
         });
+        running.insert(handle.id(), list);
     }
-    let mut report = SyncReport::default();
     let mut skipped = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
+    while let Some(joined) = tasks.join_next_with_id().await {
         match joined {
-            Ok((_, Some(outcome))) => {
+            Ok((_, (_, Some(outcome)))) => {
                 if let ListResult::Unauthorized(m) = &outcome.result {
                     report.unauthorized.get_or_insert_with(|| m.clone());
                 }
                 report.outcomes.push(outcome);
             }
-            Ok((plan, None)) => skipped.push(plan),
-            Err(e) => tracing::error!(error = %e, "a list's reconcile task panicked"),
+            Ok((_, (plan, None))) => skipped.push(plan),
+            Err(e) => {
+                // reconcile_list catches panics itself; this is the last guard, so a list
+                // never vanishes from the report (and `apply` never exits 0 for it).
+                let list = running.get(&e.id()).cloned();
+                tracing::error!(error = %e, "a list's reconcile task failed");
+                if let Some(list) = list {
+                    report.outcomes.push(ListOutcome::new(
+                        list,
+                        ListResult::Failed(format!("internal error: {e}")),
+                    ));
+                }
+            }
         }
     }
     if let Some(message) = &report.unauthorized {
@@ -807,89 +1040,144 @@ pub async fn sync_all(
     report
 }
 
-/// Everything `apply` does before its first request: load and plan against the store, then
-/// record what the load says about policies. The daemon does the same per list.
+/// Everything `apply` does before its first request: load and plan against the store (its
+/// records, and its baselines for the forget threshold), then record what the load says
+/// about policies. The daemon does the same per reload.
 pub fn prepare(
     store: &Store,
     path: &std::path::Path,
     options: crate::plan::PlanOptions,
-) -> Result<(crate::manifest::Manifests, crate::plan::Plan), crate::store::StoreError> {
-    let (manifests, plan) = crate::plan::load_and_plan(path, options, |l| store.records(l))?;
-    record_manifests(store, &manifests, crate::plan::now_unix())?;
+) -> Result<(Manifests, crate::plan::Plan), StoreError> {
+    let baselines = store.baselines()?;
+    let (manifests, plan) =
+        crate::plan::load_and_plan(path, options, &baselines, |l| store.records(l))?;
+    record_manifests(store, &manifests, &plan.holds, crate::plan::now_unix())?;
     Ok((manifests, plan))
 }
 
-/// Records what a load says about policies, before any API call: invalid policies get
-/// `ManifestInvalid`, policies of a file that no longer parses too, policies whose manifest
-/// is gone are dropped, and (only after a load without errors, so a broken manifest never
-/// makes listwarden forget and later re-send) contacts no policy asks for are forgotten.
+/// Records what a load says about policies, before any API call, in one transaction:
+/// invalid policies get `ManifestInvalid`, policies of a file that no longer parses too,
+/// policies whose manifest is gone are dropped, held policies get `ThresholdExceeded` and
+/// the others their new baseline; and (only after a load without errors, so a broken
+/// manifest never makes listwarden forget and later re-send) contacts no policy asks for
+/// are forgotten, except on the lists of held policies.
 pub fn record_manifests(
     store: &Store,
-    manifests: &crate::manifest::Manifests,
+    manifests: &Manifests,
+    holds: &[Hold],
     now: i64,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
+    let mut load = LoadRecord {
+        summary: LoadSummary {
+            at: now,
+            policies: manifests.policies.len() as u64,
+            invalid: manifests.invalid.len() as u64,
+            errors: manifests.errors().count() as u64,
+            first_error: manifests.errors().next().map(ToString::to_string),
+        },
+        now,
+        ..LoadRecord::default()
+    };
     for inv in &manifests.invalid {
         if let Some(name) = &inv.name {
-            let condition = Condition::new(Ready::False, "ManifestInvalid", inv.reason.clone());
-            store.update_policy(
+            load.policies.push(PolicyUpdate {
                 name,
-                inv.contact_list_id.as_deref(),
-                &inv.origin.file,
-                inv.origin.document,
-                None,
-                None,
-                None,
-                None,
-                &condition,
-                Some(&inv.reason),
-                now,
-            )?;
+                list: inv.contact_list_id.as_deref(),
+                file: &inv.origin.file,
+                document: inv.origin.document,
+                revision: None,
+                attempt: None,
+                success: None,
+                counts: None,
+                condition: Condition::new(Ready::False, "ManifestInvalid", inv.reason.clone()),
+                record_error: true,
+            });
         }
     }
-    let unparsed: Vec<&std::path::Path> = manifests
-        .files
-        .iter()
-        .filter(|f| !f.parsed)
-        .map(|f| f.path.as_path())
-        .collect();
-    for file in &unparsed {
+    for file in manifests.files.iter().filter(|f| !f.parsed) {
         let first = manifests
             .errors()
-            .find(|d| d.file == *file)
+            .find(|d| d.file == file.path)
             .map(|d| d.to_string())
             .unwrap_or_else(|| "the manifest cannot be parsed".into());
-        store.mark_file_policies(
-            file,
-            &Condition::new(Ready::False, "ManifestInvalid", first),
-            now,
-        )?;
+        load.unparsed.push((
+            file.path.as_path(),
+            Condition::new(Ready::False, "ManifestInvalid", first),
+        ));
     }
-    let keep: Vec<&str> = manifests
-        .policies
-        .iter()
-        .map(|p| p.name.as_str())
-        .chain(manifests.invalid.iter().filter_map(|p| p.name.as_deref()))
-        .collect();
+    let held_names: HashMap<&str, &Hold> = holds.iter().map(|h| (h.policy.as_str(), h)).collect();
+    for p in &manifests.policies {
+        match held_names.get(p.name.as_str()) {
+            Some(hold) => {
+                load.held.push(Held {
+                    name: p.name.as_str(),
+                    revision: &hold.revision,
+                    contacts: hold.after,
+                });
+                load.policies.push(PolicyUpdate {
+                    name: p.name.as_str(),
+                    list: Some(p.contact_list_id.as_str()),
+                    file: &p.origin.file,
+                    document: p.origin.document,
+                    revision: None,
+                    attempt: None,
+                    success: None,
+                    counts: None,
+                    condition: Condition::new(Ready::False, "ThresholdExceeded", hold.to_string()),
+                    record_error: true,
+                });
+                load.spare.push(&p.contact_list_id);
+            }
+            None => load.accepted.push(Accepted {
+                name: p.name.as_str(),
+                list: p.contact_list_id.as_str(),
+                file: &p.origin.file,
+                document: p.origin.document,
+                contacts: (p.emails.len() + p.contact_ids.len()) as u64,
+            }),
+        }
+    }
     // A load that found no policy at all is far more often a missing mount or a failed
     // checkout than an intent: forgetting everything would re-send everything later.
+    let keepers = keepers(&manifests.policies);
     if manifests.policies.is_empty() {
         tracing::warn!("no policy loaded: nothing is forgotten from the state store");
-        return Ok(());
+    } else {
+        load.keep = Some(
+            manifests
+                .policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .chain(manifests.invalid.iter().filter_map(|p| p.name.as_deref()))
+                .collect(),
+        );
+        if !manifests.has_errors() {
+            load.forget = Some(
+                keepers
+                    .iter()
+                    .map(|(l, k)| (*l, k.as_ref() as &Keep<'_>))
+                    .collect(),
+            );
+        }
     }
-    store.prune_policies(&keep, &unparsed)?;
-    if !manifests.has_errors() {
-        forget_unlisted(store, &manifests.policies)?;
+    let forgotten = store.record_load(&load)?;
+    if forgotten > 0 {
+        tracing::info!(
+            forgotten,
+            "forgot contacts that no policy asks for any more"
+        );
     }
     Ok(())
 }
 
-fn forget_unlisted(store: &Store, policies: &[Policy]) -> Result<u64, crate::store::StoreError> {
+/// Per list, who a policy of it still asks for.
+fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>)> {
     let mut by_list: std::collections::BTreeMap<&ContactListId, Vec<&Policy>> =
         std::collections::BTreeMap::new();
     for p in policies {
         by_list.entry(&p.contact_list_id).or_default().push(p);
     }
-    let keepers: Vec<(&ContactListId, Box<Keep<'_>>)> = by_list
+    by_list
         .into_iter()
         .map(|(list, ps)| {
             let keep: Box<Keep<'_>> = Box::new(move |kind: ContactKind, contact: &str| {
@@ -906,21 +1194,11 @@ fn forget_unlisted(store: &Store, policies: &[Policy]) -> Result<u64, crate::sto
             });
             (list, keep)
         })
-        .collect();
-    let refs: Vec<(&ContactListId, &Keep<'_>)> =
-        keepers.iter().map(|(l, k)| (*l, k.as_ref())).collect();
-    let n = store.forget_unlisted(&refs)?;
-    if n > 0 {
-        tracing::info!(
-            forgotten = n,
-            "forgot contacts that no policy asks for any more"
-        );
-    }
-    Ok(n)
+        .collect()
 }
 
 /// Sets `condition` on each of `policies` (e.g. `Unauthorized` on every policy a refused key
-/// stopped, not only the one whose request got the 401).
+/// stopped, not only the one whose request got the 401), in one transaction.
 pub fn mark_policies<'a>(
     store: &Store,
     policies: impl Iterator<Item = &'a Policy>,
@@ -928,22 +1206,21 @@ pub fn mark_policies<'a>(
     source_revision: Option<&str>,
     now: i64,
 ) {
-    for p in policies {
-        let attempted = source_revision.unwrap_or(&p.revision);
-        if let Err(e) = store.update_policy(
-            p.name.as_str(),
-            Some(p.contact_list_id.as_str()),
-            &p.origin.file,
-            p.origin.document,
-            Some(&p.revision),
-            Some((now, attempted)),
-            None,
-            None,
-            condition,
-            Some(&condition.message),
-            now,
-        ) {
-            tracing::error!(error = %e, "cannot write status");
-        }
+    let updates: Vec<PolicyUpdate<'_>> = policies
+        .map(|p| PolicyUpdate {
+            name: p.name.as_str(),
+            list: Some(p.contact_list_id.as_str()),
+            file: &p.origin.file,
+            document: p.origin.document,
+            revision: Some(&p.revision),
+            attempt: Some((now, source_revision.unwrap_or(&p.revision))),
+            success: None,
+            counts: None,
+            condition: condition.clone(),
+            record_error: true,
+        })
+        .collect();
+    if let Err(e) = store.write_policies(&updates, now) {
+        tracing::error!(error = %e, "cannot write status");
     }
 }

@@ -21,6 +21,8 @@ pub struct PlanDocument<'a> {
     pub summary: PlanSummary,
     pub lists: Vec<ListDocument<'a>>,
     pub policies: Vec<PolicyDocument<'a>>,
+    /// Policies the forget threshold holds (nothing sent or forgotten for them).
+    pub held_policies: &'a [crate::hold::Hold],
     pub invalid_policies: &'a [crate::manifest::InvalidPolicy],
     pub errors: Vec<&'a Diagnostic>,
     pub warnings: Vec<&'a Diagnostic>,
@@ -36,6 +38,7 @@ pub struct PlanSummary {
     pub requests: usize,
     pub estimated_seconds: f64,
     pub refused_lists: usize,
+    pub held_policies: usize,
     pub has_changes: bool,
 }
 
@@ -45,6 +48,7 @@ pub struct ListDocument<'a> {
     pub revision: &'a str,
     pub policies: Vec<&'a str>,
     pub suspended_policies: Vec<&'a str>,
+    pub held_policies: Vec<&'a str>,
     pub emails: &'a Counts,
     pub contact_ids: &'a Counts,
     pub to_assert: usize,
@@ -102,6 +106,7 @@ pub fn plan_document<'a>(
             revision: &l.revision,
             policies: names(&l.policies),
             suspended_policies: names(&l.suspended),
+            held_policies: names(&l.held),
             emails: &l.email_counts,
             contact_ids: &l.contact_id_counts,
             to_assert: l.to_assert(),
@@ -115,14 +120,13 @@ pub fn plan_document<'a>(
             }),
         })
         .collect();
-    let to_assert_of = |i: usize| -> usize {
-        plan.lists
-            .iter()
-            .flat_map(|l| l.per_policy.iter())
-            .find(|(p, _)| *p == i)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
-    };
+    // One pass over the lists, not one per policy: 100,000 lists must stay linear.
+    let mut to_assert_of = vec![0usize; manifests.policies.len()];
+    for (p, n) in plan.lists.iter().flat_map(|l| l.per_policy.iter()) {
+        if let Some(slot) = to_assert_of.get_mut(*p) {
+            *slot += n;
+        }
+    }
     let policies = manifests
         .policies
         .iter()
@@ -138,7 +142,7 @@ pub fn plan_document<'a>(
             revision: &p.revision,
             emails: p.emails.len(),
             contact_ids: p.contact_ids.len(),
-            to_assert: to_assert_of(i),
+            to_assert: to_assert_of[i],
         })
         .collect();
     PlanDocument {
@@ -155,10 +159,12 @@ pub fn plan_document<'a>(
             requests: plan.requests(),
             estimated_seconds: secs(plan.least_time()),
             refused_lists: plan.lists.iter().filter(|l| l.refused.is_some()).count(),
+            held_policies: plan.holds.len(),
             has_changes: plan.has_work(),
         },
         lists,
         policies,
+        held_policies: &plan.holds,
         invalid_policies: &manifests.invalid,
         errors: manifests.errors().collect(),
         warnings: manifests.warnings().collect(),
@@ -240,6 +246,11 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
                 s.join(", ")
             );
         }
+        for &i in &l.held {
+            if let Some(h) = plan.holds.iter().find(|h| h.policy == name(i)) {
+                let _ = writeln!(out, "  HELD         {h}");
+            }
+        }
         let _ = writeln!(out, "{}", counts_line("emails", &l.email_counts));
         let _ = writeln!(out, "{}", counts_line("contact ids", &l.contact_id_counts));
         if let Some(r) = &l.refused {
@@ -291,6 +302,14 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
     );
     if refused > 0 {
         let _ = write!(out, " {refused} list(s) refused by a safety threshold.");
+    }
+    if !plan.holds.is_empty() {
+        let _ = write!(
+            out,
+            " {} polic{} held by the forget threshold (`listwarden approve`).",
+            plan.holds.len(),
+            if plan.holds.len() == 1 { "y" } else { "ies" }
+        );
     }
     out.push('\n');
     out

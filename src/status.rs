@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::render::thousands;
-use crate::store::{ListStatus, PolicyStatus, Ready, Store, StoreError};
+use crate::store::{ListStatus, LoadSummary, PolicyStatus, Ready, Store, StoreError};
 
 pub const STATUS_FORMAT_VERSION: u32 = 1;
 
@@ -19,24 +19,84 @@ pub struct StatusDocument {
     pub state: String,
     pub generated_at: String,
     pub ready: bool,
+    /// The last manifest load: a manifest with an error means some policy may not be
+    /// enforced, even one no load ever saw, so `ready` is false while it lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<LoadSummary>,
     pub policies: Vec<PolicyStatus>,
     pub lists: Vec<ListStatus>,
 }
 
-pub fn status_document(store: &Store) -> Result<StatusDocument, StoreError> {
-    let policies = store.policies()?;
-    let lists = store.lists(FAILING_PER_LIST)?;
+/// The status of `store`. Without `show_contacts`, contact addresses are masked everywhere
+/// (`j***@example.com`): the daemon's `/status` is unauthenticated, and addresses are
+/// personal data.
+pub fn status_document(store: &Store, show_contacts: bool) -> Result<StatusDocument, StoreError> {
+    let mut policies = store.policies()?;
+    let mut lists = store.lists(FAILING_PER_LIST)?;
+    let manifests = store.last_load()?;
+    if !show_contacts {
+        for p in &mut policies {
+            p.condition.message = mask_emails(&p.condition.message);
+            p.last_error = p.last_error.as_deref().map(mask_emails);
+        }
+        for l in &mut lists {
+            l.last_error = l.last_error.as_deref().map(mask_emails);
+            for f in &mut l.failing {
+                f.contact = mask_emails(&f.contact);
+                f.error = mask_emails(&f.error);
+            }
+        }
+    }
+    let load_ok = manifests.as_ref().is_none_or(|m| m.errors == 0);
     Ok(StatusDocument {
         format_version: STATUS_FORMAT_VERSION,
         state: store.path().display().to_string(),
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        ready: !policies.is_empty()
+        ready: load_ok
+            && !policies.is_empty()
             && policies
                 .iter()
                 .all(|p| p.condition.ready == Ready::True || p.condition.reason == "Suspended"),
+        manifests,
         policies,
         lists,
     })
+}
+
+/// Masks every email address in `text`: the first character of the local part is kept, the
+/// rest of it becomes `***`, the domain stays (it says which provider, not who).
+pub fn mask_emails(text: &str) -> String {
+    let is_part = |c: char| c.is_alphanumeric() || "._%+-'".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let (before, after) = rest.split_at(at);
+        let local_start = before
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| is_part(*c))
+            .last()
+            .map_or(before.len(), |(i, _)| i);
+        let domain_len = after[1..]
+            .char_indices()
+            .take_while(|(_, c)| is_part(*c))
+            .last()
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        if local_start == before.len() || domain_len == 0 {
+            out.push_str(before);
+            out.push('@');
+            rest = &after[1..];
+            continue;
+        }
+        out.push_str(&before[..local_start]);
+        let first = before[local_start..].chars().next().expect("non-empty local part");
+        out.push(first);
+        out.push_str("***@");
+        out.push_str(&after[1..1 + domain_len]);
+        rest = &after[1 + domain_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn time(t: Option<i64>) -> String {
@@ -51,6 +111,16 @@ pub fn time(t: Option<i64>) -> String {
 
 pub fn status_text(doc: &StatusDocument) -> String {
     let mut out = String::new();
+    if let Some(m) = doc.manifests.as_ref().filter(|m| m.errors > 0) {
+        let _ = writeln!(
+            out,
+            "Manifests: {} error(s) at the last load ({}): the policies concerned are not \
+             enforced; first: {}\n",
+            m.errors,
+            time(Some(m.at)),
+            m.first_error.as_deref().unwrap_or("?")
+        );
+    }
     let _ = writeln!(out, "Policies ({}):", doc.policies.len());
     for p in &doc.policies {
         let ready = match p.condition.ready {
@@ -125,4 +195,19 @@ pub fn status_text(doc: &StatusDocument) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_addresses_are_masked_and_other_text_is_kept() {
+        assert_eq!(
+            mask_emails("refused: jane.doe@example.com is locked; bob@x.org too"),
+            "refused: j***@example.com is locked; b***@x.org too"
+        );
+        assert_eq!(mask_emails("no address @ all, a@"), "no address @ all, a@");
+        assert_eq!(mask_emails("60d5ec49f1b2c72d9c8b1111"), "60d5ec49f1b2c72d9c8b1111");
+    }
 }

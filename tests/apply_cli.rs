@@ -540,12 +540,13 @@ fn contacts_dropped_from_manifests_are_forgotten_without_any_api_call() {
     env.apply(&[]).code(0);
     assert_eq!(list_status(&env.status_json(), "list-a")["confirmed"], 10);
 
-    env.manifest("a.yaml", &policy("pa", "list-a", &emails("a", 3)));
+    // 40% fewer: under the forget threshold (50%), so forgotten at once.
+    env.manifest("a.yaml", &policy("pa", "list-a", &emails("a", 6)));
     env.fake().reset_counters();
     env.apply(&[]).code(0);
     assert_eq!(env.fake().counters().requests, 0);
     let doc = env.status_json();
-    assert_eq!(list_status(&doc, "list-a")["confirmed"], 3);
+    assert_eq!(list_status(&doc, "list-a")["confirmed"], 6);
     assert_eq!(policy_status(&doc, "pa")["condition"]["ready"], "True");
 
     // A whole policy (and its list) dropped: forgotten too, still without a request.

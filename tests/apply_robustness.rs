@@ -181,7 +181,7 @@ fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
         assert!(!contains(&bytes, SECRET), "the API key is in {path}");
     }
     let confirmed: BTreeSet<String> = {
-        let store = Store::open(&s).unwrap();
+        let store = Store::open(&s, "test").unwrap();
         let r = store
             .records(&ContactListId::parse("list-a").unwrap())
             .unwrap();

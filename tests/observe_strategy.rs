@@ -18,7 +18,7 @@ use listwarden::contact::ContactListId;
 use listwarden::fake::{Counters, FakeAutoSend, FakeConfig, Faults, RunningFake};
 use listwarden::manifest::Strategy;
 use listwarden::plan::PlanOptions;
-use listwarden::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
+use listwarden::reconcile::{self, Context, ListOutcome, ListResult};
 use listwarden::store::Store;
 use serde_json::Value;
 
@@ -110,13 +110,7 @@ async fn sync(
     let batch_size = options.batch_size;
     let (m, plan) = reconcile::prepare(store, dir, options).unwrap();
     assert!(!m.has_errors(), "{:?}", m.diagnostics);
-    let ctx = Context {
-        client: client.clone(),
-        store: store.clone(),
-        batch_size,
-        progress: Arc::new(NoProgress),
-        source_revision: None,
-    };
+    let ctx = Context::new(client.clone(), store.clone(), batch_size);
     let report = reconcile::sync_all(&ctx, Arc::new(m.policies.clone()), plan.lists, 4).await;
     assert!(report.unauthorized.is_none());
     report.outcomes

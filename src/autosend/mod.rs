@@ -426,6 +426,11 @@ impl Client {
         &self.config.rate_limits
     }
 
+    /// The base URL requests go to (for messages: it holds no secret).
+    pub fn base_url(&self) -> &str {
+        &self.config.base_url
+    }
+
     pub fn pacer(&self) -> &Pacer {
         &self.pacer
     }

@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{
-    ApiFlags, ApplyArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output, PlanArgs,
-    RunArgs, StatusArgs, plan_options, print_diagnostics,
+    ApiFlags, ApplyArgs, ApproveArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output,
+    PlanArgs, RunArgs, StatusArgs, check_manifests_path, plan_options, print_diagnostics,
 };
 use crate::autosend::{Client, ClientConfig, Tally};
 use crate::contact::ContactListId;
@@ -17,7 +17,7 @@ use crate::manifest::Manifests;
 use crate::plan::Plan;
 use crate::reconcile::{self, Context, ListResult, Progress, SyncReport};
 use crate::render::{self, thousands};
-use crate::store::Store;
+use crate::store::{Store, StoreLock};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -31,11 +31,47 @@ fn runtime() -> tokio::runtime::Runtime {
 pub fn client(api: &ApiFlags, rate_limits: &crate::autosend::RateLimits) -> Result<Client, String> {
     let mut config =
         ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| e.to_string())?;
+    warn_exposure(api, &config.base_url);
     config.rate_limits = rate_limits.clone();
     config.max_retries = api.max_retries;
     config.min_backoff = api.retry_backoff;
     config.max_backoff = config.max_backoff.max(api.retry_backoff);
     Client::new(config).map_err(|e| e.to_string())
+}
+
+/// Warns about a key others can read, and a key sent in clear over the network. Group-readable
+/// key files are normal (Kubernetes Secrets, systemd credentials), and so is plain HTTP to
+/// this machine: no warning for those.
+fn warn_exposure(api: &ApiFlags, base_url: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(path) = &api.api_key_file
+        && let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "the API key file is readable by every user of this machine; make it private (chmod o-r)"
+        );
+    }
+    if let Some(rest) = base_url.strip_prefix("http://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            tracing::warn!(
+                url = base_url,
+                "AUTOSEND_API_URL is plain http:// to another host: the API key and the contact \
+                 addresses cross the network unencrypted; use https://"
+            );
+        }
+    }
 }
 
 /// A progress bar on a terminal, a log line a batch otherwise.
@@ -81,21 +117,20 @@ fn or_exit<T>(r: Result<T, String>) -> Result<T, u8> {
     })
 }
 
-/// The client and the store that `apply` and `run` both need.
-fn connect(
-    api: &ApiFlags,
-    flags: &super::PlanFlags,
-    state: &super::StateFlags,
-) -> Result<(Client, Arc<Store>), u8> {
-    let client = or_exit(client(api, &flags.rate_limit))?;
-    let store = or_exit(Store::open(&state.state).map_err(|e| e.to_string()))?;
-    Ok((client, Arc::new(store)))
-}
-
 pub fn apply(args: &ApplyArgs) -> u8 {
     super::init_logging(args.sync.log_format);
-    let (client, store) = match connect(&args.sync.api, &args.sync.flags, &args.sync.state) {
+    // Everything that can be checked before anything is created or printed, is.
+    if let Err(e) = check_manifests_path(&args.sync.path, args.sync.allow_empty) {
+        eprintln!("error: {e}");
+        return EXIT_ERROR;
+    }
+    let client = match or_exit(client(&args.sync.api, &args.sync.flags.rate_limit)) {
         Ok(c) => c,
+        Err(code) => return code,
+    };
+    let store = Store::open(&args.sync.state.state, "listwarden apply");
+    let store = match or_exit(store.map_err(|e| e.to_string())) {
+        Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
     let mut options = plan_options(&args.sync.flags);
@@ -110,12 +145,11 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     print_diagnostics(&manifests);
     print!("{}", render::plan_text(&manifests, &plan, false));
     let progress = Arc::new(ApplyProgress::new(plan.to_assert()));
+    let base_url = client.base_url().to_string();
     let ctx = Context {
-        client,
-        store: store.clone(),
-        batch_size: plan.options.batch_size,
         progress: progress.clone(),
         source_revision: crate::revision::git_commit(&args.sync.path),
+        ..Context::new(client, store.clone(), plan.options.batch_size)
     };
     let policies = Arc::new(manifests.policies.clone());
     let report = runtime().block_on(async {
@@ -129,11 +163,60 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         bar.finish_and_clear();
     }
     print!("{}", summary(&report));
-    exit_code(&manifests, &report)
+    let code = exit_code(&manifests, &plan, &report);
+    if code != EXIT_OK {
+        eprintln!("error: {}", failure_line(&manifests, &plan, &report, &base_url));
+    }
+    code
 }
 
-fn exit_code(manifests: &Manifests, report: &SyncReport) -> u8 {
-    if manifests.has_errors() || report.has_list_errors() {
+/// The one `error:` line a failing apply ends with: what failed first, and what to check.
+fn failure_line(
+    manifests: &Manifests,
+    plan: &Plan,
+    report: &SyncReport,
+    base_url: &str,
+) -> String {
+    if let Some(m) = &report.unauthorized {
+        return m.clone();
+    }
+    if report.all_not_found() {
+        return format!(
+            "every contact list answered 404 Not Found: is the API URL right? It is {base_url} \
+             (AutoSend's is {}, with /v1); set AUTOSEND_API_URL",
+            crate::autosend::DEFAULT_BASE_URL
+        );
+    }
+    let failing: Vec<&reconcile::ListOutcome> = report
+        .outcomes
+        .iter()
+        .filter(|o| !matches!(o.result, ListResult::Converged | ListResult::PartiallyFailed))
+        .collect();
+    if let Some(first) = failing.first() {
+        let more = match failing.len() {
+            1 => String::new(),
+            n => format!(" (and {} more list(s): see the summary)", n - 1),
+        };
+        return format!("list {}: {}{more}", first.list, first.result);
+    }
+    if manifests.has_errors() {
+        return format!(
+            "{} manifest error(s): the policies concerned were left out (see above)",
+            manifests.errors().count()
+        );
+    }
+    if let Some(hold) = plan.holds.first() {
+        return hold.to_string();
+    }
+    format!(
+        "{} contact(s) failed or were not accounted for; they are asserted again next run \
+         (`listwarden status` lists them)",
+        report.failed_contacts()
+    )
+}
+
+fn exit_code(manifests: &Manifests, plan: &Plan, report: &SyncReport) -> u8 {
+    if manifests.has_errors() || report.has_list_errors() || !plan.holds.is_empty() {
         EXIT_ERROR
     } else if report.failed_contacts() > 0 {
         EXIT_PARTIAL
@@ -167,19 +250,15 @@ fn stop_on_signals(stop: tokio_util::sync::CancellationToken) -> tokio::task::Jo
 pub fn summary(report: &SyncReport) -> String {
     let mut out = String::from("\nSummary:\n");
     for o in &report.outcomes {
-        let result = match &o.result {
-            ListResult::Converged => "converged".to_string(),
-            ListResult::PartiallyFailed => "partially failed".to_string(),
-            ListResult::Refused(m) => format!("refused: {m}"),
-            ListResult::ListNotFound(m) => format!("list not found: {m}"),
-            ListResult::ListIsSegment => "refused: the list is a segment".to_string(),
-            ListResult::Unauthorized(m) => format!("stopped: {m}"),
-            ListResult::Failed(m) => format!("failed: {m}"),
-            ListResult::Interrupted => "interrupted (resumes next run)".to_string(),
+        let unaccounted = if o.unaccounted > 0 {
+            format!(", not accounted for {}", thousands(o.unaccounted as usize))
+        } else {
+            String::new()
         };
         out.push_str(&format!(
-            "  {}: {result}; removed {}, not in list {}, failed {}; {} request(s), {} rate-limited, {:.1}s{}\n",
+            "  {}: {}; removed {}, not in list {}, failed {}{unaccounted}; {} request(s), {} rate-limited, {:.1}s{}\n",
             o.list,
+            o.result,
             thousands(o.removed as usize),
             thousands((o.not_in_list + o.observed_absent) as usize),
             thousands(o.failed as usize),
@@ -194,9 +273,6 @@ pub fn summary(report: &SyncReport) -> String {
         for (contact, message) in &o.first_errors {
             out.push_str(&format!("      {contact}: {message}\n"));
         }
-    }
-    if let Some(m) = &report.unauthorized {
-        out.push_str(&format!("error: {m}\n"));
     }
     out
 }
@@ -216,7 +292,8 @@ pub fn status(args: &StatusArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    match crate::status::status_document(&store) {
+    // The operator's own terminal: addresses are shown (the daemon's /status masks them).
+    match crate::status::status_document(&store, true) {
         Ok(doc) => {
             match args.output {
                 Output::Json => {
@@ -412,7 +489,7 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.sync.log_format);
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let (client, store) = match connect(&args.sync.api, &args.sync.flags, &args.sync.state) {
+    let client = match or_exit(client(&args.sync.api, &args.sync.flags.rate_limit)) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -424,9 +501,44 @@ pub fn run(args: &RunArgs) -> u8 {
     config.concurrency = args.sync.concurrency;
     config.listen = args.listen;
     config.debounce = args.debounce;
+    config.allow_empty = args.sync.allow_empty;
+    config.expose_contacts = args.expose_contacts;
+    let state = args.sync.state.state.clone();
     runtime().block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         stop_on_signals(shutdown.clone());
+        // A second daemon, or an apply, on this store: wait for it, saying so.
+        let stop = shutdown.clone();
+        let waited = tokio::task::spawn_blocking(move || {
+            StoreLock::wait(
+                &state,
+                "listwarden run",
+                std::time::Duration::from_millis(500),
+                |holder| {
+                    tracing::warn!(
+                        store = %state.display(),
+                        holder,
+                        "the state store is in use; waiting for it to be released"
+                    )
+                },
+                || stop.is_cancelled(),
+            )
+            .map_err(crate::store::StoreError::from)
+            .and_then(|lock| lock.map(|l| Store::open_locked(&state, l)).transpose())
+        })
+        .await;
+        let store = match waited {
+            Ok(Ok(Some(store))) => Arc::new(store),
+            Ok(Ok(None)) => return EXIT_OK,
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                return EXIT_ERROR;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_ERROR;
+            }
+        };
         match crate::daemon::run(config, client, store, metrics, shutdown).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
@@ -435,4 +547,37 @@ pub fn run(args: &RunArgs) -> u8 {
             }
         }
     })
+}
+
+/// `listwarden approve POLICY`: records the approval in one short transaction, without the
+/// store's lock, so it works beside a running daemon.
+pub fn approve(args: &ApproveArgs) -> u8 {
+    let store = match Store::open_for_approval(&args.state) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    match store.approve(&args.policy) {
+        Ok(Ok(a)) => {
+            println!(
+                "approved: policy {} may go from {} to {} contacts (revision {}); a running \
+                 daemon applies it within seconds, otherwise the next `listwarden apply` does",
+                args.policy,
+                thousands(a.before as usize),
+                thousands(a.after as usize),
+                a.revision
+            );
+            EXIT_OK
+        }
+        Ok(Err(why)) => {
+            eprintln!("error: {why}");
+            EXIT_ERROR
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ERROR
+        }
+    }
 }

@@ -56,6 +56,19 @@ pub enum Command {
     /// Run as a daemon: reconcile every list, then watch the manifests and keep every list
     /// converged; serves /healthz, /readyz, /metrics and /status.
     Run(RunArgs),
+    /// Approve the change a policy's forget threshold (maxForgetPercent) holds back, after
+    /// checking it: the policy's current manifests are then applied as they are. Needs no
+    /// lock: a running daemon picks the approval up within seconds, as does the next apply.
+    Approve(ApproveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApproveArgs {
+    /// The policy's metadata.name (`listwarden status` shows which are ThresholdExceeded).
+    pub policy: String,
+    /// The SQLite state store written by apply / run.
+    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    pub state: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -65,13 +78,18 @@ pub struct RunArgs {
     /// Every list is re-checked this often (cheap when nothing is pending: no API call).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status.
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status (an IP
+    /// address and a port; 0.0.0.0:9464 for every interface, e.g. for Kubernetes probes).
+    #[arg(long, default_value = crate::daemon::DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// How long file changes are gathered before a reload (one reload per burst of edits
     /// or git checkout).
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Show contact addresses in /status. Off by default: the endpoint is unauthenticated
+    /// and addresses are personal data, so they are masked (j***@example.com).
+    #[arg(long)]
+    pub expose_contacts: bool,
 }
 
 /// What `apply` and `run` both take: they converge lists the same way.
@@ -93,6 +111,10 @@ pub struct SyncArgs {
     /// Log format on stderr: `text` for people, `json` for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Accept a manifests path that holds no manifest (by default that is an error: a wrong
+    /// path in CI must not pass, and a daemon must not silently enforce nothing).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// Where the state store lives and when confirmed contacts are asserted again.
@@ -176,6 +198,9 @@ pub struct ValidateArgs {
     /// entries such as .git are skipped).
     #[arg(default_value = "manifests/")]
     pub path: PathBuf,
+    /// Accept a path that holds no manifest (by default an error: a wrong path must fail).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,6 +229,11 @@ pub struct PlanFlags {
     /// manifest's `spec.strategy` overrides this). `plan` without --refresh shows assert costs.
     #[arg(long, default_value = "auto")]
     pub strategy: Strategy,
+    /// Default forget threshold for policies without `maxForgetPercent`: a load in which a
+    /// policy loses more than this share of its contacts (a truncated export?) is held,
+    /// nothing sent or forgotten for it, until `listwarden approve POLICY`.
+    #[arg(long, default_value_t = crate::hold::DEFAULT_MAX_FORGET_PERCENT, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_forget_percent: u8,
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +264,9 @@ pub struct PlanArgs {
     pub refresh: bool,
     #[command(flatten)]
     pub api: ApiFlags,
+    /// Accept a path that holds no manifest (by default an error: a wrong path must fail).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -252,6 +285,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => commands::apply(&args),
         Command::Status(args) => commands::status(&args),
         Command::Run(args) => commands::run(&args),
+        Command::Approve(args) => commands::approve(&args),
     };
     ExitCode::from(code)
 }
@@ -265,7 +299,31 @@ pub fn print_diagnostics(m: &Manifests) {
     }
 }
 
+/// A manifests path that does not exist, or holds no manifest, is a mistake far more often
+/// than an intent (a typo in CI, a mount that failed): said before anything is created or
+/// printed, so it cannot pass for "nothing to do".
+pub fn check_manifests_path(path: &std::path::Path, allow_empty: bool) -> Result<(), String> {
+    if !path.exists() {
+        return Err(format!(
+            "manifests path {} does not exist; give a manifest file or a directory of them",
+            path.display()
+        ));
+    }
+    if !allow_empty && manifest::manifest_paths(path).is_empty() {
+        return Err(format!(
+            "no manifests found under {} (no *.yaml or *.yml file; hidden entries are skipped); \
+             is this the right path? Pass --allow-empty if an empty set is intended",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn validate(args: &ValidateArgs) -> u8 {
+    if let Err(e) = check_manifests_path(&args.path, args.allow_empty) {
+        eprintln!("error: {e}");
+        return EXIT_ERROR;
+    }
     let m = manifest::load(&args.path);
     print_diagnostics(&m);
     let errors = m.errors().count();
@@ -296,12 +354,17 @@ pub fn plan_options(flags: &PlanFlags) -> PlanOptions {
         batch_size: flags.batch_size,
         rate_limits: flags.rate_limit.clone(),
         max_removals: flags.max_removals,
+        max_forget_percent: flags.max_forget_percent,
         strategy: flags.strategy,
         ..PlanOptions::default()
     }
 }
 
 fn plan_command(args: &PlanArgs) -> u8 {
+    if let Err(e) = check_manifests_path(&args.path, args.allow_empty) {
+        eprintln!("error: {e}");
+        return EXIT_ERROR;
+    }
     let store = match crate::store::Store::open_existing(&args.state.state) {
         Ok(s) => s,
         Err(e) => {
@@ -313,9 +376,18 @@ fn plan_command(args: &PlanArgs) -> u8 {
     options.resync_after = args.state.resync_after;
     // An unreadable store is an error, never an empty one: that would plan every confirmed
     // contact as new.
-    let loaded = crate::plan::load_and_plan(&args.path, options, |list| match &store {
-        Some(s) => s.records(list),
-        None => Ok(ListRecords::default()),
+    let baselines = match store.as_ref().map(|s| s.baselines()).transpose() {
+        Ok(b) => b.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let loaded = crate::plan::load_and_plan(&args.path, options, &baselines, |list| {
+        match &store {
+            Some(s) => s.records(list),
+            None => Ok(ListRecords::default()),
+        }
     });
     let (manifests, plan) = match loaded {
         Ok(p) => p,
@@ -362,6 +434,17 @@ pub fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration ({e}); write it like 30s, 10m or 24h"))
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| {
+        let hint = if s.contains(':') {
+            "give an IP address and a port, e.g. 127.0.0.1:9464 (host names are not resolved)"
+        } else {
+            "a port is missing: write it like 127.0.0.1:9464, or 0.0.0.0:9464 for every interface"
+        };
+        format!("{s:?} is not a listen address; {hint}")
+    })
 }
 
 fn parse_batch_size(s: &str) -> Result<usize, String> {

@@ -1,7 +1,7 @@
 //! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
@@ -22,7 +22,52 @@ pub struct Shared {
     pub first_pass_done: AtomicBool,
     /// The key was refused (401/402/403) and has not worked since.
     pub unauthorized: AtomicBool,
+    /// Why the state store cannot be written now (disk full, deleted or replaced file).
+    pub store_fault: Mutex<Option<String>>,
+    /// Why there is nothing to enforce (the manifests path is missing or holds no manifest).
+    pub manifests_fault: Mutex<Option<String>>,
     pub pacer_waited: Box<dyn Fn() -> std::time::Duration + Send + Sync>,
+    /// `/status` shows contact addresses (the endpoint is unauthenticated).
+    pub expose_contacts: bool,
+}
+
+impl Shared {
+    pub fn store_fault(&self) -> Option<String> {
+        self.store_fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_store_fault(&self, fault: Option<String>) {
+        *self.store_fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    pub fn manifests_fault(&self) -> Option<String> {
+        self.manifests_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_manifests_fault(&self, fault: Option<String>) {
+        *self.manifests_fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    /// Why the daemon cannot do its work now, if it cannot. Only process faults count: a
+    /// failing policy shows in `/status`, and restarting the process would not fix it.
+    pub fn not_ready(&self) -> Option<String> {
+        if let Some(f) = self.manifests_fault() {
+            return Some(f);
+        }
+        if let Some(f) = self.store_fault() {
+            return Some(f);
+        }
+        if self.unauthorized.load(Ordering::Relaxed) {
+            return Some("AutoSend refused the API key".into());
+        }
+        if !self.first_pass_done.load(Ordering::Relaxed) {
+            return Some("first reconcile pass not done".into());
+        }
+        None
+    }
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -35,18 +80,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    if !s.first_pass_done.load(Ordering::Relaxed) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: first reconcile pass not done\n",
-        )
-    } else if s.unauthorized.load(Ordering::Relaxed) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: AutoSend refused the API key\n",
-        )
-    } else {
-        (StatusCode::OK, "ready\n")
+    match s.not_ready() {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        None => (StatusCode::OK, "ready\n".to_string()),
     }
 }
 
@@ -63,7 +99,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let store = s.store.clone();
-    let doc = tokio::task::spawn_blocking(move || crate::status::status_document(&store)).await;
+    let show = s.expose_contacts;
+    let doc =
+        tokio::task::spawn_blocking(move || crate::status::status_document(&store, show)).await;
     match doc {
         Ok(Ok(doc)) => (
             StatusCode::OK,

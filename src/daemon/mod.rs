@@ -7,28 +7,41 @@
 //! - **Events.** A debounced file change reloads the manifests; only lists whose desired
 //!   revision changed are reconciled (a burst of edits or a git checkout is one reload, one
 //!   reconcile per affected list). SIGHUP reloads and re-asserts everything.
+//! - **Edits stop what they concern.** As soon as the watcher reports a change, the sends of
+//!   the lists the changed files concern are held at their [gates](crate::gate) (every
+//!   list's, when the change cannot be tied to lists); the reload opens them again with the
+//!   lists' new revisions, and a reconcile planned from an older one stops and is planned
+//!   again. Nothing no manifest names any more is sent after the reload.
 //! - **Schedule.** Each list is re-checked every `--interval` (cheap when nothing is pending:
 //!   a plan from the store, no API call) and re-asserted when its contacts' resync is due.
 //! - **One reconcile at a time per list**, lists in parallel up to `--concurrency`, sharing
 //!   one pacing budget. A change arriving during a list's reconcile marks it dirty, and it
 //!   runs again right after.
 //! - **Failures** requeue the list with exponential backoff and jitter (1 s doubling to
-//!   15 min, reset on success). A refused key pauses all API work (`Unauthorized`), retried
-//!   slowly; nothing crashes.
+//!   15 min, reset on success); a panic in a reconcile is one such failure. A refused key
+//!   pauses all API work (`Unauthorized`), retried slowly; nothing crashes.
+//! - **Process faults** make `/readyz` fail and pause API work: the manifests path missing
+//!   (a git-sync sidecar that has not cloned yet: the daemon waits for it) or holding no
+//!   manifest, a state store that cannot be written (disk full) or was deleted or replaced.
+//!   A broken manifest is not a process fault: it shows in `/status`, the other policies go on.
+//! - **Approvals.** While a policy is held by the forget threshold, the store is polled for
+//!   `listwarden approve`; an approval reloads at once.
 //! - **Shutdown.** SIGTERM/SIGINT stop taking work, let requests in flight finish (their
 //!   outcome is committed), and exit 0 within the grace period; a second signal exits at once.
 
 pub mod http;
 pub mod watch;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,14 +49,29 @@ use tokio_util::sync::CancellationToken;
 use crate::autosend::Client;
 use crate::contact::ContactListId;
 use crate::desired::DesiredState;
+use crate::gate::Gates;
 use crate::manifest::{self, Manifests};
 use crate::metrics::{ListLabel, Metrics, PolicyLabels, ResultLabel};
 use crate::plan::{self, PlanOptions};
 use crate::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
 use crate::store::{Condition, Ready, Store};
+use watch::{Changed, Watch};
 
 /// Longest a reload waits for changes to settle.
 const MAX_RELOAD_DELAY: Duration = Duration::from_secs(2);
+
+/// How often the daemon looks at things no event announces: the store file still being the
+/// one it opened, a missing manifests path appearing, an approval recorded by `approve`.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// How long after a store write failed the daemon tries writing again.
+const STORE_RETRY: Duration = Duration::from_secs(10);
+
+/// Defaults shared by `listwarden run`'s flags and library callers.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
+pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -58,6 +86,10 @@ pub struct DaemonConfig {
     /// First and largest wait before retrying a failed list.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A manifests path holding no manifest is fine (otherwise the daemon is not ready).
+    pub allow_empty: bool,
+    /// `/status` shows contact addresses (it is unauthenticated: off by default).
+    pub expose_contacts: bool,
 }
 
 impl DaemonConfig {
@@ -65,13 +97,15 @@ impl DaemonConfig {
         DaemonConfig {
             path,
             plan: PlanOptions::default(),
-            interval: Duration::from_secs(600),
-            concurrency: 4,
-            listen: "127.0.0.1:9464".parse().expect("a socket address"),
-            debounce: Duration::from_millis(200),
+            interval: DEFAULT_INTERVAL,
+            concurrency: DEFAULT_CONCURRENCY,
+            listen: DEFAULT_LISTEN.parse().expect("a socket address"),
+            debounce: DEFAULT_DEBOUNCE,
             grace: Duration::from_secs(8),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(15 * 60),
+            allow_empty: false,
+            expose_contacts: false,
         }
     }
 }
@@ -122,7 +156,10 @@ pub async fn run(
         store: store.clone(),
         first_pass_done: Default::default(),
         unauthorized: Default::default(),
+        store_fault: Default::default(),
+        manifests_fault: Default::default(),
         pacer_waited: Box::new(move || pacer_client.pacer().waited()),
+        expose_contacts: config.expose_contacts,
     });
     let http_stop = CancellationToken::new();
     let (addr, http_task) = http::serve(config.listen, shared.clone(), http_stop.clone())
@@ -130,9 +167,9 @@ pub async fn run(
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /status");
 
-    let (watch_tx, mut watch_rx) = mpsc::channel(1);
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     // A single manifest file may read data files beside it: watch its directory.
-    let watched = if config.path.is_dir() {
+    let watched = if config.path.is_dir() || !config.path.exists() {
         config.path.clone()
     } else {
         config
@@ -142,14 +179,11 @@ pub async fn run(
             .map(|p| p.to_path_buf())
             .unwrap_or_else(|| PathBuf::from("."))
     };
-    // Half the debounce in the watcher (folding an editor's rename dance into one event),
-    // half in the trailing-edge wait below: a change is picked up about `debounce` later.
-    let mut watch = watch::watch(&watched, config.debounce / 2, watch_tx.clone())
-        .map_err(|e| format!("cannot watch {}: {e}", watched.display()))?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
 
     let mut d = Scheduler {
+        limit: Arc::new(Semaphore::new(config.concurrency.max(1))),
         config,
         client,
         store,
@@ -163,18 +197,25 @@ pub async fn run(
             source_revision: None,
         })),
         lists: BTreeMap::new(),
-        limit: Arc::new(Semaphore::new(1)),
+        gates: Arc::new(Gates::new()),
+        concerns: HashMap::new(),
+        holds: Vec::new(),
         auth_paused_until: None,
         auth_backoff: None,
+        store_retry_at: None,
+        reload_failed: false,
     };
-    d.limit = Arc::new(Semaphore::new(d.config.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    d.reload(false).await;
-
+    let mut watch: Option<Watch> = None;
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Trailing-edge debounce on top of the watcher's: a reload waits until changes have
     // been quiet for `debounce` (a git checkout touching files for a second is one reload),
     // but never more than `MAX_RELOAD_DELAY` after the first change.
     let mut reload_at: Option<(Instant, Instant)> = None;
+    // Whether the manifests path existed at the last load; the first load happens on the
+    // first housekeeping tick, at once.
+    let mut root_seen: Option<bool> = None;
     loop {
         d.start_due(&done_tx);
         let wake = match reload_at {
@@ -183,7 +224,8 @@ pub async fn run(
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(()) = watch_rx.recv() => {
+            Some(changed) = watch_rx.recv() => {
+                d.hold_changed(&changed);
                 let now = Instant::now();
                 let first = reload_at.map_or(now, |(_, first)| first);
                 let at = (now + d.config.debounce / 2).min(first + MAX_RELOAD_DELAY);
@@ -192,16 +234,9 @@ pub async fn run(
             _ = tokio::time::sleep_until(reload_at.map_or(wake, |(at, _)| at)), if reload_at.is_some() => {
                 reload_at = None;
                 tracing::info!("manifests changed; reloading");
-                if watch.moved() {
+                if watch.as_ref().is_some_and(Watch::moved) {
                     // A symlink on the path now points to a new checkout (git-sync): follow it.
-                    match watch::watch(&watched, d.config.debounce / 2, watch_tx.clone()) {
-                        Ok(w) => watch = w,
-                        Err(e) => tracing::warn!(
-                            error = %e,
-                            path = %watched.display(),
-                            "cannot watch the new target of the manifests path"
-                        ),
-                    }
+                    watch = d.start_watch(&watched, &watch_tx);
                 }
                 d.reload(false).await;
             }
@@ -210,6 +245,25 @@ pub async fn run(
                 d.reload(true).await;
             }
             Some(done) = done_rx.recv() => d.finished(done),
+            _ = housekeeping.tick() => {
+                let present = d.config.path.exists() || d.config.path.is_symlink();
+                if present && watch.is_none() {
+                    watch = d.start_watch(&watched, &watch_tx);
+                }
+                if !present {
+                    watch = None;
+                }
+                // Load when the path appeared or vanished since the last load, when the last
+                // reload failed, or when `approve` let a held change through.
+                if root_seen != Some(present) || d.reload_failed || d.approval_recorded() {
+                    root_seen = Some(present);
+                    if !present {
+                        d.gates.close_all();
+                    }
+                    d.reload(false).await;
+                }
+                d.check_store();
+            }
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
@@ -253,7 +307,7 @@ async fn reconcile_one(
         Ok(Err(e)) => {
             let message = format!("cannot read the state store: {e}");
             tracing::error!(list = %desired.list, %message);
-            let outcome = ListOutcome::new(desired.list.clone(), ListResult::Failed(message));
+            let outcome = ListOutcome::new(desired.list.clone(), ListResult::StoreFailed(message));
             return (outcome, 0, names);
         }
         Err(e) => {
@@ -271,6 +325,21 @@ async fn hangup(s: &mut tokio::signal::unix::Signal) {
     s.recv().await;
 }
 
+/// `path` made comparable with the paths of another load: canonical, or, for a file that no
+/// longer exists, its canonical directory joined with its name.
+fn comparable(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
 struct Scheduler {
     config: DaemonConfig,
     client: Client,
@@ -281,33 +350,148 @@ struct Scheduler {
     snapshot: Arc<std::sync::RwLock<Snapshot>>,
     lists: BTreeMap<ContactListId, ListState>,
     limit: Arc<Semaphore>,
+    gates: Arc<Gates>,
+    /// Which lists each file (manifest or file source, comparable path) feeds.
+    concerns: HashMap<PathBuf, Vec<ContactListId>>,
+    /// Policies the forget threshold holds in the current load.
+    holds: Vec<crate::hold::Hold>,
     auth_paused_until: Option<Instant>,
     auth_backoff: Option<backon::ExponentialBackoff>,
+    /// While the store cannot be written: when to try again. No reconcile starts meanwhile.
+    store_retry_at: Option<Instant>,
+    /// The last reload did not complete: sends stay held, and it is tried again.
+    reload_failed: bool,
 }
 
 impl Scheduler {
+    fn start_watch(
+        &self,
+        watched: &Path,
+        tx: &mpsc::UnboundedSender<Changed>,
+    ) -> Option<Watch> {
+        match watch::watch(watched, self.config.debounce / 2, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %watched.display(), "cannot watch the manifests path");
+                None
+            }
+        }
+    }
+
+    /// Holds the sends of the lists `changed` concerns until the next reload.
+    fn hold_changed(&self, changed: &Changed) {
+        let lists: Option<HashSet<&ContactListId>> = match changed {
+            Changed::Unknown => None,
+            Changed::Paths(paths) => paths
+                .iter()
+                .map(|p| self.concerns.get(&comparable(p)))
+                .collect::<Option<Vec<_>>>()
+                .map(|found| found.into_iter().flatten().collect()),
+        };
+        match lists {
+            Some(lists) => {
+                for l in &lists {
+                    self.gates.close(l);
+                }
+                tracing::debug!(lists = lists.len(), "manifest change: holding the sends of the lists it concerns");
+            }
+            None => {
+                // A new file, a directory, a watcher error: any list may be concerned.
+                self.gates.close_all();
+                tracing::debug!("manifest change: holding every list's sends until the reload");
+            }
+        }
+    }
+
+    /// True (once) when `approve` recorded an approval of a held policy's change.
+    fn approval_recorded(&self) -> bool {
+        if self.holds.is_empty() {
+            return false;
+        }
+        let Ok(baselines) = self.store.baselines() else {
+            return false;
+        };
+        self.holds.iter().any(|h| {
+            baselines
+                .get(&h.policy)
+                .and_then(|b| b.approved_revision.as_deref())
+                == Some(h.revision.as_str())
+        })
+    }
+
+    /// The store file must still be the one opened, and writable after a failure.
+    fn check_store(&mut self) {
+        if let Err(e) = self.store.check_file() {
+            if self.shared.store_fault().is_none() {
+                tracing::error!(error = %e, "state store lost: pausing all API work");
+            }
+            self.shared.set_store_fault(Some(e.to_string()));
+            self.store_retry_at = Some(Instant::now() + STORE_RETRY);
+            return;
+        }
+        if let Some(at) = self.store_retry_at
+            && at <= Instant::now()
+        {
+            match self.store.probe_write() {
+                Ok(()) => {
+                    tracing::info!("the state store can be written again; resuming");
+                    self.store_retry_at = None;
+                    self.shared.set_store_fault(None);
+                }
+                Err(e) => {
+                    self.shared.set_store_fault(Some(e.to_string()));
+                    self.store_retry_at = Some(Instant::now() + STORE_RETRY);
+                }
+            }
+        }
+    }
+
     /// Loads the manifests again and schedules the lists whose desired state changed.
     async fn reload(&mut self, resync_all: bool) {
         // Loading (possibly millions of lines), the store writes and `git rev-parse` block:
         // off the async workers, so pacing timers and the HTTP endpoints stay responsive.
-        let (path, store) = (self.config.path.clone(), self.store.clone());
+        let (path, store, options) = (
+            self.config.path.clone(),
+            self.store.clone(),
+            self.config.plan.clone(),
+        );
         let loaded = tokio::task::spawn_blocking(move || {
             let manifests = manifest::load(&path);
-            if let Err(e) = reconcile::record_manifests(&store, &manifests, plan::now_unix()) {
-                tracing::error!(error = %e, "cannot record manifest state");
-            }
-            let desired = DesiredState::build(&manifests.policies);
+            let baselines = store.baselines()?;
+            let holds = crate::hold::check(
+                &manifests.policies,
+                &baselines,
+                options.max_forget_percent,
+                options.force,
+            );
+            let held: Vec<bool> = holds.iter().map(Option::is_some).collect();
+            let holds: Vec<crate::hold::Hold> = holds.into_iter().flatten().collect();
+            reconcile::record_manifests(&store, &manifests, &holds, plan::now_unix())?;
+            let desired = DesiredState::build_holding(&manifests.policies, &held);
             let revision = crate::revision::git_commit(&path);
-            (manifests, desired, revision)
+            Ok::<_, crate::store::StoreError>((manifests, desired, holds, revision))
         })
         .await;
-        let (manifests, desired, source_revision) = match loaded {
-            Ok(l) => l,
+        let (manifests, desired, holds, source_revision) = match loaded {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                // Without the store's baselines the forget threshold cannot be checked:
+                // sends stay held until a reload works.
+                tracing::error!(error = %e, "cannot reload: the state store failed; sends stay held, retrying");
+                self.shared.set_store_fault(Some(e.to_string()));
+                self.store_retry_at = Some(Instant::now() + STORE_RETRY);
+                self.gates.close_all();
+                self.reload_failed = true;
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "manifest load panicked; keeping the previous load");
+                tracing::error!(error = %e, "manifest load panicked; sends stay held, retrying");
+                self.gates.close_all();
+                self.reload_failed = true;
                 return;
             }
         };
+        self.reload_failed = false;
         let errors = manifests.errors().count();
         for d in manifests.errors() {
             tracing::warn!(diagnostic = %d, "manifest error");
@@ -319,6 +503,21 @@ impl Scheduler {
                 result: if errors > 0 { "error" } else { "ok" }.into(),
             })
             .inc();
+        let root_fault = if !self.config.path.exists() {
+            Some(format!(
+                "the manifests path {} does not exist (yet); waiting for it",
+                self.config.path.display()
+            ))
+        } else if manifests.files.is_empty() && !self.config.allow_empty {
+            Some(format!(
+                "no manifests found under {}: nothing is enforced; add *.yaml manifests (or start \
+                 with --allow-empty if an empty set is intended)",
+                self.config.path.display()
+            ))
+        } else {
+            None
+        };
+        self.shared.set_manifests_fault(root_fault);
         let mut seen = HashSet::new();
         let due_now = Instant::now();
         for l in &desired.lists {
@@ -352,8 +551,8 @@ impl Scheduler {
                 }
             }
         }
-        // Lists no policy names any more: stop scheduling them (a run in flight finishes,
-        // then `finished` drops them).
+        // Lists no policy names any more: stop scheduling them (a run in flight stops at its
+        // next request, then `finished` drops them).
         self.lists.retain(|id, s| seen.contains(id) || s.running);
         if resync_all {
             self.auth_paused_until = None;
@@ -362,19 +561,72 @@ impl Scheduler {
             policies = manifests.policies.len(),
             invalid = manifests.invalid.len(),
             lists = desired.lists.len(),
+            held = holds.len(),
             errors,
             "manifests loaded"
         );
+        for h in &holds {
+            tracing::warn!(policy = %h.policy, "{h}");
+        }
+        self.holds = holds;
+        self.concerns = self.concerns_of(&manifests);
         {
             let mut snap = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
             snap.generation += 1;
             snap.policies = Arc::new(manifests.policies.clone());
             snap.desired = desired;
             snap.source_revision = source_revision;
+            // Open every gate with its list's revision now: a reconcile planned from an
+            // older load stops at its next request; lists that left are closed for good.
+            for l in &snap.desired.lists {
+                self.gates.open(&l.list, Some(&l.revision));
+            }
+            for id in self.lists.keys().filter(|id| !seen.contains(*id)) {
+                self.gates.open(id, None);
+            }
         }
+        let lists = &self.lists;
+        self.gates
+            .retain(|l| seen.contains(l) || lists.get(l).is_some_and(|s| s.running));
         self.manifests = Arc::new(manifests);
         self.refresh_ready_gauges();
         self.update_first_pass();
+    }
+
+    /// Which lists each file feeds, from this load; files that no longer parse keep what they
+    /// fed before (an edit that breaks a manifest must still hold its lists).
+    fn concerns_of(&self, manifests: &Manifests) -> HashMap<PathBuf, Vec<ContactListId>> {
+        let mut out: HashMap<PathBuf, Vec<ContactListId>> = HashMap::new();
+        let mut add = |path: &Path, list: &ContactListId| {
+            let lists = out.entry(comparable(path)).or_default();
+            if !lists.contains(list) {
+                lists.push(list.clone());
+            }
+        };
+        for p in &manifests.policies {
+            add(&p.origin.file, &p.contact_list_id);
+            for s in &p.sources {
+                add(s, &p.contact_list_id);
+            }
+        }
+        for inv in &manifests.invalid {
+            if let Some(list) = inv
+                .contact_list_id
+                .as_deref()
+                .and_then(|l| ContactListId::parse(l).ok())
+            {
+                add(&inv.origin.file, &list);
+            }
+        }
+        for f in manifests.files.iter().filter(|f| !f.parsed) {
+            let key = comparable(&f.path);
+            if let Some(before) = self.concerns.get(&key) {
+                for l in before {
+                    add(&f.path, l);
+                }
+            }
+        }
+        out
     }
 
     fn next_wake(&self) -> Instant {
@@ -399,6 +651,10 @@ impl Scheduler {
         {
             return;
         }
+        // A store that cannot be written would lose what the requests establish.
+        if self.store_retry_at.is_some() || self.shared.store_fault().is_some() {
+            return;
+        }
         let due: Vec<ContactListId> = self
             .lists
             .iter()
@@ -417,6 +673,7 @@ impl Scheduler {
                 batch_size: options.batch_size,
                 progress: Arc::new(NoProgress),
                 source_revision: None,
+                gates: self.gates.clone(),
             };
             let (snapshot, limit, done) = (self.snapshot.clone(), self.limit.clone(), done.clone());
             tokio::spawn(async move {
@@ -444,8 +701,18 @@ impl Scheduler {
                     source_revision,
                     ..ctx
                 };
-                let (outcome, to_assert, names) =
-                    reconcile_one(&ctx, &policies, &desired, options).await;
+                // reconcile_list catches its own panics; anything else here that panics must
+                // still report the list done, or it would stay "running" forever.
+                let attempt = AssertUnwindSafe(reconcile_one(&ctx, &policies, &desired, options))
+                    .catch_unwind()
+                    .await;
+                let (outcome, to_assert, names) = attempt.unwrap_or_else(|_| {
+                    let outcome = ListOutcome::new(
+                        id.clone(),
+                        ListResult::Failed("internal error while reconciling this list".into()),
+                    );
+                    (outcome, 0, String::new())
+                });
                 let confirmed = outcome.removed + outcome.not_in_list + outcome.observed_absent;
                 let pending_after = if outcome.result.is_ok() {
                     0
@@ -455,11 +722,12 @@ impl Scheduler {
                 tracing::info!(
                     list = %outcome.list,
                     policies = %names,
-                    result = crate::metrics::result_label(&outcome.result),
+                    result = outcome.result.label(),
                     to_assert,
                     removed = outcome.removed,
                     not_in_list = outcome.not_in_list + outcome.observed_absent,
                     failed = outcome.failed,
+                    unaccounted = outcome.unaccounted,
                     requests = outcome.requests,
                     rate_limited = outcome.rate_limited,
                     duration_ms = outcome.duration.as_millis() as u64,
@@ -488,12 +756,16 @@ impl Scheduler {
             })
             .unwrap_or((0, true));
         // A reconcile that planned from an older load may have written a condition the newer
-        // load contradicts (a policy since made invalid, or deleted): state it again.
-        if done.generation != generation
-            && let Err(e) =
-                reconcile::record_manifests(&self.store, &self.manifests, plan::now_unix())
-        {
-            tracing::error!(error = %e, "cannot record manifest state");
+        // load contradicts (a policy since made invalid, held, or deleted): state it again.
+        if done.generation != generation {
+            if let Err(e) = reconcile::record_manifests(
+                &self.store,
+                &self.manifests,
+                &self.holds,
+                plan::now_unix(),
+            ) {
+                tracing::error!(error = %e, "cannot record manifest state");
+            }
         }
         let now = Instant::now();
         let result = done.outcome.as_ref().map(|o| &o.result);
@@ -501,15 +773,22 @@ impl Scheduler {
         if let Some(o) = &done.outcome {
             self.metrics.reconciled(o, done.pending_after);
         }
+        if let Some(ListResult::StoreFailed(m)) = result {
+            tracing::error!(error = %m, "the state store cannot be written: pausing all API work until it can");
+            self.shared.set_store_fault(Some(m.clone()));
+            self.store_retry_at = Some(now + STORE_RETRY);
+        }
         if !still_desired {
             // The list left the manifests meanwhile: drop its schedule (a due time left in
             // the past would keep the loop from ever sleeping).
             self.lists.remove(&done.list);
+            self.gates.retain(|l| *l != done.list);
         } else if let Some(state) = self.lists.get_mut(&done.list) {
             state.running = false;
-            state.completed_once = true;
+            let superseded = matches!(result, Some(ListResult::Superseded));
+            state.completed_once |= !superseded;
             let ok = result.is_some_and(ListResult::is_ok);
-            if state.dirty || result.is_none() {
+            if state.dirty || result.is_none() || superseded {
                 state.next_due = now;
             } else if ok || matches!(result, Some(ListResult::Interrupted)) {
                 state.next_due = now + self.config.interval;
@@ -559,9 +838,13 @@ impl Scheduler {
                     .read()
                     .map(|s| (s.policies.clone(), s.source_revision.clone()));
                 if let Ok((policies, revision)) = snap {
+                    let held: HashSet<&str> =
+                        self.holds.iter().map(|h| h.policy.as_str()).collect();
                     reconcile::mark_policies(
                         &self.store,
-                        policies.iter().filter(|p| !p.suspend),
+                        policies
+                            .iter()
+                            .filter(|p| !p.suspend && !held.contains(p.name.as_str())),
                         &condition,
                         revision.as_deref(),
                         plan::now_unix(),

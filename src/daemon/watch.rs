@@ -2,8 +2,10 @@
 //!
 //! Editors write temporary files and rename them, git checkouts touch many files at once:
 //! the debouncer folds a burst into one notification, and the scheduler reloads everything
-//! and reconciles only the lists whose desired state changed. Which files changed is never
-//! trusted beyond "look again" (level-triggered).
+//! and reconciles only the lists whose desired state changed. Which files changed is used
+//! for one thing only: holding the sends of the lists those files concern until the reload
+//! is done (see `crate::gate`); what to do is always decided from a full reload
+//! (level-triggered).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,8 +30,22 @@ impl Watch {
     }
 }
 
-/// Watches `path` recursively; each debounced burst of relevant changes sends one `()`.
-pub fn watch(path: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> notify::Result<Watch> {
+/// What a debounced burst of events says changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// These paths (as notify reports them: absolute, not canonical).
+    Paths(Vec<PathBuf>),
+    /// Something, but the watcher cannot say what (it reported an error).
+    Unknown,
+}
+
+/// Watches `path` recursively; each debounced burst of relevant changes sends one
+/// [`Changed`].
+pub fn watch(
+    path: &Path,
+    debounce: Duration,
+    tx: mpsc::UnboundedSender<Changed>,
+) -> notify::Result<Watch> {
     let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     // notify reports paths under the path as given (made absolute), not the canonical one.
     let given = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -48,26 +64,28 @@ pub fn watch(path: &Path, debounce: Duration, tx: mpsc::Sender<()>) -> notify::R
     let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
         match result {
             Ok(events) => {
-                let relevant = events.iter().any(|e| {
-                    !e.kind.is_access()
-                        && e.paths.iter().any(|p| {
-                            let rel = p
-                                .strip_prefix(&root)
-                                .or_else(|_| p.strip_prefix(&given))
-                                .unwrap_or(p);
-                            links.contains(p) || !is_noise(rel)
-                        })
-                });
-                if relevant {
-                    // A full channel already holds a pending "look again": dropping is fine.
-                    let _ = tx.try_send(());
+                let relevant: Vec<PathBuf> = events
+                    .iter()
+                    .filter(|e| !e.kind.is_access())
+                    .flat_map(|e| e.paths.iter())
+                    .filter(|p| {
+                        let rel = p
+                            .strip_prefix(&root)
+                            .or_else(|_| p.strip_prefix(&given))
+                            .unwrap_or(p);
+                        links.contains(p) || !is_noise(rel)
+                    })
+                    .cloned()
+                    .collect();
+                if !relevant.is_empty() {
+                    let _ = tx.send(Changed::Paths(relevant));
                 }
             }
             Err(errors) => {
                 for e in errors {
                     tracing::warn!(error = %e, "file watcher error");
                 }
-                let _ = tx.try_send(());
+                let _ = tx.send(Changed::Unknown);
             }
         }
     })?;

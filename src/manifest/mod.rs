@@ -77,12 +77,17 @@ pub struct Policy {
     pub contact_list_id: ContactListId,
     pub suspend: bool,
     pub max_removals_per_sync: Option<u64>,
+    /// Share of its contacts (percent) the policy may lose in one load before the change is
+    /// held for approval (see [`crate::hold`]).
+    pub max_forget_percent: Option<u8>,
     pub strategy: Option<Strategy>,
     pub origin: Origin,
     /// Sorted, without duplicates.
     pub emails: Vec<Email>,
     /// Sorted, without duplicates.
     pub contact_ids: Vec<ContactId>,
+    /// The file sources read (canonical paths): an edit of one of them concerns this policy.
+    pub sources: Vec<PathBuf>,
     /// Digest of the list id and the desired-absent set: changes exactly when what the
     /// policy asks for changes.
     pub revision: String,
@@ -198,6 +203,7 @@ struct RawSpec {
     #[serde(default)]
     suspend: bool,
     max_removals_per_sync: Option<i64>,
+    max_forget_percent: Option<i64>,
     strategy: Option<Strategy>,
     #[serde(default)]
     exclude: RawExclude,
@@ -287,6 +293,12 @@ fn is_manifest(p: &Path) -> bool {
         p.extension().and_then(|e| e.to_str()),
         Some("yaml") | Some("yml")
     )
+}
+
+/// The manifest files a load of `path` would read (none when it cannot be listed): a cheap
+/// check, before anything is created, that a path holds manifests at all.
+pub fn manifest_paths(path: &Path) -> Vec<PathBuf> {
+    manifest_files(path).unwrap_or_default()
 }
 
 fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
@@ -598,6 +610,14 @@ fn validate(
             format!("must be a positive integer, got {n}; omit it for no threshold"),
         );
     }
+    if let Some(n) = spec.max_forget_percent
+        && !(0..=100).contains(&n)
+    {
+        err(
+            "spec.maxForgetPercent",
+            format!("must be a percentage from 0 to 100, got {n}; omit it for the default (50)"),
+        );
+    }
 
     let mut emails: Vec<Email> = Vec::with_capacity(spec.exclude.emails.len());
     for (i, raw_email) in spec.exclude.emails.iter().enumerate() {
@@ -615,6 +635,7 @@ fn validate(
     }
 
     let policy_label = name_raw.as_deref().unwrap_or("unnamed policy");
+    let mut sources = Vec::with_capacity(spec.exclude.files.len());
     for (i, fs) in spec.exclude.files.iter().enumerate() {
         let field = format!("spec.exclude.files[{i}]");
         let file_err = |diagnostics: &mut Vec<Diagnostic>, field: &str, message: String| {
@@ -631,6 +652,7 @@ fn validate(
                 continue;
             }
         };
+        sources.push(read_path.clone());
         let entry_type = match fs.entry_type {
             None | Some(RawEntryType::Email) => EntryType::Email,
             Some(RawEntryType::ContactId) => EntryType::ContactId,
@@ -697,10 +719,12 @@ fn validate(
         contact_list_id: list,
         suspend: spec.suspend,
         max_removals_per_sync: spec.max_removals_per_sync.map(|n| n as u64),
+        max_forget_percent: spec.max_forget_percent.map(|n| n.clamp(0, 100) as u8),
         strategy: spec.strategy,
         origin,
         emails,
         contact_ids,
+        sources,
         revision,
     })
 }

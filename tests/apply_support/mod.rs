@@ -13,7 +13,7 @@ use listwarden::autosend::{ApiKey, Client, ClientConfig, RateLimits};
 use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RunningFake};
 use listwarden::manifest::{Manifests, Strategy};
 use listwarden::plan::{Plan, PlanOptions};
-use listwarden::reconcile::{self, Context, NoProgress, SyncReport};
+use listwarden::reconcile::{self, Context, SyncReport};
 use listwarden::store::Store;
 use serde_json::Value;
 
@@ -299,13 +299,7 @@ pub async fn sync(
 ) -> Pass {
     let batch_size = options.batch_size;
     let (manifests, plan) = reconcile::prepare(store, path, options).unwrap();
-    let ctx = Context {
-        client: client.clone(),
-        store: store.clone(),
-        batch_size,
-        progress: Arc::new(NoProgress),
-        source_revision: None,
-    };
+    let ctx = Context::new(client.clone(), store.clone(), batch_size);
     let report = reconcile::sync_all(
         &ctx,
         Arc::new(manifests.policies.clone()),

@@ -1,0 +1,158 @@
+//! The forget threshold: a load in which a policy loses more than a set share of its
+//! contacts is held until a person approves it.
+//!
+//! A suppression export cut short (a failed download, a half-written file, a bad query) looks
+//! exactly like a deliberate shrink. Applied, it would forget confirmed contacts and stop
+//! suppressing them. So, like octoDNS's update thresholds, a policy whose contact count drops
+//! by more than `maxForgetPercent` (default 50) since its last accepted load is *held*:
+//! nothing is sent for it, nothing of its list is forgotten, and its condition is
+//! `ThresholdExceeded`, naming the shrink. `listwarden approve POLICY` (or raising the
+//! threshold in the manifest, the GitOps way) lets that exact change through.
+//!
+//! Pure: the caller passes the baselines the store keeps.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::manifest::Policy;
+use crate::render::thousands;
+use crate::store::Baseline;
+
+/// Share of its contacts (in percent) a policy may lose in one load without approval.
+pub const DEFAULT_MAX_FORGET_PERCENT: u8 = 50;
+
+/// A policy's change held back by the forget threshold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub policy: String,
+    /// Contacts at the last accepted load.
+    pub before: u64,
+    /// Contacts now.
+    pub after: u64,
+    pub threshold: u8,
+    /// The policy's revision now: what an approval lets through.
+    pub revision: String,
+}
+
+impl Hold {
+    /// The share lost, rounded down (the comparison itself is exact).
+    pub fn percent(&self) -> u64 {
+        (self.before - self.after) * 100 / self.before.max(1)
+    }
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "policy {} would forget {} of its {} contacts ({}%), more than its maxForgetPercent \
+             of {} (a truncated export?); nothing is sent or forgotten for it until you check \
+             the change and run `listwarden approve {}` (or raise spec.maxForgetPercent)",
+            self.policy,
+            thousands((self.before - self.after) as usize),
+            thousands(self.before as usize),
+            self.percent(),
+            self.threshold,
+            self.policy
+        )
+    }
+}
+
+/// The hold of each policy (same order as `policies`): `Some` when its load is held.
+/// `force` (`apply --force`) lets every change through.
+pub fn check(
+    policies: &[Policy],
+    baselines: &HashMap<String, Baseline>,
+    default_percent: u8,
+    force: bool,
+) -> Vec<Option<Hold>> {
+    policies
+        .iter()
+        .map(|p| {
+            if force {
+                return None;
+            }
+            let base = baselines.get(p.name.as_str())?;
+            let before = base.contacts?;
+            let after = (p.emails.len() + p.contact_ids.len()) as u64;
+            let threshold = p.max_forget_percent.unwrap_or(default_percent).min(100);
+            // lost / before > threshold / 100, in integers.
+            let exceeded = after < before
+                && u128::from(before - after) * 100 > u128::from(threshold) * u128::from(before);
+            let approved = base.approved_revision.as_deref() == Some(p.revision.as_str());
+            (exceeded && !approved).then(|| Hold {
+                policy: p.name.to_string(),
+                before,
+                after,
+                threshold,
+                revision: p.revision.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies(yaml_spec: &str, emails: usize) -> Vec<Policy> {
+        let dir = tempfile::tempdir().unwrap();
+        let list: String = (0..emails)
+            .map(|i| format!("      - u{i}@example.com\n"))
+            .collect();
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            format!(
+                "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata: {{name: p}}\n\
+                 spec:\n  contactListId: l1\n{yaml_spec}  exclude:\n    emails:\n{list}"
+            ),
+        )
+        .unwrap();
+        let m = crate::manifest::load(dir.path());
+        assert!(!m.has_errors(), "{:?}", m.diagnostics);
+        m.policies
+    }
+
+    fn baseline(contacts: u64, approved: Option<&str>) -> HashMap<String, Baseline> {
+        HashMap::from([(
+            "p".to_string(),
+            Baseline {
+                contacts: Some(contacts),
+                held_revision: None,
+                approved_revision: approved.map(str::to_string),
+            },
+        )])
+    }
+
+    #[test]
+    fn losing_more_than_half_is_held_and_half_is_not() {
+        let half = policies("", 50);
+        assert_eq!(check(&half, &baseline(100, None), 50, false), vec![None]);
+        let less = policies("", 49);
+        let hold = check(&less, &baseline(100, None), 50, false)[0]
+            .clone()
+            .expect("held");
+        assert_eq!((hold.before, hold.after, hold.percent()), (100, 49, 51));
+        let text = hold.to_string();
+        assert!(text.contains("would forget 51 of its 100 contacts (51%)"), "{text}");
+        assert!(text.contains("listwarden approve p"), "{text}");
+    }
+
+    #[test]
+    fn a_policy_threshold_wins_and_an_approval_or_force_lets_the_change_through() {
+        let strict = policies("  maxForgetPercent: 10\n", 80);
+        assert!(check(&strict, &baseline(100, None), 50, false)[0].is_some());
+        let revision = strict[0].revision.clone();
+        assert!(check(&strict, &baseline(100, Some(&revision)), 50, false)[0].is_none());
+        assert!(check(&strict, &baseline(100, Some("sha256:other")), 50, false)[0].is_some());
+        assert!(check(&strict, &baseline(100, None), 50, true)[0].is_none());
+    }
+
+    #[test]
+    fn a_policy_never_loaded_before_or_growing_is_not_held() {
+        let p = policies("", 1);
+        assert_eq!(check(&p, &HashMap::new(), 50, false), vec![None]);
+        assert_eq!(check(&p, &baseline(0, None), 0, false), vec![None]);
+    }
+}
