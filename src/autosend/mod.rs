@@ -1,17 +1,30 @@
 //! The AutoSend API client: typed calls, pacing, retries, and errors a caller can act on.
 //!
 //! Contract (see `shared/autosend-api/README.md`): bearer auth, `{"success", "data"}` bodies,
-//! `{"success": false, "error": {"message", "code", "retryAfter"?}}` errors.
+//! `{"success": false, "error": {"message", "code", "details"?, "retryAfter"?}}` errors.
 //!
 //! Every request goes through one [`Pacer`] shared by the whole process, then through
-//! [`Client::send`], the single place that decides what a response means:
-//! - 2xx: parsed;
+//! [`Client::send`], the single place that decides what a response means. The server is not
+//! trusted: it may be a proxy, a misconfigured `AUTOSEND_API_URL` or simply wrong.
+//! - 2xx with a JSON body, `"success": true` and an object `data`: an answer. Any other 2xx
+//!   is [`ApiError::Protocol`], never retried and never taken as done (for remove, `data`
+//!   must also hold `removed` and/or `notInList` as non-negative whole numbers);
+//! - 3xx: [`ApiError::Redirect`]; never followed, since following would send the key and the
+//!   contacts wherever `Location` points;
 //! - 429: wait as the server says (`retryAfter` in seconds or as an epoch timestamp, the
-//!   `Retry-After` header, or `X-RateLimit-Reset`), pausing every request, then retry;
-//! - 5xx, timeouts, dropped connections: retry with exponential backoff and full jitter
-//!   (safe: remove is idempotent, a second call reports `notInList`);
+//!   `Retry-After` header, or `X-RateLimit-Reset`), pausing every request, then retry; a wait
+//!   that is not a finite, plausible number is 1 s, and no wait exceeds an hour;
+//! - 5xx, 408, timeouts, dropped connections: retry with exponential backoff and full jitter
+//!   (safe: remove is idempotent, a second call reports `notInList`); then
+//!   [`ApiError::Server`] or [`ApiError::Transport`], naming the URL;
 //! - 401/402/403: [`ApiError::Auth`], which stops the run; never retried;
-//! - 404, 400, 413: returned as such; splitting a refused batch is the caller's decision.
+//! - 404: [`ApiError::NotFound`]; 400, 413 and other 4xx: [`ApiError::Rejected`]; splitting a
+//!   refused batch is the caller's decision.
+//!
+//! A body larger than [`MAX_BODY_BYTES`] is not read ([`ApiError::Protocol`]). Every text
+//! taken from a response (messages, codes, details, `Location`, per-contact errors) passes
+//! through one sanitiser before it reaches an error, a log line or the store: the key and any
+//! `Bearer` token are redacted, control characters replaced, and the text cut short.
 
 pub mod pacing;
 
@@ -23,15 +36,41 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::BackoffBuilder;
 use rand::Rng;
-use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub use pacing::{Pacer, RateLimits};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.autosend.com/v1";
+
+/// The largest response body read. This API's biggest answer, a search page of 100 contacts,
+/// is a few tens of KiB; the bound keeps an endless or huge body from growing the process.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The most bytes of one server text kept (before the ellipsis): enough for any real message,
+/// and a 10 MB message can no longer fill logs, the state store and `/status`.
+const MAX_SERVER_TEXT: usize = 300;
+
+/// What replaces the key, or a bearer token, in server text.
+const REDACTED: &str = "[REDACTED]";
+
+/// A 429 whose wait cannot be read (missing, NaN, negative, absurd) waits this long.
+const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
+/// A wait of zero would retry at once into the same window.
+const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_millis(250);
+/// A bogus but plausible wait must not park the daemon for longer than this.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
+/// `X-RateLimit-Remaining: 0` pauses until the reset, at most this long (windows are a minute).
+const MAX_RESET_WAIT: Duration = Duration::from_secs(61);
+/// A wait further ahead than a day is not a rate limit but a wrong number (a timestamp in
+/// milliseconds, 1e300): it gets the default wait rather than the hour's cap.
+const MAX_PLAUSIBLE_WAIT_SECS: f64 = 86_400.0;
+/// The server is JavaScript: above `Number.MAX_SAFE_INTEGER` a number is no longer exact, so
+/// it cannot be a count. Keeping counts below it also keeps their sums far from overflowing.
+const MAX_COUNT: u64 = (1 << 53) - 1;
 
 /// Everything but RFC 3986's unreserved characters is encoded, so an id is always exactly one
 /// path segment (validated ids never need it; this is the second lock on the door).
@@ -49,6 +88,11 @@ pub struct ApiKey(Arc<SecretString>);
 impl ApiKey {
     pub fn new(key: &str) -> ApiKey {
         ApiKey(Arc::new(SecretString::from(key.trim().to_string())))
+    }
+
+    /// Only for the `Authorization` header and for redacting the key out of server text.
+    fn expose(&self) -> &str {
+        self.0.expose_secret()
     }
 }
 
@@ -131,7 +175,7 @@ impl ClientConfig {
                 _ => return Err(ConfigError::MissingKey),
             },
         };
-        if HeaderValue::from_str(&format!("Bearer {}", key.0.expose_secret())).is_err() {
+        if HeaderValue::from_str(&format!("Bearer {}", key.expose())).is_err() {
             return Err(ConfigError::BadKey);
         }
         let base = std::env::var("AUTOSEND_API_URL")
@@ -149,7 +193,8 @@ impl ClientConfig {
     }
 }
 
-/// Errors a caller acts on. None of them carries the key.
+/// Errors a caller acts on. None of them carries the key: every text in them that came from
+/// the server went through [`sanitise`].
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401, 402, 403: the key is missing, invalid, unpaid or lacks permission. Stops the run.
@@ -168,16 +213,37 @@ pub enum ApiError {
         code: String,
         message: String,
     },
+    /// A 3xx. Never followed: the request carries the key and the contacts, and the place it
+    /// points to is not the API the operator configured. Not retried.
+    #[error(
+        "AutoSend answered {status}, redirecting to {location}; listwarden does not follow \
+         redirects (they would carry the API key and the contacts elsewhere): check \
+         AUTOSEND_API_URL, it should be the API's own address (like {DEFAULT_BASE_URL})"
+    )]
+    Redirect { status: u16, location: String },
     #[error("rate limited {0} times in a row; giving up on this request")]
     RateLimited(usize),
-    #[error("AutoSend server error ({status}) after {attempts} attempts: {message}")]
+    #[error(
+        "AutoSend server error ({status}) after {attempts} attempts at {url}: {message}; \
+         AutoSend may be down: try again later, and check AUTOSEND_API_URL"
+    )]
     Server {
         status: u16,
+        url: String,
         message: String,
         attempts: usize,
     },
-    #[error("cannot reach AutoSend after {attempts} attempts: {message}")]
-    Transport { message: String, attempts: usize },
+    #[error(
+        "cannot reach AutoSend at {url} after {attempts} attempts: {message}; check \
+         AUTOSEND_API_URL and the network"
+    )]
+    Transport {
+        url: String,
+        message: String,
+        attempts: usize,
+    },
+    /// An answer that is not one: malformed, not an explicit success, or too large. The
+    /// request is not taken as done, and not retried (the same server would answer the same).
     #[error("unexpected response from AutoSend: {0}")]
     Protocol(String),
     #[error("stopped: shutting down")]
@@ -240,21 +306,6 @@ impl RemoveBatch {
         }
     }
 
-    /// Splits in two halves of the same kind (for a batch the server refused).
-    pub fn halves(&self) -> (RemoveBatch, RemoveBatch) {
-        let mid = self.len() / 2;
-        match self {
-            RemoveBatch::Emails(v) => (
-                RemoveBatch::Emails(v[..mid].to_vec()),
-                RemoveBatch::Emails(v[mid..].to_vec()),
-            ),
-            RemoveBatch::ContactIds(v) => (
-                RemoveBatch::ContactIds(v[..mid].to_vec()),
-                RemoveBatch::ContactIds(v[mid..].to_vec()),
-            ),
-        }
-    }
-
     fn body(&self) -> Value {
         match self {
             RemoveBatch::Emails(v) => serde_json::json!({ "emails": v }),
@@ -270,12 +321,24 @@ pub struct ContactError {
     pub message: String,
 }
 
-/// The `data` of a successful remove.
+/// The `data` of a successful remove. The counts are the server's, as sent (whole numbers up
+/// to 2^53 - 1): nothing here checks them against the batch; that is the caller's job.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RemoveOutcome {
     pub removed: u64,
     pub not_in_list: u64,
     pub errors: Vec<ContactError>,
+}
+
+impl RemoveOutcome {
+    /// How many contacts the answer accounts for: `removed + notInList + errors`, saturating,
+    /// so that a server's oversized counts cannot overflow. Compare it with the batch's size:
+    /// fewer means contacts went unmentioned, more means the counts cannot all be about it.
+    pub fn accounted(&self) -> u64 {
+        self.removed
+            .saturating_add(self.not_in_list)
+            .saturating_add(self.errors.len() as u64)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -292,24 +355,58 @@ pub struct ListInfo {
 }
 
 /// A count sent as a number or as a numeric string (`"6"`): reading it strictly would fail a
-/// list over a formatting detail the documentation does not pin down.
+/// list over a formatting detail the documentation does not pin down. Null is 0.
 fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Null => Ok(0),
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                    .map(|f| f as u64)
-            })
-            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a count"))),
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a count"))),
-        other => Err(serde::de::Error::custom(format!("{other} is not a count"))),
+    let v = Value::deserialize(d)?;
+    count_of(&v)
+        .map(Option::unwrap_or_default)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Reads a count: a whole number from 0 to [`MAX_COUNT`], as a JSON number (`6`, `6.0`) or
+/// a string of digits (`"6"`). Negative, fractional, non-finite, exponent-sized or
+/// non-numeric values are errors, never a guess. `None` for null.
+fn count_of(v: &Value) -> Result<Option<u64>, String> {
+    let n = match v {
+        Value::Null => return Ok(None),
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0)
+                .filter(|f| *f <= MAX_COUNT as f64)
+                .map(|f| f as u64)
+        }),
+        Value::String(s) => {
+            let t = s.trim();
+            if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+                t.parse::<u64>().ok()
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    match n {
+        Some(n) if n <= MAX_COUNT => Ok(Some(n)),
+        // The value is described, not quoted: a string may hold anything, the key included.
+        _ => Err(format!(
+            "is {}, not a count (a whole number from 0 to {MAX_COUNT})",
+            match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(_) => "a string that is no whole number".to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Array(_) => "a list".to_string(),
+                _ => "an object".to_string(),
+            }
+        )),
     }
+}
+
+/// A number the server sent to say how long to wait: a JSON number or a numeric string.
+/// Only finite values: `"NaN"` and `"inf"` parse as floats, and must not reach a `Duration`.
+fn number_of(v: &Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|f: &f64| f.is_finite())
 }
 
 /// An id or a text sent as a string or a number; null is empty.
@@ -378,9 +475,24 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.config.base_url)
+            .field("base_url", &without_userinfo(&self.config.base_url))
             .finish_non_exhaustive()
     }
+}
+
+/// One response, read within bounds.
+struct Exchange {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Why no response could be read.
+enum Failure {
+    /// The connection failed, timed out or dropped: worth retrying. The text is sanitised.
+    Transport(String),
+    /// The body is larger than [`MAX_BODY_BYTES`]: the same server would send it again.
+    TooLarge(StatusCode),
 }
 
 impl Client {
@@ -393,6 +505,9 @@ impl Client {
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // reqwest follows redirects by default, re-sending the body: a 307 to another host
+            // would hand it the contacts, and its 200 would confirm them. See ApiError::Redirect.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ApiError::Protocol(format!("cannot build the HTTP client: {e}")))?;
         let pacer = Arc::new(Pacer::new(&config.rate_limits));
@@ -452,19 +567,24 @@ impl Client {
         tally: &Tally,
     ) -> Result<RemoveOutcome, ApiError> {
         let url = self.url(&["contact-lists", list, "contacts", "remove"]);
-        let body = batch.body();
         let data = self
-            .send("remove", tally, || self.http.post(&url).json(&body))
+            .send("remove", Method::POST, &url, Some(&batch.body()), tally)
             .await?;
-        parse_remove(&data)
+        parse_remove(&data, self.config.api_key.expose()).map_err(|why| {
+            ApiError::Protocol(format!(
+                "POST {} answered with success but {why}; the batch is not taken as done",
+                self.shown_url(&url)
+            ))
+        })
     }
 
     /// `GET /contact-lists/{id}`.
     pub async fn get_list(&self, list: &str, tally: &Tally) -> Result<ListInfo, ApiError> {
         let url = self.url(&["contact-lists", list]);
-        let data = self.send("get_list", tally, || self.http.get(&url)).await?;
-        serde_json::from_value(data)
-            .map_err(|e| ApiError::Protocol(format!("contact list object: {e}")))
+        let data = self
+            .send("get_list", Method::GET, &url, None, tally)
+            .await?;
+        self.typed(&url, "the contact list object", data)
     }
 
     /// `POST /contact-lists/contacts/search`: one page of a list's members.
@@ -478,16 +598,40 @@ impl Client {
         let url = self.url(&["contact-lists", "contacts", "search"]);
         let body = serde_json::json!({ "contactListId": list, "page": page, "limit": limit });
         let data = self
-            .send("search", tally, || self.http.post(&url).json(&body))
+            .send("search", Method::POST, &url, Some(&body), tally)
             .await?;
-        serde_json::from_value(data)
-            .map_err(|e| ApiError::Protocol(format!("search response: {e}")))
+        self.typed(&url, "the search answer", data)
+    }
+
+    /// Reads `data` as `T`, naming the field that does not fit. serde's messages quote the
+    /// offending value, which is server text, so they are sanitised too.
+    fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        what: &str,
+        data: Map<String, Value>,
+    ) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize(Value::Object(data)).map_err(|e| {
+            ApiError::Protocol(format!(
+                "{}: {what} cannot be read: {}",
+                self.shown_url(url),
+                self.clean(&e.to_string())
+            ))
+        })
+    }
+
+    fn clean(&self, text: &str) -> String {
+        sanitise(text, self.config.api_key.expose())
+    }
+
+    /// The URL as logs and errors show it: no userinfo, should `AUTOSEND_API_URL` carry any.
+    fn shown_url(&self, url: &str) -> String {
+        self.clean(&without_userinfo(url))
     }
 
     fn authorise(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", self.config.api_key.0.expose_secret()))
-                .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key.expose()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
         auth.set_sensitive(true);
         let rb = rb.header(reqwest::header::AUTHORIZATION, auth);
         match &self.config.project_id {
@@ -496,19 +640,26 @@ impl Client {
         }
     }
 
-    /// Sends one logical request until it succeeds or fails for good. Returns `data`.
+    /// Sends one logical request until it succeeds or fails for good. Returns `data`, which
+    /// is always an object.
     async fn send(
         &self,
         endpoint: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
         tally: &Tally,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Map<String, Value>, ApiError> {
+        let shown = self.shown_url(url);
+        let max_attempts = self.config.max_retries + 1;
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(self.config.min_backoff)
             .with_max_delay(self.config.max_backoff)
             .with_max_times(self.config.max_retries)
             .build();
-        let mut attempts = 0usize;
+        // Attempts that failed for a reason worth retrying (transport, 5xx); 429s are counted
+        // apart, since waiting them out is not a failure.
+        let mut failures = 0usize;
         let mut rate_limited = 0usize;
         loop {
             tokio::select! {
@@ -516,102 +667,137 @@ impl Client {
                 _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
                 _ = self.pacer.acquire() => {}
             }
-            attempts += 1;
             tally.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
-            let result = self.exchange(build()).await;
-            let status = result.as_ref().ok().map(|(s, _, _)| s.as_u16());
-            self.observer.request(endpoint, status, started.elapsed());
-            let (status, headers, body) = match result {
-                Ok(r) => r,
-                Err(message) => {
-                    // Full jitter: a uniform wait up to the exponential bound, so that
-                    // clients that failed together do not retry together.
+            let mut rb = self.http.request(method.clone(), url);
+            if let Some(body) = body {
+                rb = rb.json(body);
+            }
+            let result = self.exchange(rb).await;
+            let observed = match &result {
+                Ok(x) => Some(x.status.as_u16()),
+                Err(Failure::TooLarge(status)) => Some(status.as_u16()),
+                Err(Failure::Transport(_)) => None,
+            };
+            self.observer.request(endpoint, observed, started.elapsed());
+            let Exchange {
+                status,
+                headers,
+                body: bytes,
+            } = match result {
+                Ok(x) => x,
+                Err(Failure::TooLarge(status)) => {
+                    return Err(ApiError::Protocol(format!(
+                        "{method} {shown} answered {status} with a response body larger than \
+                         {} MiB, which was not read; is AUTOSEND_API_URL the AutoSend API?",
+                        MAX_BODY_BYTES >> 20
+                    )));
+                }
+                Err(Failure::Transport(message)) => {
+                    failures += 1;
                     match backoff.next() {
                         Some(bound) => {
                             tally.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(endpoint, attempts, %message, "transport error; retrying");
-                            self.sleep(full_jitter(bound)).await?;
+                            // Full jitter: a uniform wait up to the exponential bound, so that
+                            // clients that failed together do not retry together.
+                            let wait = full_jitter(bound);
+                            tracing::info!(
+                                endpoint,
+                                "cannot reach AutoSend at {shown} (attempt {failures} of \
+                                 {max_attempts}): {message}; retrying in {} ms",
+                                wait.as_millis()
+                            );
+                            self.sleep(wait).await?;
                             continue;
                         }
-                        None => return Err(ApiError::Transport { message, attempts }),
+                        None => {
+                            return Err(ApiError::Transport {
+                                url: shown,
+                                message,
+                                attempts: failures,
+                            });
+                        }
                     }
                 }
             };
             self.honour_remaining(&headers);
-            let envelope: Option<Value> = serde_json::from_slice(&body).ok();
-            let error = envelope
-                .as_ref()
-                .and_then(|v| v.get("error"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let code = error
-                .get("code")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+            if status.is_redirection() {
+                let location = headers
+                    .get(reqwest::header::LOCATION)
+                    .map(|v| self.clean(&String::from_utf8_lossy(v.as_bytes())))
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(|| "nowhere (no Location header)".to_string());
+                return Err(ApiError::Redirect {
+                    status: status.as_u16(),
+                    location,
                 });
+            }
+            let envelope: Option<Value> = serde_json::from_slice(&bytes).ok();
+            if status.is_success() {
+                return self.answer(&method, &shown, status, envelope, &bytes);
+            }
             match status {
-                s if s.is_success() => {
-                    let envelope = envelope.ok_or_else(|| {
-                        ApiError::Protocol(format!("{endpoint}: the body is not JSON"))
-                    })?;
-                    return envelope.get("data").cloned().ok_or_else(|| {
-                        ApiError::Protocol(format!("{endpoint}: no `data` in the response"))
-                    });
-                }
                 StatusCode::TOO_MANY_REQUESTS => {
                     rate_limited += 1;
                     tally.rate_limited.fetch_add(1, Ordering::Relaxed);
                     if rate_limited > self.config.max_rate_limited {
                         return Err(ApiError::RateLimited(rate_limited));
                     }
-                    let wait = retry_wait(&error, &headers, now_unix_f64())
-                        .unwrap_or(Duration::from_secs(1));
+                    let error = envelope
+                        .as_ref()
+                        .and_then(|v| v.get("error"))
+                        .unwrap_or(&Value::Null);
+                    let wait = retry_wait(error, &headers, now_unix_f64());
                     tracing::info!(
                         endpoint,
                         wait_ms = wait.as_millis() as u64,
-                        "rate limited (429); waiting as the server asks"
+                        "rate limited (429) by {shown} ({rate_limited} of at most {}); waiting \
+                         as the server asks",
+                        self.config.max_rate_limited
                     );
                     self.pacer.pause_until(tokio::time::Instant::now() + wait);
                     continue;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::PAYMENT_REQUIRED | StatusCode::FORBIDDEN => {
+                    let (code, message) = self.error_text(envelope.as_ref(), &bytes);
                     return Err(ApiError::Auth {
                         status: status.as_u16(),
                         code,
                         message,
                     });
                 }
-                StatusCode::NOT_FOUND => return Err(ApiError::NotFound { message }),
+                StatusCode::NOT_FOUND => {
+                    let (_, message) = self.error_text(envelope.as_ref(), &bytes);
+                    return Err(ApiError::NotFound { message });
+                }
                 s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                    failures += 1;
                     match backoff.next() {
                         Some(bound) => {
                             tally.retries.fetch_add(1, Ordering::Relaxed);
+                            let wait = full_jitter(bound);
                             tracing::info!(
                                 endpoint,
                                 status = s.as_u16(),
-                                attempts,
-                                "server error; retrying"
+                                "AutoSend at {shown} answered {s} (attempt {failures} of \
+                                 {max_attempts}); retrying in {} ms",
+                                wait.as_millis()
                             );
-                            self.sleep(full_jitter(bound)).await?;
+                            self.sleep(wait).await?;
                         }
                         None => {
+                            let (_, message) = self.error_text(envelope.as_ref(), &bytes);
                             return Err(ApiError::Server {
                                 status: s.as_u16(),
+                                url: shown,
                                 message,
-                                attempts,
+                                attempts: failures,
                             });
                         }
                     }
                 }
                 s => {
+                    let (code, message) = self.error_text(envelope.as_ref(), &bytes);
                     return Err(ApiError::Rejected {
                         status: s.as_u16(),
                         code,
@@ -622,23 +808,125 @@ impl Client {
         }
     }
 
-    async fn exchange(
+    /// A 2xx is an answer only when it says so explicitly. Anything else may be a proxy's
+    /// page, a half-implemented server or a failure dressed as success; taking it as done
+    /// would confirm contacts nobody removed. Not retried: the same server answers the same.
+    fn answer(
         &self,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
-        let resp = self
-            .authorise(rb)
-            .send()
-            .await
-            .map_err(|e| describe_transport(&e))?;
+        method: &Method,
+        shown: &str,
+        status: StatusCode,
+        envelope: Option<Value>,
+        bytes: &[u8],
+    ) -> Result<Map<String, Value>, ApiError> {
+        let fail = |why: String| {
+            Err(ApiError::Protocol(format!(
+                "{method} {shown} answered {status} but {why}; the request is not taken as done"
+            )))
+        };
+        let Some(Value::Object(mut envelope)) = envelope else {
+            return fail(format!(
+                "the body is not a JSON object: {}",
+                self.body_excerpt(bytes)
+            ));
+        };
+        match envelope.get("success") {
+            Some(Value::Bool(true)) => {}
+            other => {
+                let said = match other {
+                    None => "holds no `success`".to_string(),
+                    Some(v) => format!("says `success` is {}", self.clean(&v.to_string())),
+                };
+                let whole = Value::Object(envelope);
+                let (_, message) = self.error_text(Some(&whole), bytes);
+                return fail(format!("{said}, not true ({message})"));
+            }
+        }
+        match envelope.remove("data") {
+            Some(Value::Object(data)) => Ok(data),
+            None => fail("holds no `data`".to_string()),
+            Some(other) => fail(format!(
+                "its `data` is not an object: {}",
+                self.clean(&other.to_string())
+            )),
+        }
+    }
+
+    /// The code and the message of an error answer, sanitised: `error.message` (with
+    /// `error.details`, which say which field was wrong), a bare `error` or `message` string,
+    /// or else the start of the body.
+    fn error_text(&self, envelope: Option<&Value>, bytes: &[u8]) -> (String, String) {
+        let error = envelope.and_then(|v| v.get("error"));
+        let code = match error.and_then(|e| e.get("code")) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(c)) => self.clean(c),
+            Some(other) => self.clean(&other.to_string()),
+        };
+        let stated = error
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .or_else(|| error.and_then(Value::as_str))
+            .or_else(|| {
+                envelope
+                    .and_then(|v| v.get("message"))
+                    .and_then(Value::as_str)
+            });
+        let mut message = match stated {
+            Some(m) => m.to_string(),
+            None => return (code, self.body_excerpt(bytes)),
+        };
+        if let Some(Value::Array(details)) = error.and_then(|e| e.get("details")) {
+            let parts: Vec<String> = details
+                .iter()
+                .take(5)
+                .map(|d| {
+                    let text = |k: &str| d.get(k).and_then(Value::as_str);
+                    match (text("field"), text("message")) {
+                        (Some(f), Some(m)) => format!("{f}: {m}"),
+                        (None, Some(m)) => m.to_string(),
+                        _ => d.to_string(),
+                    }
+                })
+                .collect();
+            if !parts.is_empty() {
+                message = format!("{message} ({})", parts.join("; "));
+            }
+        }
+        (code, self.clean(&message))
+    }
+
+    fn body_excerpt(&self, bytes: &[u8]) -> String {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return "(an empty body)".to_string();
+        }
+        self.clean(&String::from_utf8_lossy(bytes))
+    }
+
+    async fn exchange(&self, rb: reqwest::RequestBuilder) -> Result<Exchange, Failure> {
+        let transport = |e: reqwest::Error| Failure::Transport(self.clean(&describe_transport(&e)));
+        let mut resp = self.authorise(rb).send().await.map_err(transport)?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| describe_transport(&e))?
-            .to_vec();
-        Ok((status, headers, body))
+        // A declared length over the bound fails before a byte of the body is read; a body
+        // of undeclared length is counted as it arrives.
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(Failure::TooLarge(status));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(Failure::TooLarge(status));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Exchange {
+            status,
+            headers,
+            body,
+        })
     }
 
     async fn sleep(&self, d: Duration) -> Result<(), ApiError> {
@@ -648,17 +936,20 @@ impl Client {
         }
     }
 
-    /// `X-RateLimit-Remaining: 0`: the window is used up; hold every request until it resets.
+    /// `X-RateLimit-Remaining: 0`: the window is used up; hold every request until it resets
+    /// (at most a minute; a reset that cannot be read holds them for the default wait).
     fn honour_remaining(&self, headers: &HeaderMap) {
-        let remaining = header_f64(headers, "x-ratelimit-remaining");
-        if remaining != Some(0.0) {
+        if header_f64(headers, "x-ratelimit-remaining") != Some(0.0)
+            || !headers.contains_key("x-ratelimit-reset")
+        {
             return;
         }
-        if let Some(reset) = header_f64(headers, "x-ratelimit-reset") {
-            let wait = until(reset, now_unix_f64()).min(Duration::from_secs(61));
-            if !wait.is_zero() {
-                self.pacer.pause_until(tokio::time::Instant::now() + wait);
-            }
+        let wait = header_f64(headers, "x-ratelimit-reset")
+            .and_then(|reset| wait_from(reset, now_unix_f64()))
+            .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
+            .min(MAX_RESET_WAIT);
+        if !wait.is_zero() {
+            self.pacer.pause_until(tokio::time::Instant::now() + wait);
         }
     }
 }
@@ -687,6 +978,82 @@ fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
+/// `https://user:pass@host/path` -> `https://host/path`.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}{path}")
+}
+
+/// Makes a text that came from the server fit to show, log and store. Applied to every such
+/// text (messages, codes, details, body excerpts, `Location`, per-contact errors, transport
+/// errors) before it reaches an [`ApiError`]:
+/// - the API key, wherever it appears, and any `Bearer <token>` become `[REDACTED]` (a server
+///   echoing the request's headers must not print the key, nor store it in the state DB);
+/// - control characters (newlines, escape sequences) and bidirectional overrides become
+///   spaces, so that a text is one line that shows what it says;
+/// - the text is cut to a few hundred bytes, at a character boundary, with an ellipsis.
+///
+/// Redaction comes first, so that a cut cannot leave a prefix of the key behind.
+pub(crate) fn sanitise(text: &str, key: &str) -> String {
+    let redacted = if key.is_empty() {
+        redact_bearer(text)
+    } else {
+        redact_bearer(&text.replace(key, REDACTED))
+    };
+    let mut out = String::with_capacity(redacted.len().min(MAX_SERVER_TEXT + 3));
+    for c in redacted.chars() {
+        let c = if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        {
+            ' '
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > MAX_SERVER_TEXT {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out.trim().to_string()
+}
+
+/// `Bearer <token>` (any case, any whitespace between) -> `Bearer [REDACTED]`: the server may
+/// echo a token that is not exactly our key (another key, a re-encoded one).
+fn redact_bearer(text: &str) -> String {
+    // ASCII lowercasing keeps every byte offset, so positions found in `lower` fit `text`.
+    let lower = text.to_ascii_lowercase();
+    let ends_token = |c: char| c.is_whitespace() || "\"'`,;()<>[]{}\\".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("bearer") {
+        let word_end = from + found + "bearer".len();
+        let after = &text[word_end..];
+        let gap = after.len() - after.trim_start_matches(char::is_whitespace).len();
+        let quote = after[gap..]
+            .chars()
+            .next()
+            .filter(|c| *c == '"' || *c == '\'')
+            .map_or(0, char::len_utf8);
+        let start = word_end + gap + quote;
+        let len = text[start..].find(ends_token).unwrap_or(text.len() - start);
+        if gap > 0 && len > 0 {
+            out.push_str(&text[copied..start]);
+            out.push_str(REDACTED);
+            copied = start + len;
+            from = copied;
+        } else {
+            from = word_end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 fn full_jitter(bound: Duration) -> Duration {
     let max = bound.as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(0..=max))
@@ -699,11 +1066,13 @@ fn now_unix_f64() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A header as a finite number; `NaN`, `inf` and text are `None`.
 fn header_f64(headers: &HeaderMap, name: &str) -> Option<f64> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|f| f.is_finite())
 }
 
 /// `Retry-After` may also be an HTTP date (RFC 9110); returned as an epoch timestamp.
@@ -714,44 +1083,56 @@ fn http_date(headers: &HeaderMap, name: &str, now: f64) -> Option<f64> {
     Some(secs.max(now))
 }
 
-/// A value above 1,000,000,000 can only be an epoch timestamp; a small one only seconds.
-fn until(value: f64, now: f64) -> Duration {
+/// The wait a server's number asks for. A value above 1,000,000,000 can only be an epoch
+/// timestamp; a small one only seconds. `None` for a value that is no wait at all: not
+/// finite, negative, or further ahead than a day; the caller then uses its default, so no
+/// server number reaches `Duration::from_secs_f64` unchecked (it panics on NaN and inf).
+fn wait_from(value: f64, now: f64) -> Option<Duration> {
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
     let secs = if value > 1_000_000_000.0 {
         value - now
     } else {
         value
     };
-    Duration::from_secs_f64(secs.clamp(0.0, 3600.0))
+    if !secs.is_finite() || secs > MAX_PLAUSIBLE_WAIT_SECS {
+        return None;
+    }
+    // A timestamp in the past asks for no wait.
+    Some(Duration::from_secs_f64(secs.max(0.0)))
 }
 
-/// How long a 429 asks us to wait: `error.retryAfter`, else `Retry-After`, else
-/// `X-RateLimit-Reset`. Capped at an hour: a bogus value must not park the daemon forever.
-fn retry_wait(error: &Value, headers: &HeaderMap, now: f64) -> Option<Duration> {
-    let from_body = error.get("retryAfter").and_then(|v| {
-        v.as_f64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-    });
-    let value = from_body
-        .or_else(|| header_f64(headers, "retry-after"))
-        .or_else(|| http_date(headers, "retry-after", now))
-        .or_else(|| header_f64(headers, "x-ratelimit-reset"))?;
-    // A wait of zero would retry at once into the same window: wait at least a little.
-    Some(until(value, now).max(Duration::from_millis(250)))
+/// How long a 429 asks us to wait: the first readable of `error.retryAfter`, `Retry-After`
+/// (seconds or an HTTP date) and `X-RateLimit-Reset`; else 1 s. Between 250 ms and an hour.
+fn retry_wait(error: &Value, headers: &HeaderMap, now: f64) -> Duration {
+    let wait = |v: Option<f64>| v.and_then(|v| wait_from(v, now));
+    wait(error.get("retryAfter").and_then(number_of))
+        .or_else(|| wait(header_f64(headers, "retry-after")))
+        .or_else(|| wait(http_date(headers, "retry-after", now)))
+        .or_else(|| wait(header_f64(headers, "x-ratelimit-reset")))
+        .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
+        .clamp(MIN_RATE_LIMIT_WAIT, MAX_RATE_LIMIT_WAIT)
 }
 
-/// Parses the remove `data`. Error items are read leniently (the contact by `email`,
-/// `contactId` or `id`; the text by `error`, `message` or `reason`); an item that names no
-/// contact makes the whole response unusable, so the batch is retried rather than guessed.
-fn parse_remove(data: &Value) -> Result<RemoveOutcome, ApiError> {
-    let count = |field: &str| -> Result<u64, ApiError> {
+/// Parses the remove `data`; the error says why it is not an answer (already sanitised).
+///
+/// The counts must be there: `removed` and/or `notInList` (a missing one is 0), each a
+/// whole number; `{}` says nothing about the batch, so it confirms nothing. Error items are
+/// read leniently (the contact by `email`, `contactId` or `id`; the text by `error`,
+/// `message` or `reason`); an item that names no contact makes the whole response unusable,
+/// so the batch is retried rather than guessed.
+fn parse_remove(data: &Map<String, Value>, key: &str) -> Result<RemoveOutcome, String> {
+    let count = |field: &str| -> Result<Option<u64>, String> {
         match data.get(field) {
-            None | Some(Value::Null) => Ok(0),
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| ApiError::Protocol(format!("remove: `{field}` is not a count"))),
+            None => Ok(None),
+            Some(v) => count_of(v).map_err(|e| format!("`{field}` {e}")),
         }
     };
-    let mut errors = Vec::new();
+    let (removed, not_in_list) = (count("removed")?, count("notInList")?);
+    if removed.is_none() && not_in_list.is_none() {
+        return Err("its `data` holds neither `removed` nor `notInList`".to_string());
+    }
     let items: &[Value] = match data.get("errors") {
         None | Some(Value::Null) => &[],
         Some(Value::Array(items)) => items,
@@ -759,45 +1140,37 @@ fn parse_remove(data: &Value) -> Result<RemoveOutcome, ApiError> {
         // Anything else may well name failed contacts in a shape we cannot read: confirming
         // the batch would be a guess, so it stays pending and is asserted again.
         Some(other) => {
-            return Err(ApiError::Protocol(format!(
-                "remove: `errors` is not a list: {}",
-                other.to_string().chars().take(200).collect::<String>()
-            )));
+            return Err(format!(
+                "`errors` is not a list: {}",
+                sanitise(&other.to_string(), key)
+            ));
         }
     };
-    {
-        for item in items {
-            let text_of = |keys: &[&str]| {
-                keys.iter()
-                    .find_map(|k| item.get(*k).and_then(Value::as_str))
-                    .map(str::to_string)
-            };
-            let contact = match item {
-                Value::String(s) => Some(s.clone()),
-                _ => text_of(&["email", "contactId", "id"]),
-            };
-            let Some(contact) = contact else {
-                return Err(ApiError::Protocol(format!(
-                    "remove: an item of `errors` names no contact: {item}"
-                )));
-            };
-            let message =
-                text_of(&["error", "message", "reason"]).unwrap_or_else(|| "failed".to_string());
-            errors.push(ContactError { contact, message });
-        }
+    let mut errors = Vec::with_capacity(items.len());
+    for item in items {
+        let text_of = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| item.get(*k).and_then(Value::as_str))
+                .map(|t| sanitise(t, key))
+        };
+        let contact = match item {
+            Value::String(s) => Some(sanitise(s, key)),
+            _ => text_of(&["email", "contactId", "id"]),
+        };
+        let Some(contact) = contact else {
+            return Err(format!(
+                "an item of `errors` names no contact: {}",
+                sanitise(&item.to_string(), key)
+            ));
+        };
+        let message = text_of(&["error", "message", "reason"])
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "failed".to_string());
+        errors.push(ContactError { contact, message });
     }
-    let lenient = |field: &str| -> Result<u64, ApiError> {
-        match data.get(field) {
-            Some(Value::String(s)) => s
-                .trim()
-                .parse()
-                .map_err(|_| ApiError::Protocol(format!("remove: `{field}` is not a count"))),
-            _ => count(field),
-        }
-    };
     Ok(RemoveOutcome {
-        removed: lenient("removed")?,
-        not_in_list: lenient("notInList")?,
+        removed: removed.unwrap_or(0),
+        not_in_list: not_in_list.unwrap_or(0),
         errors,
     })
 }
@@ -818,41 +1191,38 @@ mod tests {
     fn retry_after_is_read_as_seconds_or_as_an_epoch_timestamp() {
         let h = HeaderMap::new();
         let now = 2_000_000_000.0;
-        let secs = retry_wait(&serde_json::json!({"retryAfter": 7}), &h, now).unwrap();
+        let secs = retry_wait(&serde_json::json!({"retryAfter": 7}), &h, now);
         assert_eq!(secs, Duration::from_secs(7));
         let epoch = retry_wait(
             &serde_json::json!({"retryAfter": 2_000_000_003u64}),
             &h,
             now,
-        )
-        .unwrap();
+        );
         assert_eq!(epoch, Duration::from_secs(3));
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(
-            retry_wait(&Value::Null, &h, now).unwrap(),
-            Duration::from_secs(2)
-        );
+        assert_eq!(retry_wait(&Value::Null, &h, now), Duration::from_secs(2));
         let mut h = HeaderMap::new();
         h.insert(
             "retry-after",
             HeaderValue::from_static("Wed, 18 May 2033 03:33:24 GMT"),
         );
-        assert_eq!(
-            retry_wait(&Value::Null, &h, now).unwrap(),
-            Duration::from_secs(4)
-        );
+        assert_eq!(retry_wait(&Value::Null, &h, now), Duration::from_secs(4));
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset", HeaderValue::from_static("2000000005"));
-        assert_eq!(
-            retry_wait(&Value::Null, &h, now).unwrap(),
-            Duration::from_secs(5)
-        );
+        assert_eq!(retry_wait(&Value::Null, &h, now), Duration::from_secs(5));
+    }
+
+    fn data(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]
     fn remove_errors_are_parsed_leniently() {
-        let data = serde_json::json!({
+        let d = data(serde_json::json!({
             "removed": 1, "notInList": 2,
             "errors": [
                 {"email": "a@x.com", "error": "locked"},
@@ -860,19 +1230,148 @@ mod tests {
                 {"id": "c2", "reason": "why"},
                 "b@x.com"
             ]
-        });
-        let out = parse_remove(&data).unwrap();
+        }));
+        let out = parse_remove(&d, "k").unwrap();
         assert_eq!(out.removed, 1);
         assert_eq!(out.not_in_list, 2);
         let names: Vec<&str> = out.errors.iter().map(|e| e.contact.as_str()).collect();
         assert_eq!(names, ["a@x.com", "c1", "c2", "b@x.com"]);
         assert_eq!(out.errors[1].message, "nope");
+        assert_eq!(out.accounted(), 7);
     }
 
     #[test]
     fn an_error_item_naming_no_contact_fails_the_batch() {
-        let data = serde_json::json!({"removed": 0, "notInList": 0, "errors": [{"error": "?"}]});
-        assert!(matches!(parse_remove(&data), Err(ApiError::Protocol(_))));
+        let d = data(serde_json::json!({"removed": 0, "notInList": 0, "errors": [{"error": "?"}]}));
+        assert!(parse_remove(&d, "k").is_err());
+    }
+
+    #[test]
+    fn remove_counts_are_whole_numbers_and_at_least_one_is_there() {
+        let counts = |v: Value| parse_remove(&data(v), "k").map(|o| (o.removed, o.not_in_list));
+        use serde_json::json;
+        assert_eq!(
+            counts(json!({"removed": "6", "notInList": 2.0})),
+            Ok((6, 2))
+        );
+        assert_eq!(counts(json!({"notInList": 3})), Ok((0, 3)));
+        assert_eq!(counts(json!({"removed": 4, "notInList": null})), Ok((4, 0)));
+        for bad in [
+            json!({}),
+            json!({"errors": []}),
+            json!({"removed": null, "notInList": null}),
+            json!({"removed": -1}),
+            json!({"removed": 1.5}),
+            json!({"removed": "NaN"}),
+            json!({"removed": "-2"}),
+            json!({"removed": "1e3"}),
+            json!({"removed": "six"}),
+            json!({"removed": true}),
+            json!({"removed": [1]}),
+            json!({"removed": 1e300}),
+            json!({"notInList": u64::MAX}),
+        ] {
+            assert!(counts(bad.clone()).is_err(), "{bad} was taken as an answer");
+        }
+    }
+
+    #[test]
+    fn accounted_saturates_instead_of_overflowing() {
+        let o = RemoveOutcome {
+            removed: u64::MAX,
+            not_in_list: 5,
+            errors: vec![ContactError {
+                contact: "a".into(),
+                message: "m".into(),
+            }],
+        };
+        assert_eq!(o.accounted(), u64::MAX);
+    }
+
+    #[test]
+    fn sanitise_redacts_the_key_and_bearer_tokens() {
+        let key = "sk-live-0123456789abcdef";
+        let out = sanitise(
+            &format!(
+                "bad key {key}; got authorization: bearer\tother.token-xyz, BEARER \"quoted\""
+            ),
+            key,
+        );
+        assert!(!out.contains(key), "{out}");
+        assert!(!out.contains("other.token"), "{out}");
+        assert!(!out.contains("quoted"), "{out}");
+        assert_eq!(
+            out,
+            "bad key [REDACTED]; got authorization: bearer [REDACTED], BEARER \"[REDACTED]\""
+        );
+        // A key followed by a bearer pass: redacted once, not mangled.
+        assert_eq!(sanitise(&format!("Bearer {key}"), key), "Bearer [REDACTED]");
+        // A word merely containing "bearer" is left alone.
+        assert_eq!(sanitise("the bearer-less note", ""), "the bearer-less note");
+    }
+
+    #[test]
+    fn sanitise_makes_one_short_line_cut_at_a_char_boundary() {
+        let out = sanitise("line one\nline\u{1b}[31m two\r\u{202e}", "k-unused");
+        assert_eq!(out, "line one line [31m two");
+        let long = "é".repeat(10_000);
+        let out = sanitise(&long, "");
+        assert!(
+            out.len() <= MAX_SERVER_TEXT + '…'.len_utf8(),
+            "{}",
+            out.len()
+        );
+        assert!(out.ends_with('…'));
+        // The key is redacted before the cut: no prefix of it survives at the edge.
+        let key = "KEYKEYKEYKEYKEYKEYKEYKEYKEYKEY";
+        let text = format!("{}{key}", "x".repeat(MAX_SERVER_TEXT - 5));
+        assert!(!sanitise(&text, key).contains("KEYKE"));
+    }
+
+    #[test]
+    fn waits_from_bad_numbers_fall_back_to_the_default() {
+        let now = 2_000_000_000.0;
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -5.0,
+            1e300,
+            1.9e12,
+        ] {
+            assert_eq!(wait_from(bad, now), None, "{bad}");
+            let error = serde_json::json!({ "retryAfter": bad.to_string() });
+            assert_eq!(
+                retry_wait(&error, &HeaderMap::new(), now),
+                DEFAULT_RATE_LIMIT_WAIT,
+                "{bad}"
+            );
+        }
+        // Plausible but long: capped, not defaulted.
+        assert_eq!(
+            retry_wait(
+                &serde_json::json!({"retryAfter": 7200}),
+                &HeaderMap::new(),
+                now
+            ),
+            MAX_RATE_LIMIT_WAIT
+        );
+        // An unreadable body value gives way to a readable header.
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(
+            retry_wait(&serde_json::json!({"retryAfter": "NaN"}), &h, now),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn userinfo_never_shows_in_a_url() {
+        assert_eq!(
+            without_userinfo("https://u:p@api.example.com/v1/x"),
+            "https://api.example.com/v1/x"
+        );
+        assert_eq!(without_userinfo("http://h:1/v1"), "http://h:1/v1");
     }
 
     #[test]

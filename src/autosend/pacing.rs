@@ -70,6 +70,13 @@ impl std::str::FromStr for RateLimits {
                 "s" | "sec" | "second" => Duration::from_secs(1),
                 "m" | "min" | "minute" => Duration::from_secs(60),
                 "h" | "hour" => Duration::from_secs(3600),
+                // `2/s;50/m` or `2/s 50/m`: two limits joined by something other than a comma.
+                other if other.contains('/') => {
+                    return Err(format!(
+                        "unknown unit {other:?} in {part:?}; limits are separated by commas: \
+                         write it like 2/s,50/m"
+                    ));
+                }
                 other => {
                     return Err(format!("unknown unit {other:?} in {part:?}; use s, m or h"));
                 }
@@ -211,6 +218,19 @@ mod tests {
         assert!("10".parse::<RateLimits>().is_err());
         assert!("0/s".parse::<RateLimits>().is_err());
         assert!("3/d".parse::<RateLimits>().is_err());
+    }
+
+    #[test]
+    fn limits_joined_by_something_else_than_a_comma_get_a_hint() {
+        for text in ["2/s;50/m", "2/s 50/m", "2/s|50/m"] {
+            let err = text.parse::<RateLimits>().unwrap_err();
+            assert!(
+                err.contains("separated by commas") && err.contains("2/s,50/m"),
+                "{text}: {err}"
+            );
+        }
+        let err = "3/d".parse::<RateLimits>().unwrap_err();
+        assert!(err.contains("use s, m or h"), "{err}");
     }
 
     #[test]
