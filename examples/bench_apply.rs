@@ -180,8 +180,13 @@ async fn one_run(dir: &Path, memory_store: bool, run: usize) -> RunResult {
     };
     let baselines = store.baselines().unwrap();
     let plan = Plan::for_manifests(&manifests, &baselines, |l| store.records(l), options).unwrap();
-    reconcile::record_manifests(&store, &manifests, &plan.holds, listwarden::plan::now_unix())
-        .unwrap();
+    reconcile::record_manifests(
+        &store,
+        &manifests,
+        &plan.holds,
+        listwarden::plan::now_unix(),
+    )
+    .unwrap();
     let load_plan = started.elapsed();
     let contacts = plan.to_assert();
     let planned_requests = plan.requests();

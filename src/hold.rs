@@ -135,7 +135,10 @@ mod tests {
             .expect("held");
         assert_eq!((hold.before, hold.after, hold.percent()), (100, 49, 51));
         let text = hold.to_string();
-        assert!(text.contains("would forget 51 of its 100 contacts (51%)"), "{text}");
+        assert!(
+            text.contains("would forget 51 of its 100 contacts (51%)"),
+            "{text}"
+        );
         assert!(text.contains("listwarden approve p"), "{text}");
     }
 

@@ -377,9 +377,8 @@ async fn run(
     let mut reason = choice.reason.clone();
     let mut members = None;
     if choice.strategy() == Strategy::Observe {
-        members =
-            observe::read_members(&ctx.client, plan.list.as_str(), info.contact_count, tally)
-                .await?;
+        members = observe::read_members(&ctx.client, plan.list.as_str(), info.contact_count, tally)
+            .await?;
         if members.is_none() {
             reason
                 .push_str("; the list kept changing while it was read, so it was asserted instead");
@@ -803,9 +802,8 @@ fn status_write<'a>(
         };
         // A list-level result applies to each policy; a per-policy condition refines it:
         // in a partly failed list, a policy with nothing failed or pending has converged.
-        let own_converged = matches!(o.result, ListResult::PartiallyFailed)
-            && a.failed == 0
-            && counts.pending == 0;
+        let own_converged =
+            matches!(o.result, ListResult::PartiallyFailed) && a.failed == 0 && counts.pending == 0;
         let condition = if ok || own_converged {
             Condition::new(
                 Ready::True,
@@ -902,8 +900,7 @@ impl SyncReport {
             .iter()
             .filter(|o| !matches!(o.result, ListResult::Converged | ListResult::Refused(_)))
             .peekable();
-        reached.peek().is_some()
-            && reached.all(|o| matches!(o.result, ListResult::ListNotFound(_)))
+        reached.peek().is_some() && reached.all(|o| matches!(o.result, ListResult::ListNotFound(_)))
     }
 }
 

@@ -89,7 +89,10 @@ pub fn mask_emails(text: &str) -> String {
             continue;
         }
         out.push_str(&before[..local_start]);
-        let first = before[local_start..].chars().next().expect("non-empty local part");
+        let first = before[local_start..]
+            .chars()
+            .next()
+            .expect("non-empty local part");
         out.push(first);
         out.push_str("***@");
         out.push_str(&after[1..1 + domain_len]);
@@ -208,6 +211,9 @@ mod tests {
             "refused: j***@example.com is locked; b***@x.org too"
         );
         assert_eq!(mask_emails("no address @ all, a@"), "no address @ all, a@");
-        assert_eq!(mask_emails("60d5ec49f1b2c72d9c8b1111"), "60d5ec49f1b2c72d9c8b1111");
+        assert_eq!(
+            mask_emails("60d5ec49f1b2c72d9c8b1111"),
+            "60d5ec49f1b2c72d9c8b1111"
+        );
     }
 }

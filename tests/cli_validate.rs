@@ -537,8 +537,8 @@ fn missing_manifests_path_is_an_error() {
     let r = run(&["validate", "no_such_dir"]);
     r.code(1);
     r.line(
-        "no_such_dir: error: ",
-        &["no such file or directory; give a manifest file or a directory of them"],
+        "error: manifests path no_such_dir does not exist",
+        &["give a manifest file or a directory of them"],
     );
 }
 

@@ -165,18 +165,16 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     print!("{}", summary(&report));
     let code = exit_code(&manifests, &plan, &report);
     if code != EXIT_OK {
-        eprintln!("error: {}", failure_line(&manifests, &plan, &report, &base_url));
+        eprintln!(
+            "error: {}",
+            failure_line(&manifests, &plan, &report, &base_url)
+        );
     }
     code
 }
 
 /// The one `error:` line a failing apply ends with: what failed first, and what to check.
-fn failure_line(
-    manifests: &Manifests,
-    plan: &Plan,
-    report: &SyncReport,
-    base_url: &str,
-) -> String {
+fn failure_line(manifests: &Manifests, plan: &Plan, report: &SyncReport, base_url: &str) -> String {
     if let Some(m) = &report.unauthorized {
         return m.clone();
     }
@@ -190,7 +188,12 @@ fn failure_line(
     let failing: Vec<&reconcile::ListOutcome> = report
         .outcomes
         .iter()
-        .filter(|o| !matches!(o.result, ListResult::Converged | ListResult::PartiallyFailed))
+        .filter(|o| {
+            !matches!(
+                o.result,
+                ListResult::Converged | ListResult::PartiallyFailed
+            )
+        })
         .collect();
     if let Some(first) = failing.first() {
         let more = match failing.len() {

@@ -383,11 +383,9 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let loaded = crate::plan::load_and_plan(&args.path, options, &baselines, |list| {
-        match &store {
-            Some(s) => s.records(list),
-            None => Ok(ListRecords::default()),
-        }
+    let loaded = crate::plan::load_and_plan(&args.path, options, &baselines, |list| match &store {
+        Some(s) => s.records(list),
+        None => Ok(ListRecords::default()),
     });
     let (manifests, plan) = match loaded {
         Ok(p) => p,

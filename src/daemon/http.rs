@@ -1,8 +1,8 @@
 //! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -33,7 +33,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn store_fault(&self) -> Option<String> {
-        self.store_fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.store_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_store_fault(&self, fault: Option<String>) {
@@ -48,7 +51,10 @@ impl Shared {
     }
 
     pub fn set_manifests_fault(&self, fault: Option<String>) {
-        *self.manifests_fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+        *self
+            .manifests_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = fault;
     }
 
     /// Why the daemon cannot do its work now, if it cannot. Only process faults count: a
@@ -81,7 +87,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     match s.not_ready() {
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
         None => (StatusCode::OK, "ready\n".to_string()),
     }
 }

@@ -364,11 +364,7 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn start_watch(
-        &self,
-        watched: &Path,
-        tx: &mpsc::UnboundedSender<Changed>,
-    ) -> Option<Watch> {
+    fn start_watch(&self, watched: &Path, tx: &mpsc::UnboundedSender<Changed>) -> Option<Watch> {
         match watch::watch(watched, self.config.debounce / 2, tx.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -393,7 +389,10 @@ impl Scheduler {
                 for l in &lists {
                     self.gates.close(l);
                 }
-                tracing::debug!(lists = lists.len(), "manifest change: holding the sends of the lists it concerns");
+                tracing::debug!(
+                    lists = lists.len(),
+                    "manifest change: holding the sends of the lists it concerns"
+                );
             }
             None => {
                 // A new file, a directory, a watcher error: any list may be concerned.
@@ -757,15 +756,15 @@ impl Scheduler {
             .unwrap_or((0, true));
         // A reconcile that planned from an older load may have written a condition the newer
         // load contradicts (a policy since made invalid, held, or deleted): state it again.
-        if done.generation != generation {
-            if let Err(e) = reconcile::record_manifests(
+        if done.generation != generation
+            && let Err(e) = reconcile::record_manifests(
                 &self.store,
                 &self.manifests,
                 &self.holds,
                 plan::now_unix(),
-            ) {
-                tracing::error!(error = %e, "cannot record manifest state");
-            }
+            )
+        {
+            tracing::error!(error = %e, "cannot record manifest state");
         }
         let now = Instant::now();
         let result = done.outcome.as_ref().map(|o| &o.result);

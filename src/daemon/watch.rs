@@ -61,34 +61,37 @@ pub fn watch(
         .collect();
     let links_watched = links.clone();
     let watched_root = root.clone();
-    let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
-        match result {
-            Ok(events) => {
-                let relevant: Vec<PathBuf> = events
-                    .iter()
-                    .filter(|e| !e.kind.is_access())
-                    .flat_map(|e| e.paths.iter())
-                    .filter(|p| {
-                        let rel = p
-                            .strip_prefix(&root)
-                            .or_else(|_| p.strip_prefix(&given))
-                            .unwrap_or(p);
-                        links.contains(p) || !is_noise(rel)
-                    })
-                    .cloned()
-                    .collect();
-                if !relevant.is_empty() {
-                    let _ = tx.send(Changed::Paths(relevant));
+    let mut debouncer =
+        new_debouncer(
+            debounce,
+            None,
+            move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    let relevant: Vec<PathBuf> = events
+                        .iter()
+                        .filter(|e| !e.kind.is_access())
+                        .flat_map(|e| e.paths.iter())
+                        .filter(|p| {
+                            let rel = p
+                                .strip_prefix(&root)
+                                .or_else(|_| p.strip_prefix(&given))
+                                .unwrap_or(p);
+                            links.contains(p) || !is_noise(rel)
+                        })
+                        .cloned()
+                        .collect();
+                    if !relevant.is_empty() {
+                        let _ = tx.send(Changed::Paths(relevant));
+                    }
                 }
-            }
-            Err(errors) => {
-                for e in errors {
-                    tracing::warn!(error = %e, "file watcher error");
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "file watcher error");
+                    }
+                    let _ = tx.send(Changed::Unknown);
                 }
-                let _ = tx.send(Changed::Unknown);
-            }
-        }
-    })?;
+            },
+        )?;
     debouncer.watch(path, RecursiveMode::Recursive)?;
     for link in &links_watched {
         if let Some(parent) = link.parent() {

@@ -471,7 +471,8 @@ impl Store {
             message,
         };
         check_openable(path)?;
-        create_private_dir(path).map_err(|e| open_err(format!("cannot create its directory: {e}")))?;
+        create_private_dir(path)
+            .map_err(|e| open_err(format!("cannot create its directory: {e}")))?;
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -860,9 +861,8 @@ impl Store {
     /// The forget-threshold state of every policy the store knows.
     pub fn baselines(&self) -> Result<HashMap<String, Baseline>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT name, contacts, held_revision, approved_revision FROM policies",
-            )?;
+            let mut stmt = conn
+                .prepare("SELECT name, contacts, held_revision, approved_revision FROM policies")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -1184,7 +1184,11 @@ fn schema_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(|e| sql(path, e))?;
     let ours = OWN_TABLES.iter().all(|t| tables.iter().any(|n| n == t));
-    let foreign = if version == 0 { !tables.is_empty() } else { !ours };
+    let foreign = if version == 0 {
+        !tables.is_empty()
+    } else {
+        !ours
+    };
     if foreign {
         return Err(StoreError::Open {
             path: path.display().to_string(),
@@ -1192,7 +1196,12 @@ fn schema_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
                 "is a SQLite database but not a listwarden state store (its tables: {}); point \
                  --state at a new file",
                 {
-                    let mut shown = tables.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                    let mut shown = tables
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     if tables.len() > 5 {
                         shown.push_str(", …");
                     }
@@ -1315,8 +1324,8 @@ fn forget_in(
             Some((_, keep)) => {
                 let mut stale = Vec::new();
                 {
-                    let mut stmt = tx
-                        .prepare_cached("SELECT kind, contact FROM contacts WHERE list_id = ?1")?;
+                    let mut stmt =
+                        tx.prepare_cached("SELECT kind, contact FROM contacts WHERE list_id = ?1")?;
                     let mut rows = stmt.query(params![list_id])?;
                     while let Some(row) = rows.next()? {
                         let kind: i64 = row.get(0)?;
@@ -1405,7 +1414,10 @@ mod tests {
             .contact_error("l1", ContactKind::Email, "a@x.com")
             .unwrap()
             .unwrap();
-        assert!(error.contains("did not account for this contact 3 times"), "{error}");
+        assert!(
+            error.contains("did not account for this contact 3 times"),
+            "{error}"
+        );
         // A confirmation ends the streak.
         s.record_batch(
             &list(),
@@ -1486,8 +1498,18 @@ mod tests {
             record_error: true,
         };
         s.write_policies(&[update], 1).unwrap();
-        assert!(s.approve("nope").unwrap().unwrap_err().contains("no policy"));
-        assert!(s.approve("p").unwrap().unwrap_err().contains("no change waiting"));
+        assert!(
+            s.approve("nope")
+                .unwrap()
+                .unwrap_err()
+                .contains("no policy")
+        );
+        assert!(
+            s.approve("p")
+                .unwrap()
+                .unwrap_err()
+                .contains("no change waiting")
+        );
         let load = LoadRecord {
             accepted: vec![Accepted {
                 name: "p",
@@ -1560,7 +1582,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let first = open(&path);
-        let err = Store::open(&path, "listwarden apply").unwrap_err().to_string();
+        let err = Store::open(&path, "listwarden apply")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("in use by test (pid"), "{err}");
         drop(first);
         open(&path);
@@ -1572,7 +1596,11 @@ mod tests {
         let err = Store::open_existing(dir.path()).unwrap_err().to_string();
         assert!(err.contains("is a directory"), "{err}");
         let text = dir.path().join("notes.txt");
-        std::fs::write(&text, "hello, this is not a database at all, just some text\n").unwrap();
+        std::fs::write(
+            &text,
+            "hello, this is not a database at all, just some text\n",
+        )
+        .unwrap();
         let err = Store::open_existing(&text).unwrap_err().to_string();
         assert!(err.contains("not a listwarden state store"), "{err}");
         let other = dir.path().join("other.db");
@@ -1581,14 +1609,18 @@ mod tests {
             .execute_batch("CREATE TABLE songs (title TEXT);")
             .unwrap();
         let err = Store::open_existing(&other).unwrap_err().to_string();
-        assert!(err.contains("not a listwarden state store (its tables: songs)"), "{err}");
+        assert!(
+            err.contains("not a listwarden state store (its tables: songs)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_full_disk_is_named_and_counts_as_a_write_failure() {
         let s = Store::in_memory().unwrap();
         // SQLite answers SQLITE_FULL exactly as on a full disk once the page cap is reached.
-        s.with(|c| c.pragma_update(None, "max_page_count", 8)).unwrap();
+        s.with(|c| c.pragma_update(None, "max_page_count", 8))
+            .unwrap();
         let many: Vec<String> = (0..5000).map(|i| format!("c{i}@example.com")).collect();
         let outcomes: Vec<(&str, ContactOutcome)> = many
             .iter()
@@ -1629,6 +1661,10 @@ mod tests {
     fn stored_texts_are_capped() {
         let long = "é".repeat(10_000);
         let cut = stored_text(&long);
-        assert!(cut.len() <= MAX_STORED_TEXT && cut.ends_with('…'), "{}", cut.len());
+        assert!(
+            cut.len() <= MAX_STORED_TEXT && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
     }
 }
