@@ -123,6 +123,10 @@ pub async fn read_members(
     tally: &Tally,
 ) -> Result<Option<Members>, ApiError> {
     let limit = SEARCH_PAGE_LIMIT as u64;
+    // A list grows between two requests, but not by orders of magnitude: a `total` far
+    // beyond the count just read is a server's mistake (or a lie), and reading it would
+    // walk billions of pages. Such a list is asserted instead.
+    let max_pages = pages(contact_count).saturating_mul(2).saturating_add(10);
     let mut expected = contact_count;
     for attempt in 1..=READ_ATTEMPTS {
         let mut members = Members::default();
@@ -131,6 +135,15 @@ pub async fn read_members(
         let mut page = client.search(list, last, limit, tally).await?;
         let total = page.pagination.total;
         let pages_now = page.pagination.pages.max(total.div_ceil(limit)).max(1);
+        if pages_now > max_pages {
+            tracing::warn!(
+                list,
+                contact_count,
+                total,
+                "the search answer claims far more members than the list's count; not observing it"
+            );
+            return Ok(None);
+        }
         if pages_now != last {
             tracing::info!(
                 list,

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use listwarden::contact::{ContactKind, ContactListId};
 use listwarden::manifest::Strategy;
-use listwarden::reconcile::ListResult;
+use listwarden::reconcile::{self, ListResult};
 use listwarden::store::Store;
 use serde_json::{Value, json};
 
@@ -33,6 +33,11 @@ enum Mode {
     RefuseEverything,
     /// The list `L2` answers 401 (a key scoped to other lists); `L1` works.
     UnauthorizedOnL2,
+    /// Remove answers `removed: 1, notInList: 0` whatever the batch held (and removes
+    /// nothing): counts that do not cover the batch.
+    UnderAccounted,
+    /// Remove answers `removed: 3000` for any batch (and removes it).
+    OverAccounted,
 }
 
 struct Scripted {
@@ -107,6 +112,10 @@ async fn remove(State(s): State<Shared>, Json(body): Json<Value>) -> (StatusCode
                 json!({"success": false, "error": {"message": "contactListId is not a valid ObjectId", "code": "VALIDATION_FAILED"}}),
             ),
         ),
+        Mode::UnderAccounted => (
+            StatusCode::OK,
+            Json(json!({"success": true, "data": {"removed": 1, "notInList": 0, "errors": []}})),
+        ),
         Mode::ErrorsAsObject => {
             let first = body["emails"][0].as_str().unwrap_or("").to_string();
             (
@@ -127,11 +136,14 @@ async fn remove(State(s): State<Shared>, Json(body): Json<Value>) -> (StatusCode
             let before = s.members.len();
             s.members
                 .retain(|(id, email)| !entries.contains(id) && !entries.contains(email));
-            let removed = before - s.members.len();
+            let removed = match s.mode {
+                Mode::OverAccounted => 3000,
+                _ => before - s.members.len(),
+            };
             (
                 StatusCode::OK,
                 Json(
-                    json!({"success": true, "data": {"removed": removed, "notInList": entries.len() - removed, "errors": []}}),
+                    json!({"success": true, "data": {"removed": removed, "notInList": entries.len().saturating_sub(removed), "errors": []}}),
                 ),
             )
         }
@@ -332,4 +344,131 @@ async fn a_key_refused_on_one_list_leaves_the_converged_lists_ready() {
     };
     assert_eq!(reason("on-l1"), "Converged");
     assert_eq!(reason("on-l2"), "Unauthorized");
+}
+
+#[tokio::test]
+async fn counts_that_do_not_cover_the_batch_confirm_nothing_and_fail_the_third_time() {
+    let server = serve(Mode::UnderAccounted, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(
+        dir.path(),
+        &["a@example.com", "b@example.com", "c@example.com"],
+        &[],
+    );
+    let store = Arc::new(Store::in_memory().unwrap());
+    let client = fast_client(&server.url, KEY);
+    for pass_no in 1..=3 {
+        let pass = sync(&client, &store, dir.path(), plan_options(500), 1).await;
+        let o = &pass.report.outcomes[0];
+        assert_eq!(
+            o.result,
+            ListResult::PartiallyFailed,
+            "pass {pass_no}: {o:?}"
+        );
+        assert!(!confirmed(&store, ContactKind::Email, "a@example.com"));
+        let p = &store.policies().unwrap()[0];
+        assert_eq!(p.condition.reason, "PartiallyFailed");
+        if pass_no < 3 {
+            assert_eq!(o.unaccounted, 3, "pass {pass_no}");
+            assert!(
+                p.condition.message.contains("not accounted for"),
+                "{}",
+                p.condition.message
+            );
+            // Pending, asserted again: not reported as failing yet.
+            assert_eq!(store.lists(10).unwrap()[0].failed, 0);
+        }
+    }
+    let error = store
+        .contact_error(LIST, ContactKind::Email, "b@example.com")
+        .unwrap()
+        .expect("failed after three unaccounted answers");
+    assert!(
+        error.contains("did not account for this contact 3 times"),
+        "{error}"
+    );
+    assert_eq!(server.state.lock().unwrap().removes.len(), 3);
+}
+
+#[tokio::test]
+async fn counts_beyond_the_batch_are_clamped_never_stored_as_sent() {
+    let server = serve(
+        Mode::OverAccounted,
+        &[("c1", "a@example.com"), ("c2", "b@example.com")],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(
+        dir.path(),
+        &["a@example.com", "b@example.com", "c@example.com"],
+        &[],
+    );
+    let (store, pass) = run(&server, dir.path(), Strategy::Assert).await;
+    let o = &pass.report.outcomes[0];
+    assert_eq!(o.result, ListResult::Converged);
+    assert_eq!(o.removed + o.not_in_list, 3, "{o:?}");
+    let p = &store.policies().unwrap()[0];
+    assert!(p.counts.removed <= 3, "{:?}", p.counts);
+    assert!(confirmed(&store, ContactKind::Email, "c@example.com"));
+}
+
+/// Panics at the first batch of one list: a bug anywhere in a reconcile.
+struct PanicOn(&'static str);
+
+impl listwarden::reconcile::Progress for PanicOn {
+    fn batch_done(&self, list: &ContactListId, _contacts: usize) {
+        if list.as_str() == self.0 {
+            panic!("a bug in the reconcile of {list}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_one_list_fails_that_list_and_the_others_converge() {
+    let server = serve(Mode::MembersWithoutId, &[("c1", "m1@example.com")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, list) in [("on-l1", "L1"), ("on-l2", "L2")] {
+        write(
+            &dir.path().join(format!("{name}.yaml")),
+            &format!(
+                "{HEADER}metadata:\n  name: {name}\nspec:\n  contactListId: {list}\n  exclude:\n    emails: [m1@example.com]\n"
+            ),
+        );
+    }
+    let store = Arc::new(Store::in_memory().unwrap());
+    let mut options = plan_options(500);
+    options.strategy = Strategy::Assert;
+    let (manifests, plan) = reconcile::prepare(&store, dir.path(), options).unwrap();
+    let ctx = reconcile::Context {
+        progress: Arc::new(PanicOn("L1")),
+        ..reconcile::Context::new(fast_client(&server.url, KEY), store.clone(), 500)
+    };
+    let report =
+        reconcile::sync_all(&ctx, Arc::new(manifests.policies.clone()), plan.lists, 2).await;
+    let result = |list: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.list.as_str() == list)
+            .map(|o| o.result.clone())
+            .unwrap()
+    };
+    assert!(
+        matches!(result("L1"), ListResult::Failed(m) if m.contains("internal error")),
+        "{:?}",
+        result("L1")
+    );
+    assert_eq!(result("L2"), ListResult::Converged);
+    assert!(report.has_list_errors(), "apply must not exit 0");
+    let reason = |name: &str| {
+        store
+            .policies()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| p.condition.reason)
+            .unwrap()
+    };
+    assert_eq!(reason("on-l1"), "ApiError");
+    assert_eq!(reason("on-l2"), "Converged");
 }

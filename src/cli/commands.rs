@@ -17,7 +17,7 @@ use crate::manifest::Manifests;
 use crate::plan::Plan;
 use crate::reconcile::{self, Context, ListResult, Progress, SyncReport};
 use crate::render::{self, thousands};
-use crate::store::{Store, StoreLock};
+use crate::store::Store;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -53,25 +53,32 @@ fn warn_exposure(api: &ApiFlags, base_url: &str) {
             "the API key file is readable by every user of this machine; make it private (chmod o-r)"
         );
     }
-    if let Some(rest) = base_url.strip_prefix("http://") {
-        let authority = rest.split('/').next().unwrap_or("");
-        let host = match authority.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => authority,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
-            tracing::warn!(
-                url = base_url,
-                "AUTOSEND_API_URL is plain http:// to another host: the API key and the contact \
-                 addresses cross the network unencrypted; use https://"
-            );
-        }
+    if plain_http_to_another_host(base_url) {
+        tracing::warn!(
+            url = base_url,
+            "AUTOSEND_API_URL is plain http:// to another host: the API key and the contact \
+             addresses cross the network unencrypted; use https://"
+        );
     }
+}
+
+/// `http://` to anything but this machine.
+fn plain_http_to_another_host(base_url: &str) -> bool {
+    let Some(rest) = base_url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 /// A progress bar on a terminal, a log line a batch otherwise.
@@ -506,42 +513,10 @@ pub fn run(args: &RunArgs) -> u8 {
     config.debounce = args.debounce;
     config.allow_empty = args.sync.allow_empty;
     config.expose_contacts = args.expose_contacts;
-    let state = args.sync.state.state.clone();
+    let store = crate::daemon::StoreSource::Wait(args.sync.state.state.clone());
     runtime().block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         stop_on_signals(shutdown.clone());
-        // A second daemon, or an apply, on this store: wait for it, saying so.
-        let stop = shutdown.clone();
-        let waited = tokio::task::spawn_blocking(move || {
-            StoreLock::wait(
-                &state,
-                "listwarden run",
-                std::time::Duration::from_millis(500),
-                |holder| {
-                    tracing::warn!(
-                        store = %state.display(),
-                        holder,
-                        "the state store is in use; waiting for it to be released"
-                    )
-                },
-                || stop.is_cancelled(),
-            )
-            .map_err(crate::store::StoreError::from)
-            .and_then(|lock| lock.map(|l| Store::open_locked(&state, l)).transpose())
-        })
-        .await;
-        let store = match waited {
-            Ok(Ok(Some(store))) => Arc::new(store),
-            Ok(Ok(None)) => return EXIT_OK,
-            Ok(Err(e)) => {
-                eprintln!("error: {e}");
-                return EXIT_ERROR;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_ERROR;
-            }
-        };
         match crate::daemon::run(config, client, store, metrics, shutdown).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
@@ -581,6 +556,30 @@ pub fn approve(args: &ApproveArgs) -> u8 {
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_ERROR
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_to_another_host_is_flagged() {
+        for url in [
+            "http://10.0.0.5/v1",
+            "http://api.autosend.com/v1",
+            "http://user@example.org:8080/v1",
+        ] {
+            assert!(plain_http_to_another_host(url), "{url}");
+        }
+        for url in [
+            "https://api.autosend.com/v1",
+            "http://127.0.0.1:8025/v1",
+            "http://localhost/v1",
+            "http://[::1]:9/v1",
+        ] {
+            assert!(!plain_http_to_another_host(url), "{url}");
         }
     }
 }

@@ -17,7 +17,9 @@ use crate::store::Store;
 /// What the endpoints read. Flags are set by the scheduler.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    pub store: Arc<Store>,
+    /// Set once the store's lock is held and the store open (the daemon may wait for
+    /// another process to release it; the endpoints answer meanwhile).
+    pub store: std::sync::OnceLock<Arc<Store>>,
     /// First load and first reconcile pass done.
     pub first_pass_done: AtomicBool,
     /// The key was refused (401/402/403) and has not worked since.
@@ -66,6 +68,9 @@ impl Shared {
         if let Some(f) = self.store_fault() {
             return Some(f);
         }
+        if self.store.get().is_none() {
+            return Some("waiting for the state store: another listwarden holds its lock".into());
+        }
         if self.unauthorized.load(Ordering::Relaxed) {
             return Some("AutoSend refused the API key".into());
         }
@@ -107,7 +112,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let store = s.store.clone();
+    let Some(store) = s.store.get().cloned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "waiting for the state store: another listwarden holds its lock\n".to_string(),
+        );
+    };
     let show = s.expose_contacts;
     let doc =
         tokio::task::spawn_blocking(move || crate::status::status_document(&store, show)).await;

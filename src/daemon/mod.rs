@@ -141,11 +141,19 @@ struct Snapshot {
     source_revision: Option<String>,
 }
 
+/// The state store the daemon works on.
+pub enum StoreSource {
+    Open(Arc<Store>),
+    /// Open the store at this path once its lock is free, waiting (and saying so) while
+    /// another `apply` or `run` holds it; the endpoints answer meanwhile (not ready).
+    Wait(PathBuf),
+}
+
 /// Runs until shutdown. Returns once the store is consistent and tasks have stopped.
 pub async fn run(
     config: DaemonConfig,
     client: Client,
-    store: Arc<Store>,
+    store: StoreSource,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
@@ -153,7 +161,7 @@ pub async fn run(
     let pacer_client = client.clone();
     let shared = Arc::new(http::Shared {
         metrics: metrics.clone(),
-        store: store.clone(),
+        store: Default::default(),
         first_pass_done: Default::default(),
         unauthorized: Default::default(),
         store_fault: Default::default(),
@@ -166,6 +174,17 @@ pub async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics and /status");
+    let store = match store {
+        StoreSource::Open(store) => store,
+        StoreSource::Wait(path) => match wait_for_store(path, &shutdown).await? {
+            Some(store) => store,
+            None => {
+                http_stop.cancel();
+                return Ok(());
+            }
+        },
+    };
+    let _ = shared.store.set(store.clone());
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     // A single manifest file may read data files beside it: watch its directory.
@@ -282,6 +301,34 @@ pub async fn run(
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
     Ok(())
+}
+
+/// Takes the store's lock, waiting while another process holds it (`None`: shut down
+/// meanwhile), then opens the store.
+async fn wait_for_store(
+    path: PathBuf,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Store>>, String> {
+    let stop = shutdown.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let lock = crate::store::StoreLock::wait(
+            &path,
+            "listwarden run",
+            Duration::from_millis(500),
+            |holder| {
+                tracing::warn!(
+                    store = %path.display(),
+                    holder,
+                    "the state store is in use; waiting for it to be released"
+                )
+            },
+            || stop.is_cancelled(),
+        )?;
+        lock.map(|l| Store::open_locked(&path, l)).transpose()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    opened.map(|s| s.map(Arc::new)).map_err(|e| e.to_string())
 }
 
 /// Plans one list from the store's records now and reconciles it. A store that cannot be

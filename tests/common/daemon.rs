@@ -279,9 +279,13 @@ impl Harness {
         serde_json::from_str(&body).expect("/status is JSON")
     }
 
-    /// The policy named `name` in /status, if listed.
+    /// The policy named `name` in /status, if listed (`None` too while /status cannot answer
+    /// yet, e.g. before the daemon holds the store's lock).
     pub fn policy_status(&self, name: &str) -> Option<Value> {
-        self.status()["policies"]
+        let (200, body) = self.get("/status")? else {
+            return None;
+        };
+        serde_json::from_str::<Value>(&body).ok()?["policies"]
             .as_array()?
             .iter()
             .find(|p| p["name"] == name)

@@ -1,0 +1,248 @@
+//! The daemon's safety promises under change, as an attacker or an unlucky operator would
+//! test them: an edit mid-reconcile stops what no manifest names any more, a store deleted
+//! under it fails readiness, a missing manifests path (git-sync not cloned yet) makes it
+//! wait, not crash, and `/status` shows no address unless asked.
+
+#[path = "common/daemon.rs"]
+mod daemon_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use daemon_support::*;
+
+const CONVERGE: Duration = Duration::from_secs(15);
+
+fn addresses(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| format!("{prefix}{i:03}@example.com"))
+        .collect()
+}
+
+/// A daemon at 5 requests/s with batches of 10, reconciling a 200-address file source on L1,
+/// every address a member; returns once some batches were sent.
+fn mid_pass(extra_spec: &str) -> (Harness, Vec<String>) {
+    let mut h = Harness::new();
+    let all = addresses("d", 0..200);
+    h.fake().add_contacts(L1, &all);
+    std::fs::write(h.manifests().join("d.txt"), all.join("\n") + "\n").unwrap();
+    h.write(
+        "p.yaml",
+        &format!(
+            "{HEADER}metadata:\n  name: p\nspec:\n  contactListId: {L1}\n{extra_spec}  exclude:\n    files:\n      - path: d.txt\n"
+        ),
+    );
+    h.start_with(Opts {
+        rate_limit: "5/s".into(),
+        extra: vec![
+            "--batch-size".into(),
+            "10".into(),
+            "--strategy".into(),
+            "assert".into(),
+        ],
+        ..Opts::default()
+    });
+    h.wait("a few batches to be sent", CONVERGE, || {
+        (h.ok_batches().len() >= 4).then_some(())
+    });
+    (h, all)
+}
+
+/// Addresses of `dropped` that reached the remove endpoint at batch index `from` or later.
+fn dropped_sent(h: &Harness, dropped: &[String], from: usize) -> usize {
+    let sent = h.sent_since(L1, from);
+    dropped.iter().filter(|d| sent.contains(*d)).count()
+}
+
+#[test]
+fn contacts_dropped_from_a_file_mid_reconcile_are_not_removed_after_the_edit() {
+    let (h, all) = mid_pass("");
+    // The batches go in address order: keep the first half, drop the second, still pending.
+    let (kept, dropped) = all.split_at(100);
+    let at_edit = h.batch_count();
+    std::fs::write(h.manifests().join("d.txt"), kept.join("\n") + "\n").unwrap();
+    h.wait_removed(L1, kept, CONVERGE);
+    h.wait_reason("p", "Converged", CONVERGE);
+    // The grace is the debounce (200 ms) plus the request in flight: at 5 requests/s, at
+    // most two batches of ten. Before send gates, the old plan went on: 55 were removed.
+    let late = dropped_sent(&h, dropped, at_edit);
+    assert!(
+        late <= 20,
+        "{late} contacts no manifest names were removed after the edit"
+    );
+    let still_members = dropped.iter().filter(|d| h.fake().is_member(L1, d)).count();
+    assert!(
+        still_members >= 80,
+        "only {still_members} dropped contacts are still members"
+    );
+    assert!(
+        h.log_text()
+            .contains("the manifests changed during this reconcile"),
+        "{}",
+        h.log_text()
+    );
+}
+
+#[test]
+fn suspending_a_policy_mid_reconcile_stops_its_sends() {
+    let (h, all) = mid_pass("");
+    let at_edit = h.batch_count();
+    h.write(
+        "p.yaml",
+        &format!(
+            "{HEADER}metadata:\n  name: p\nspec:\n  contactListId: {L1}\n  suspend: true\n  exclude:\n    files:\n      - path: d.txt\n"
+        ),
+    );
+    h.wait_reason("p", "Suspended", CONVERGE);
+    std::thread::sleep(Duration::from_millis(800));
+    let late = h.batch_count() - at_edit;
+    assert!(
+        late <= 2,
+        "{late} batches were sent after the policy was suspended"
+    );
+    let members = all.iter().filter(|a| h.fake().is_member(L1, a)).count();
+    assert!(members >= 100, "only {members} of 200 still members");
+}
+
+#[test]
+fn a_store_deleted_under_the_daemon_fails_readiness_and_stops_sending() {
+    let mut h = Harness::new();
+    let first = emails("a", 3);
+    h.fake().add_contacts(L1, &first);
+    h.write("p.yaml", &policy("p", L1, &first));
+    h.start();
+    h.wait_ready(CONVERGE);
+    std::fs::remove_file(h.state()).unwrap();
+    let (code, body) = h.wait("/readyz to fail", CONVERGE, || {
+        h.get("/readyz").filter(|(c, _)| *c == 503)
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains("deleted or replaced"), "{body}");
+    // An edit now would be sent and its outcome lost: nothing is sent.
+    let before = h.fake().counters().requests;
+    let more = emails("b", 3);
+    h.fake().add_contacts(L1, &more);
+    h.write("p.yaml", &policy("p", L1, &[first, more.clone()].concat()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.fake().counters().requests, before, "{}", h.log_text());
+    assert!(more.iter().all(|m| h.fake().is_member(L1, m)));
+}
+
+#[test]
+fn a_missing_manifests_path_waits_not_ready_then_starts_when_it_appears() {
+    let mut h = Harness::new();
+    let later = h.dir.path().join("checkout");
+    h.start_with(Opts {
+        path: Some(later.clone()),
+        ..Opts::default()
+    });
+    let (code, body) = h.wait("/readyz to answer", CONVERGE, || h.get("/readyz"));
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("does not exist"), "{body}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(h.daemon().running(), "the daemon exited: {}", h.log_text());
+    let wanted = emails("g", 2);
+    h.fake().add_contacts(L1, &wanted);
+    write_atomic(&later.join("p.yaml"), &policy("p", L1, &wanted));
+    h.wait_ready(CONVERGE);
+    h.wait_removed(L1, &wanted, CONVERGE);
+}
+
+#[test]
+fn a_manifests_path_without_manifests_is_not_ready_unless_allowed() {
+    let mut h = Harness::new();
+    std::fs::write(h.manifests().join("notes.json"), "{}").unwrap();
+    h.start();
+    let (code, body) = h.wait("/readyz to answer", CONVERGE, || h.get("/readyz"));
+    assert_eq!(code, 503);
+    assert!(body.contains("no manifests found under"), "{body}");
+    drop(h.take_daemon());
+    h.start_with(Opts {
+        extra: vec!["--allow-empty".into()],
+        ..Opts::default()
+    });
+    h.wait_ready(CONVERGE);
+}
+
+#[test]
+fn status_masks_contact_addresses_unless_exposed() {
+    let mut h = Harness::new();
+    let bad = "secret.person@example.com".to_string();
+    h.fake().add_contacts(L1, [&bad]);
+    h.fake().update_faults(|f| {
+        f.contact_errors.insert(bad.clone());
+    });
+    h.write("p.yaml", &policy("p", L1, std::slice::from_ref(&bad)));
+    h.start();
+    h.wait_reason("p", "PartiallyFailed", CONVERGE);
+    let (_, body) = h.get("/status").unwrap();
+    assert!(!body.contains("secret.person"), "{body}");
+    assert!(body.contains("s***@example.com"), "{body}");
+    assert!(!h.metrics().contains("secret.person"));
+    drop(h.take_daemon());
+    h.start_with(Opts {
+        extra: vec!["--expose-contacts".into()],
+        ..Opts::default()
+    });
+    h.wait_reason("p", "PartiallyFailed", CONVERGE);
+    let (_, body) = h.get("/status").unwrap();
+    assert!(body.contains("secret.person@example.com"), "{body}");
+}
+
+#[test]
+fn a_second_daemon_waits_for_the_store_and_says_so() {
+    let mut h = Harness::new();
+    let first = emails("a", 2);
+    h.fake().add_contacts(L1, &first);
+    h.write("p.yaml", &policy("p", L1, &first));
+    h.start();
+    h.wait_ready(CONVERGE);
+    let first_daemon = h.take_daemon();
+    h.start();
+    h.wait("the second daemon to say it waits", CONVERGE, || {
+        h.log_text()
+            .contains("the state store is in use; waiting for it to be released")
+            .then_some(())
+    });
+    assert!(
+        h.log_text().contains("listwarden run (pid"),
+        "{}",
+        h.log_text()
+    );
+    assert!(!h.ready());
+    drop(first_daemon);
+    h.wait_ready(CONVERGE);
+}
+
+#[test]
+fn an_approval_recorded_beside_a_running_daemon_lets_a_held_shrink_through() {
+    let mut h = Harness::new();
+    let all = addresses("h", 0..10);
+    h.fake().add_contacts(L1, &all);
+    h.write("p.yaml", &policy("p", L1, &all));
+    h.start();
+    h.wait_reason("p", "Converged", CONVERGE);
+    // A truncated export: 8 of 10 gone.
+    h.write("p.yaml", &policy("p", L1, &all[..2]));
+    let (_, _, message) = h.wait_reason("p", "ThresholdExceeded", CONVERGE);
+    assert!(
+        message.contains("would forget 8 of its 10 contacts (80%)"),
+        "{message}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_listwarden"))
+        .args(["approve", "p", "--state"])
+        .arg(h.state())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.wait_reason("p", "Converged", CONVERGE);
+    let confirmed: BTreeSet<String> = h.status()["lists"][0]["confirmed"]
+        .as_u64()
+        .map(|n| BTreeSet::from([n.to_string()]))
+        .unwrap();
+    assert_eq!(confirmed, BTreeSet::from(["2".to_string()]));
+}
