@@ -2,6 +2,7 @@
 //! everything inside can rely on them (an [`Email`] is always normalised, a [`ContactListId`]
 //! is always a safe URL path segment, a [`PolicyName`] always follows the manifest rule).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -14,6 +15,51 @@ pub const GLOBAL_CONTACT_LIST: &str = "GLOBAL_CONTACT_LIST";
 /// Longest list or contact id accepted. No format is promised by AutoSend (examples are
 /// 24 hex characters), so the rule is "a short, safe path segment", not a fixed shape.
 const MAX_ID_LEN: usize = 64;
+
+/// At most this many bytes of one piece of user input are repeated in a message. A manifest
+/// or a file source can hold a value of any size (a 200 MB line, a runaway key): quoting it
+/// whole would flood stderr, the JSON plan and the state store, while its start and its
+/// length are enough to find it.
+pub const QUOTE_MAX_BYTES: usize = 200;
+
+/// `raw` as it is quoted in messages: `"jane@"`, or when longer than [`QUOTE_MAX_BYTES`]
+/// its start cut at a character boundary, an ellipsis and the full length:
+/// `"aaaa…" (209715200 bytes)`. Every message that repeats user input uses this.
+pub fn quoted(raw: &str) -> String {
+    if raw.len() <= QUOTE_MAX_BYTES {
+        let whole = format!("{raw:?}");
+        // Escapes can make the quoted form longer than the input (control characters).
+        if whole.len() <= QUOTE_MAX_BYTES + 2 {
+            return whole;
+        }
+    }
+    // The quotes and the ellipsis included, at most QUOTE_MAX_BYTES + 2, like a whole value:
+    // a message quoting this again (serde's) does not cut it twice.
+    let budget = QUOTE_MAX_BYTES - '…'.len_utf8();
+    let mut cut = String::with_capacity(QUOTE_MAX_BYTES + 8);
+    cut.push('"');
+    for c in raw.chars() {
+        let piece = c.escape_debug();
+        if cut.len() - 1 + piece.len() > budget {
+            break;
+        }
+        cut.extend(piece);
+    }
+    format!("{cut}…\" ({} bytes)", raw.len())
+}
+
+/// `raw` shown as it is (a path, a policy label), or when longer than [`QUOTE_MAX_BYTES`] its
+/// start cut at a character boundary, an ellipsis and the full length.
+pub fn clipped(raw: &str) -> Cow<'_, str> {
+    if raw.len() <= QUOTE_MAX_BYTES {
+        return Cow::Borrowed(raw);
+    }
+    let mut end = QUOTE_MAX_BYTES;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}… ({} bytes)", &raw[..end], raw.len()))
+}
 
 /// A normalised email address: trimmed, lowercased, and plausible (checked by the
 /// `email_address` crate, with a dot in the domain and no display text).
@@ -43,7 +89,8 @@ impl Email {
         match email_address::EmailAddress::parse_with_options(&normalised, options) {
             Ok(_) => Ok(Email(normalised.into())),
             Err(e) => Err(format!(
-                "{trimmed:?} is not a valid email address ({e}); write it as local@domain.tld"
+                "{} is not a valid email address ({e}); write it as local@domain.tld",
+                quoted(trimmed)
             )),
         }
     }
@@ -82,7 +129,8 @@ fn check_path_segment(raw: &str, what: &str) -> Result<(), String> {
     }
     if raw.len() > MAX_ID_LEN {
         return Err(format!(
-            "{what} {raw:?} is {} characters long; at most {MAX_ID_LEN} are allowed",
+            "{what} {} is {} characters long; at most {MAX_ID_LEN} are allowed",
+            quoted(raw),
             raw.len()
         ));
     }
@@ -91,7 +139,8 @@ fn check_path_segment(raw: &str, what: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
     {
         return Err(format!(
-            "{what} {raw:?} contains {bad:?}; only letters, digits, '_' and '-' are allowed"
+            "{what} {} contains {bad:?}; only letters, digits, '_' and '-' are allowed",
+            quoted(raw)
         ));
     }
     Ok(())
@@ -181,7 +230,8 @@ impl PolicyName {
         }
         if raw.len() > 63 {
             return Err(format!(
-                "name {raw:?} is {} characters long; at most 63 are allowed",
+                "name {} is {} characters long; at most 63 are allowed",
+                quoted(raw),
                 raw.len()
             ));
         }
@@ -189,7 +239,10 @@ impl PolicyName {
         let bytes_ok = raw.chars().all(|c| ok_char(c) || c == '-');
         let ends_ok = raw.starts_with(ok_char) && raw.ends_with(ok_char);
         if !bytes_ok || !ends_ok {
-            return Err(format!("name {raw:?} is not a valid policy name; {fix}"));
+            return Err(format!(
+                "name {} is not a valid policy name; {fix}",
+                quoted(raw)
+            ));
         }
         Ok(PolicyName(raw.into()))
     }
@@ -223,6 +276,39 @@ impl fmt::Display for ContactKind {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn long_values_are_quoted_short_with_their_length() {
+        assert_eq!(quoted("jane@"), "\"jane@\"");
+        assert_eq!(quoted("a\"b"), "\"a\\\"b\"");
+        let long = "é".repeat(1000);
+        let q = quoted(&long);
+        assert!(q.starts_with("\"éé"), "{q}");
+        assert!(q.ends_with("é…\" (2000 bytes)"), "{q}");
+        assert!(q.len() <= QUOTE_MAX_BYTES + 20, "{q}");
+        // Escaping can lengthen a short value: it is cut too.
+        let q = quoted(&"\u{1}".repeat(100));
+        assert!(
+            q.ends_with("…\" (100 bytes)") && q.len() <= QUOTE_MAX_BYTES + 20,
+            "{q}"
+        );
+        assert_eq!(clipped("m/a.yaml"), "m/a.yaml");
+        let c = clipped(&long);
+        assert!(
+            c.ends_with("é… (2000 bytes)") && c.len() <= QUOTE_MAX_BYTES + 20,
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn a_huge_invalid_email_is_named_by_its_start_and_length() {
+        let err = Email::parse(&"a".repeat(2 << 20)).unwrap_err();
+        assert!(err.len() < 512, "{} bytes", err.len());
+        assert!(
+            err.contains("…\" (2097152 bytes) is not a valid email address"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn email_is_trimmed_and_lowercased() {

@@ -1137,9 +1137,12 @@ pub fn record_manifests(
     // A load that found no policy at all is far more often a missing mount or a failed
     // checkout than an intent: forgetting everything would re-send everything later.
     let keepers = keepers(&manifests.policies);
+    // Only a load without errors says what is gone: a manifest that could not be read (or a
+    // directory that could not be listed) may still hold policies, which must stay listed
+    // and keep their contacts until it can be read again.
     if manifests.policies.is_empty() {
         tracing::warn!("no policy loaded: nothing is forgotten from the state store");
-    } else {
+    } else if !manifests.has_errors() {
         load.keep = Some(
             manifests
                 .policies
@@ -1148,14 +1151,12 @@ pub fn record_manifests(
                 .chain(manifests.invalid.iter().filter_map(|p| p.name.as_deref()))
                 .collect(),
         );
-        if !manifests.has_errors() {
-            load.forget = Some(
-                keepers
-                    .iter()
-                    .map(|(l, k)| (*l, k.as_ref() as &Keep<'_>))
-                    .collect(),
-            );
-        }
+        load.forget = Some(
+            keepers
+                .iter()
+                .map(|(l, k)| (*l, k.as_ref() as &Keep<'_>))
+                .collect(),
+        );
     }
     let forgotten = store.record_load(&load)?;
     if forgotten > 0 {

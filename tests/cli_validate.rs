@@ -594,3 +594,261 @@ fn unquoted_numeric_ids_and_yaml_merge_keys_are_accepted() {
         serde_json::json!(["111", "abc-2"])
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_fails_only_that_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    write(
+        &m.join("ok.yaml"),
+        &policy("ok", "list-a", &["a@example.com"]),
+    );
+    std::os::unix::fs::symlink("gone.yaml", m.join("x.yaml")).unwrap();
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(1);
+    r.line(
+        "m/x.yaml: error: ",
+        &[
+            "cannot read the manifest",
+            "a symlink to gone.yaml, which does not exist",
+            "policies are left out",
+        ],
+    );
+    assert_eq!(r.errors().len(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("m: 1 error(s), 0 warning(s); 1 valid policy, 0 invalid"),
+        "{}",
+        r.stderr
+    );
+    let plan = run_in(dir.path(), &["plan", "m", "--output", "json"]);
+    plan.code(1);
+    let doc = plan.json();
+    assert_eq!(doc["policies"][0]["name"], "ok");
+    assert_eq!(doc["policies"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["errors"][0]["file"], "m/x.yaml");
+}
+
+#[cfg(unix)]
+#[test]
+fn unreadable_entries_that_are_not_manifests_are_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    write(
+        &m.join("ok.yaml"),
+        &policy("ok", "list-a", &["a@example.com"]),
+    );
+    std::os::unix::fs::symlink("missing.txt", m.join("notes.txt")).unwrap();
+    std::fs::create_dir_all(m.join("sub")).unwrap();
+    std::os::unix::fs::symlink("..", m.join("sub/loop")).unwrap();
+    std::os::unix::fs::symlink("itself", m.join("itself")).unwrap();
+    // Broken or not, a hidden entry stays skipped.
+    std::os::unix::fs::symlink("missing.yaml", m.join(".draft.yaml")).unwrap();
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(0);
+    r.line(
+        "m/notes.txt: warning: ",
+        &[
+            "a symlink to missing.txt, which does not exist",
+            "not a manifest by name",
+        ],
+    );
+    r.line(
+        "m/sub/loop: warning: ",
+        &[
+            "a symlink loop (it leads back to m)",
+            "not a manifest by name",
+        ],
+    );
+    r.line("m/itself: warning: ", &["not a manifest by name"]);
+    assert_eq!(r.warnings().len(), 3, "{}", r.stderr);
+    assert!(r.errors().is_empty(), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("m: 1 valid policy in 1 file(s), 3 warning(s)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn deeply_nested_flow_collections_are_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    write(
+        &m.join("ok.yaml"),
+        &policy("ok", "list-a", &["a@example.com"]),
+    );
+    // libyaml takes seconds on this (quadratic in the nesting); the pre-scan stops at the
+    // 65th `{`, at column 1 + 4 * 64.
+    write(&m.join("deep.yaml"), &"{a: ".repeat(50_000));
+    write(
+        &m.join("brackets.yaml"),
+        &format!("a: {}\n", "[".repeat(65)),
+    );
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(1);
+    r.line(
+        "m/deep.yaml:1:257: error: ",
+        &[
+            "nested more than 64 deep",
+            "write the nested parts as indented blocks",
+        ],
+    );
+    r.line(
+        "m/brackets.yaml:1:68: error: ",
+        &["nested more than 64 deep"],
+    );
+    assert!(
+        r.stderr
+            .contains("2 error(s), 0 warning(s); 1 valid policy"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn brackets_in_quotes_and_comments_do_not_count_as_nesting() {
+    let dir = tempfile::tempdir().unwrap();
+    let many = "[{".repeat(100);
+    let text = format!(
+        "# {many}\n{HEADER}metadata:\n  name: quoted\n  labels:\n    a: \"{many}\"\n    b: '{many}'\n    c: it's {many}\nspec:\n  contactListId: list-a # {many}\n  exclude:\n    emails: [\"o'brien+#1@example.com\", jane@example.com] # {many}\n"
+    );
+    write(&dir.path().join("m/p.yaml"), &text);
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(0);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+}
+
+#[test]
+fn a_manifest_over_the_size_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    write(
+        &m.join("ok.yaml"),
+        &policy("ok", "list-a", &["a@example.com"]),
+    );
+    // Sparse: no 64 MiB written to disk.
+    let big = std::fs::File::create(m.join("big.yaml")).unwrap();
+    big.set_len(64 * 1024 * 1024 + 1).unwrap();
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(1);
+    r.line(
+        "m/big.yaml: error: ",
+        &[
+            "the manifest is 67108865 bytes, more than the 64 MiB",
+            "keep large exclusion sets in a file source",
+        ],
+    );
+    assert!(
+        r.stderr
+            .contains("1 error(s), 0 warning(s); 1 valid policy"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn unquoted_ids_that_yaml_reads_as_other_values_must_be_quoted() {
+    let r = run(&["validate", "ids_changed_by_yaml"]);
+    r.code(1);
+    let doc =
+        |n: u32, name: &str| format!("ids_changed_by_yaml/policy.yaml: document {n} ({name}): ");
+    r.line(
+        &format!("{}spec.contactListId: error: ", doc(1, "hex-list")),
+        &[
+            "0x60d5ec49 is read by YAML as the number 1624632393",
+            r#"write it quoted: contactListId: "0x60d5ec49""#,
+        ],
+    );
+    for (i, fragments) in [
+        (0, ["the number 511", r#"write it quoted: "0o777""#]),
+        (1, ["the number 12345", r#"write it quoted: "+12345""#]),
+        (2, ["looks like a number", r#"write it quoted: "012345""#]),
+        (3, ["read by YAML as a number", r#"write it quoted: "1.5""#]),
+        (4, ["the boolean true", r#"write it quoted: "true""#]),
+    ] {
+        r.line(
+            &format!(
+                "{}spec.exclude.contactIds[{i}]: error: ",
+                doc(2, "odd-contacts")
+            ),
+            &fragments,
+        );
+    }
+    // 111 and the quoted "0x2" are fine; a 30-digit decimal is an id, not a broken file.
+    assert_eq!(r.errors().len(), 6, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 valid policy, 2 invalid"),
+        "{}",
+        r.stderr
+    );
+    let plan = run(&[
+        "plan",
+        "ids_changed_by_yaml",
+        "--output",
+        "json",
+        "--verbose",
+    ]);
+    let plan = plan.json();
+    assert_eq!(plan["policies"][0]["name"], "long-decimal");
+    assert_eq!(
+        plan["lists"][0]["contact_list_id"],
+        "123456789012345678901234567890"
+    );
+    assert_eq!(
+        plan["lists"][0]["contacts"]["contact_ids"],
+        serde_json::json!(["98765432109876543210987654321"])
+    );
+}
+
+#[test]
+fn a_one_megabyte_entry_is_quoted_short_with_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("m/policy.yaml"),
+        &format!(
+            "{HEADER}metadata:\n  name: huge\nspec:\n  contactListId: list-a\n  exclude:\n    files:\n      - path: one-line.txt\n"
+        ),
+    );
+    write(
+        &dir.path().join("m/one-line.txt"),
+        &format!("{}\n", "a".repeat(1 << 20)),
+    );
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(1);
+    let line = r.line(
+        "m/one-line.txt:1:1: error: \"aaaa",
+        &[
+            "…\" (1048576 bytes) is not a valid email address",
+            "write it as local@domain.tld",
+            "(policy huge, spec.exclude.files[0])",
+        ],
+    );
+    assert!(line.len() < 1024, "{} bytes", line.len());
+    assert!(r.stderr.len() < 2048, "{} bytes of stderr", r.stderr.len());
+}
+
+#[test]
+fn values_repeated_by_the_yaml_library_are_quoted_short_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "b".repeat(100_000);
+    write(
+        &dir.path().join("m/policy.yaml"),
+        &format!(
+            "{HEADER}metadata:\n  name: {big}\nspec:\n  contactListId: list-a\n  strategy: {big}\n"
+        ),
+    );
+    let r = run_in(dir.path(), &["validate", "m"]);
+    r.code(1);
+    let line = r.line(
+        "m/policy.yaml: document 1 (bbbb",
+        &[
+            "… (100000 bytes)): spec.strategy: error: unknown variant `bbbb",
+            "…` (100000 bytes), expected one of `auto`, `assert`, `observe`",
+            "use one of the listed values",
+        ],
+    );
+    assert!(line.len() < 1024, "{} bytes", line.len());
+}

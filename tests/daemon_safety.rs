@@ -246,3 +246,27 @@ fn an_approval_recorded_beside_a_running_daemon_lets_a_held_shrink_through() {
         .unwrap();
     assert_eq!(confirmed, BTreeSet::from(["2".to_string()]));
 }
+
+#[test]
+fn a_dangling_manifest_symlink_fails_only_itself_and_never_looks_green() {
+    let mut h = Harness::new();
+    let wanted = emails("s", 2);
+    h.fake().add_contacts(L1, &wanted);
+    h.write("good.yaml", &policy("good", L1, &wanted));
+    std::os::unix::fs::symlink("gone.yaml", h.manifests().join("broken.yaml")).unwrap();
+    std::os::unix::fs::symlink("loop", h.manifests().join("loop")).unwrap();
+    h.start();
+    h.wait_ready(CONVERGE);
+    h.wait_removed(L1, &wanted, CONVERGE);
+    h.wait_reason("good", "Converged", CONVERGE);
+    let status = h.status();
+    assert_eq!(status["ready"], false, "{status:#}");
+    assert_eq!(status["manifests"]["errors"], 1, "{status:#}");
+    assert!(
+        status["manifests"]["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("broken.yaml"),
+        "{status:#}"
+    );
+}

@@ -11,6 +11,93 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::contact::{QUOTE_MAX_BYTES, clipped};
+
+/// The longest message a diagnostic keeps. Values are already quoted short
+/// ([`crate::contact::quoted`]); this bounds what they are embedded in (a long list of CSV
+/// headers, of duplicate places, a library's message), since every message is printed, put
+/// in the JSON plan and stored as a policy's status.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts a message longer than [`MAX_MESSAGE_BYTES`] in its middle: the start names the
+/// problem and the end says the fix, so both are kept.
+fn capped(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    // Room for the marker, " … [N bytes cut] … ".
+    let kept = MAX_MESSAGE_BYTES - 40;
+    let mut head = kept * 2 / 3;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - kept / 3;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} … [{} bytes cut] … {}",
+        &message[..head],
+        tail - head,
+        &message[tail..]
+    )
+}
+
+/// Library messages (serde's, libyaml's) repeat values inside `backticks` or "quotes"
+/// (`unknown field `…``, `invalid type: string "…"`); each such span is shortened the way
+/// [`crate::contact::quoted`] shortens a value, so a runaway key or value cannot make the
+/// message huge.
+pub fn clip_echoed(message: &str) -> String {
+    if message.len() <= QUOTE_MAX_BYTES {
+        return message.to_string();
+    }
+    let bytes = message.as_bytes();
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_BYTES * 2));
+    let mut i = 0;
+    // A delimiter that found no closing one once never will later: not scanning again keeps
+    // this linear.
+    let mut unclosed = [false, false];
+    while i < bytes.len() {
+        let open = bytes[i];
+        let kind = usize::from(open == b'"');
+        if (open == b'`' || open == b'"') && !unclosed[kind] {
+            // The closing delimiter; `"` spans are Rust-escaped, so `\"` does not close them.
+            let mut j = i + 1;
+            while j < bytes.len() && bytes[j] != open {
+                j += if open == b'"' && bytes[j] == b'\\' {
+                    2
+                } else {
+                    1
+                };
+            }
+            if j < bytes.len() {
+                let inner = &message[i + 1..j];
+                if inner.len() > QUOTE_MAX_BYTES {
+                    let mut end = QUOTE_MAX_BYTES;
+                    while !inner.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let delimiter = open as char;
+                    out.push(delimiter);
+                    out.push_str(&inner[..end]);
+                    out.push('…');
+                    out.push(delimiter);
+                    out.push_str(&format!(" ({} bytes)", inner.len()));
+                } else {
+                    out.push_str(&message[i..=j]);
+                }
+                i = j + 1;
+                continue;
+            }
+            unclosed[kind] = true;
+        }
+        let next = message[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&message[i..i + next]);
+        i += next;
+    }
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -56,7 +143,7 @@ impl Diagnostic {
             document: None,
             policy: None,
             field: None,
-            message: message.into(),
+            message: capped(message.into()),
         }
     }
 
@@ -75,12 +162,18 @@ impl Diagnostic {
 
     pub fn in_document(mut self, document: usize, policy: Option<&str>) -> Diagnostic {
         self.document = Some(document);
-        self.policy = policy.map(str::to_string);
+        // The name as written, which may be anything when it is invalid.
+        self.policy = policy.map(|p| clipped(p).into_owned());
         self
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Diagnostic {
-        self.field = Some(field.into());
+        // A path can hold a key as written (`metadata.labels.<key>`).
+        let field = field.into();
+        self.field = Some(match clipped(&field) {
+            std::borrow::Cow::Borrowed(_) => field,
+            std::borrow::Cow::Owned(short) => short,
+        });
         self
     }
 
@@ -116,6 +209,53 @@ impl fmt::Display for Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_message_keeps_its_start_and_its_fix() {
+        let d = Diagnostic::error(
+            Path::new("a.yaml"),
+            format!("bad {}; fix it like this", "x".repeat(5000)),
+        );
+        assert!(d.message.len() <= MAX_MESSAGE_BYTES, "{}", d.message);
+        assert!(d.message.starts_with("bad xxx"), "{}", d.message);
+        assert!(
+            d.message.ends_with("xxx; fix it like this"),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains(" bytes cut] "), "{}", d.message);
+    }
+
+    #[test]
+    fn policy_labels_and_field_paths_are_shortened() {
+        let long = "n".repeat(10_000);
+        let d = Diagnostic::error(Path::new("a.yaml"), "bad")
+            .in_document(1, Some(&long))
+            .field(format!("metadata.labels.{long}"));
+        let line = d.to_string();
+        assert!(line.len() < 600, "{line}");
+        assert!(
+            line.contains("n… (10000 bytes)): metadata.labels.nnn"),
+            "{line}"
+        );
+        assert!(line.ends_with("n… (10016 bytes): error: bad"), "{line}");
+    }
+
+    #[test]
+    fn values_repeated_in_library_messages_are_shortened() {
+        let key = "k".repeat(1000);
+        let value = format!("{}\\\"{}", "v".repeat(10), "w".repeat(1000));
+        let message =
+            format!("unknown field `{key}`, expected `a`; invalid type: string \"{value}\" here");
+        let short = clip_echoed(&message);
+        assert!(short.len() < 600, "{short}");
+        assert!(short.starts_with("unknown field `kkk"), "{short}");
+        assert!(short.contains("k…` (1000 bytes), expected `a`;"), "{short}");
+        assert!(short.contains("…\" (1012 bytes) here"), "{short}");
+        // Short spans and unmatched delimiters are left alone.
+        let plain = format!("a `b` and \"c\" and an ` alone {}", "z".repeat(300));
+        assert_eq!(clip_echoed(&plain), plain);
+    }
 
     #[test]
     fn line_diagnostics_read_path_line_column_severity() {

@@ -9,8 +9,10 @@
 //! parsed yields no policy at all. Nothing downstream ever sees a half-valid policy, so a
 //! broken manifest can stop only itself, and can never cause a removal.
 
+pub mod bounds;
 pub mod diag;
 pub mod source;
+mod yaml;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::contact::{ContactId, ContactListId, Email, PolicyName};
+use crate::contact::{ContactId, ContactListId, Email, PolicyName, clipped, quoted};
 pub use diag::{Diagnostic, Severity};
 use source::EntryType;
 
@@ -45,7 +47,8 @@ impl std::str::FromStr for Strategy {
             "assert" => Ok(Strategy::Assert),
             "observe" => Ok(Strategy::Observe),
             other => Err(format!(
-                "unknown strategy {other:?}; use auto, assert or observe"
+                "unknown strategy {}; use auto, assert or observe",
+                quoted(other)
             )),
         }
     }
@@ -155,8 +158,8 @@ struct RawMetadata {
     labels: BTreeMap<String, String>,
 }
 
-/// An id written as a string or, unquoted, as a number (`contactListId: 12345`): YAML reads
-/// the latter as an integer, and refusing it would punish a reasonable manifest.
+/// An id. Ids YAML did not read as strings (`contactListId: 12345`) were already replaced by
+/// the text they were written as, or refused, by [`yaml::check_ids`]: only strings are left.
 struct RawId(String);
 
 impl<'de> Deserialize<'de> for RawId {
@@ -170,11 +173,8 @@ impl<'de> Deserialize<'de> for RawId {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawId, E> {
                 Ok(RawId(v.to_string()))
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawId, E> {
-                Ok(RawId(v.to_string()))
-            }
         }
-        d.deserialize_any(V)
+        d.deserialize_str(V)
     }
 }
 
@@ -266,14 +266,11 @@ pub fn load(path: &Path) -> Manifests {
             return out;
         }
     };
-    let files = match manifest_files(path) {
-        Ok(files) => files,
-        Err(d) => {
-            out.diagnostics.push(*d);
-            return out;
-        }
+    let Some(files) = manifest_files(path, &mut out) else {
+        return out;
     };
-    if files.is_empty() {
+    // Unreadable manifests are already in `out.files`: they were found, just not read.
+    if files.is_empty() && out.files.is_empty() {
         out.diagnostics.push(Diagnostic::warning(
             path,
             "no *.yaml or *.yml manifest found here: nothing to check or apply; is this the right path?",
@@ -295,28 +292,38 @@ fn is_manifest(p: &Path) -> bool {
     )
 }
 
-/// The manifest files a load of `path` would read (none when it cannot be listed): a cheap
+/// The manifest files a load of `path` would read (none when it does not exist): a cheap
 /// check, before anything is created, that a path holds manifests at all.
 pub fn manifest_paths(path: &Path) -> Vec<PathBuf> {
-    manifest_files(path).unwrap_or_default()
+    manifest_files(path, &mut Manifests::default()).unwrap_or_default()
 }
 
-fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
+/// The manifest files under `path`, in sorted order; `None` when `path` itself does not exist
+/// (an error is recorded).
+///
+/// An entry that cannot be read (a dangling symlink, a symlink loop, a directory without
+/// permission) stops only itself: it becomes a diagnostic and the walk goes on. A manifest by
+/// name that cannot be read is an error and is recorded as an unparsed file, so the policies
+/// it held before are reported invalid rather than silently dropped; any other name is only
+/// a warning, as it would not have been read anyway.
+fn manifest_files(path: &Path, out: &mut Manifests) -> Option<Vec<PathBuf>> {
     if !path.exists() {
-        return Err(Box::new(Diagnostic::error(
+        out.diagnostics.push(Diagnostic::error(
             path,
             "no such file or directory; give a manifest file or a directory of them",
-        )));
+        ));
+        return None;
     }
     if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
+        return Some(vec![path.to_path_buf()]);
     }
+    let hidden = |name: &std::ffi::OsStr| name.to_string_lossy().starts_with('.');
     let mut files = Vec::new();
     let walker = walkdir::WalkDir::new(path)
         .follow_links(true)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+        .filter_entry(|e| e.depth() == 0 || !hidden(e.file_name()));
     for entry in walker {
         match entry {
             Ok(e) if e.file_type().is_file() && is_manifest(e.path()) => {
@@ -324,15 +331,68 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, Box<Diagnostic>> {
             }
             Ok(_) => {}
             Err(e) => {
-                let p = e.path().unwrap_or(path).to_path_buf();
-                return Err(Box::new(Diagnostic::error(
-                    &p,
-                    format!("cannot list the manifests directory: {e}"),
-                )));
+                let entry = e.path().unwrap_or(path).to_path_buf();
+                // Errors bypass `filter_entry`: a hidden entry stays skipped, broken or not.
+                if e.depth() > 0 && entry.file_name().is_some_and(hidden) {
+                    continue;
+                }
+                unreadable_entry(&entry, &e, out);
             }
         }
     }
-    Ok(files)
+    Some(files)
+}
+
+fn unreadable_entry(entry: &Path, e: &walkdir::Error, out: &mut Manifests) {
+    let is_symlink = entry.is_symlink();
+    let reason = if let Some(ancestor) = e.loop_ancestor() {
+        format!(
+            "it is a symlink loop (it leads back to {})",
+            clipped(&ancestor.display().to_string())
+        )
+    } else if let Some(io) = e.io_error() {
+        match (io.kind(), std::fs::read_link(entry)) {
+            (std::io::ErrorKind::NotFound, Ok(target)) if is_symlink => format!(
+                "it is a symlink to {}, which does not exist",
+                clipped(&target.display().to_string())
+            ),
+            _ => source::io_reason(io),
+        }
+    } else {
+        e.to_string()
+    };
+    let is_directory = e.loop_ancestor().is_none() && entry.is_dir();
+    if is_directory {
+        // Its manifests cannot be listed, so the policies they hold are unknown: an error,
+        // so that a load missing them forgets nothing.
+        out.diagnostics.push(Diagnostic::error(
+            entry,
+            format!(
+                "cannot list this directory: {reason}; the manifests in it are not loaded \
+                 (fix its permissions, or move them elsewhere)"
+            ),
+        ));
+    } else if is_manifest(entry) {
+        out.diagnostics.push(Diagnostic::error(
+            entry,
+            format!(
+                "cannot read the manifest: {reason}; its policies are left out until it is \
+                 fixed (point the symlink at the manifest, or remove it)"
+            ),
+        ));
+        out.files.push(ManifestFile {
+            path: entry.to_path_buf(),
+            parsed: false,
+        });
+    } else {
+        out.diagnostics.push(Diagnostic::warning(
+            entry,
+            format!(
+                "skipped, cannot read it: {reason}; not a manifest by name (*.yaml, *.yml), so \
+                 nothing is lost, but fix or remove it"
+            ),
+        ));
+    }
 }
 
 /// Splits a serde_yaml error into its message and its place (1-based line and column).
@@ -350,46 +410,107 @@ fn yaml_error(e: &serde_yaml::Error) -> (String, Option<(usize, usize)>) {
     (message, place)
 }
 
+/// Reads a manifest, refusing one larger than [`bounds::MAX_MANIFEST_BYTES`] without reading
+/// it whole. The error is the message of a diagnostic.
+fn read_manifest(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| format!("cannot read the manifest: {}", source::io_reason(&e));
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let size = file.metadata().map_err(unreadable)?.len();
+    let mut bytes = Vec::new();
+    if size <= bounds::MAX_MANIFEST_BYTES {
+        // `take`: the file may grow while it is read.
+        file.take(bounds::MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+    }
+    if size > bounds::MAX_MANIFEST_BYTES || bytes.len() as u64 > bounds::MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "the manifest is {} bytes, more than the {} MiB a manifest may be; keep large \
+             exclusion sets in a file source (spec.exclude.files: one entry a line, or a CSV \
+             column), which has no such limit",
+            size.max(bytes.len() as u64),
+            bounds::MAX_MANIFEST_BYTES / (1024 * 1024)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The documents of a manifest read a second time, for the few whose ids need the text they
+/// were written as (see [`yaml`]). Parsed lazily, once, in document order.
+struct Reread<'t> {
+    text: &'t str,
+    documents: Option<serde_yaml::Deserializer<'t>>,
+    next: usize,
+}
+
+impl<'t> Reread<'t> {
+    /// Document `index` (0-based); indexes asked for must grow.
+    fn document(&mut self, index: usize) -> Option<serde_yaml::Deserializer<'t>> {
+        let text = self.text;
+        let documents = self
+            .documents
+            .get_or_insert_with(|| serde_yaml::Deserializer::from_str(text));
+        let skip = index.checked_sub(self.next)?;
+        self.next = index + 1;
+        documents.nth(skip)
+    }
+}
+
 fn load_file(path: &Path, out: &mut Manifests) {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-                let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-                out.diagnostics.push(
-                    Diagnostic::error(path, "the file is not valid UTF-8; save it as UTF-8")
-                        .at(line, 1),
-                );
-                out.files.push(ManifestFile {
-                    path: path.to_path_buf(),
-                    parsed: false,
-                });
-                return;
-            }
-        },
-        Err(e) => {
-            out.diagnostics.push(Diagnostic::error(
-                path,
-                format!("cannot read the manifest: {}", source::io_reason(&e)),
-            ));
-            out.files.push(ManifestFile {
-                path: path.to_path_buf(),
-                parsed: false,
-            });
+    // A file that cannot be read at all: none of its policies are known.
+    let unparsed = |out: &mut Manifests, d: Diagnostic| {
+        out.diagnostics.push(d);
+        out.files.push(ManifestFile {
+            path: path.to_path_buf(),
+            parsed: false,
+        });
+    };
+    let text = match read_manifest(path).map(String::from_utf8) {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let d = Diagnostic::error(path, "the file is not valid UTF-8; save it as UTF-8")
+                .at(line, 1);
+            unparsed(out, d);
+            return;
+        }
+        Err(message) => {
+            unparsed(out, Diagnostic::error(path, message));
             return;
         }
     };
+    if let Some((line, column)) = bounds::flow_depth_exceeded(&text) {
+        let d = Diagnostic::error(
+            path,
+            format!(
+                "flow collections ([...] or {{...}}) are nested more than {} deep here; \
+                 listwarden does not parse such a manifest (no policy needs it, and parsing \
+                 it is slow): write the nested parts as indented blocks",
+                bounds::MAX_FLOW_DEPTH
+            ),
+        )
+        .at(line, column);
+        unparsed(out, d);
+        return;
+    }
     let manifest_dir = path.parent().unwrap_or(Path::new("."));
     let mut parsed = true;
     let mut file_policies = Vec::new();
     let mut file_invalid = Vec::new();
+    let mut again = Reread {
+        text: &text,
+        documents: None,
+        next: 0,
+    };
     for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let doc_no = index + 1;
         // Two steps: YAML -> Value catches syntax errors (which have a line and column),
         // Value -> RawDocument catches schema errors (which have a field path).
-        let value = match serde_yaml::Value::deserialize(document) {
-            Ok(v) => v,
+        let value = match yaml::Lenient::deserialize(document) {
+            Ok(yaml::Lenient(v)) => v,
             Err(e) => {
                 let (message, place) = yaml_error(&e);
                 let mut d =
@@ -409,6 +530,9 @@ fn load_file(path: &Path, out: &mut Manifests) {
         if value.is_null() {
             continue;
         }
+        // The document as written guides a second read of it, if its ids need one; merging
+        // changes its shape, so it is kept aside when there is something to merge.
+        let shape = yaml::has_merge_key(&value).then(|| value.clone());
         // YAML merge keys (`<<: *defaults`) are how people share parts of documents.
         let mut value = value;
         if let Err(e) = value.apply_merge() {
@@ -420,6 +544,10 @@ fn load_file(path: &Path, out: &mut Manifests) {
             reject(&mut file_invalid, &mut out.diagnostics, d, None, doc_no);
             continue;
         }
+        let id_problems = yaml::check_ids(&mut value, |merged| {
+            let document = again.document(index)?;
+            yaml::source_texts(document, shape.as_ref().unwrap_or(merged), &text)
+        });
         let name_hint = value
             .get("metadata")
             .and_then(|m| m.get("name"))
@@ -449,7 +577,14 @@ fn load_file(path: &Path, out: &mut Manifests) {
             file: path.to_path_buf(),
             document: doc_no,
         };
-        match validate(raw, origin, &out.root, manifest_dir, &mut out.diagnostics) {
+        match validate(
+            raw,
+            origin,
+            &out.root,
+            manifest_dir,
+            &id_problems,
+            &mut out.diagnostics,
+        ) {
             Ok(policy) => file_policies.push(policy),
             Err(invalid) => file_invalid.push(invalid),
         }
@@ -484,7 +619,7 @@ fn reject(
     document: usize,
 ) {
     invalid.push(InvalidPolicy {
-        name,
+        name: name.map(|n| clipped(&n).into_owned()),
         contact_list_id: None,
         origin: Origin {
             file: d.file.clone(),
@@ -495,9 +630,10 @@ fn reject(
     diagnostics.push(d);
 }
 
-/// serde's and libyaml's messages name the problem; the common ones also get the fix.
+/// serde's and libyaml's messages name the problem; the common ones also get the fix. Values
+/// they repeat are shortened.
 fn fix_hint(message: &str) -> String {
-    let message = message
+    let message = diag::clip_echoed(message)
         .replace("expected i64", "expected a whole number")
         .replace("expected u64", "expected a positive whole number");
     let hint = if message.starts_with("unknown field") {
@@ -519,12 +655,14 @@ fn fix_hint(message: &str) -> String {
 }
 
 /// Checks one document. Every broken rule becomes a diagnostic; the policy is returned only
-/// when there was no error.
+/// when there was no error. `id_problems` are the ids refused for how they were written
+/// (field path, message).
 fn validate(
     raw: RawDocument,
     origin: Origin,
     root: &Path,
     manifest_dir: &Path,
+    id_problems: &[(String, String)],
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Result<Policy, InvalidPolicy> {
     let file = origin.file.clone();
@@ -548,7 +686,10 @@ fn validate(
         Some(API_VERSION) => {}
         Some(other) => err(
             "apiVersion",
-            format!("unsupported apiVersion {other:?}; use {API_VERSION:?}"),
+            format!(
+                "unsupported apiVersion {}; use {API_VERSION:?}",
+                quoted(other)
+            ),
         ),
         None => err(
             "apiVersion",
@@ -559,7 +700,10 @@ fn validate(
         Some(KIND) => {}
         Some(other) => err(
             "kind",
-            format!("unsupported kind {other:?}; listwarden reads only `kind: {KIND}`"),
+            format!(
+                "unsupported kind {}; listwarden reads only `kind: {KIND}`",
+                quoted(other)
+            ),
         ),
         None => err("kind", format!("missing kind; add `kind: {KIND}`")),
     }
@@ -585,6 +729,12 @@ fn validate(
         );
         return Err(invalid(name_raw, None, origin, diagnostics, first_error));
     };
+    let id_problem = |field: &str| {
+        id_problems
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, message)| message.clone())
+    };
     let list_raw = spec.contact_list_id.clone();
     let list = match spec.contact_list_id.as_deref() {
         None => {
@@ -594,7 +744,9 @@ fn validate(
             );
             None
         }
-        Some(raw_id) => match ContactListId::parse(raw_id) {
+        Some(raw_id) => match id_problem("spec.contactListId")
+            .map_or_else(|| ContactListId::parse(raw_id), Err)
+        {
             Ok(id) => Some(id),
             Err(e) => {
                 err("spec.contactListId", e);
@@ -628,13 +780,14 @@ fn validate(
     }
     let mut contact_ids: Vec<ContactId> = Vec::with_capacity(spec.exclude.contact_ids.len());
     for (i, raw_id) in spec.exclude.contact_ids.iter().enumerate() {
-        match ContactId::parse(raw_id) {
+        let field = format!("spec.exclude.contactIds[{i}]");
+        match id_problem(&field).map_or_else(|| ContactId::parse(raw_id), Err) {
             Ok(id) => contact_ids.push(id),
-            Err(e) => err(&format!("spec.exclude.contactIds[{i}]"), e),
+            Err(e) => err(&field, e),
         }
     }
 
-    let policy_label = name_raw.as_deref().unwrap_or("unnamed policy");
+    let policy_label = clipped(name_raw.as_deref().unwrap_or("unnamed policy")).into_owned();
     let mut sources = Vec::with_capacity(spec.exclude.files.len());
     for (i, fs) in spec.exclude.files.iter().enumerate() {
         let field = format!("spec.exclude.files[{i}]");
@@ -741,9 +894,10 @@ fn invalid(
         .find(|d| d.is_error())
         .map(|d| d.to_string())
         .unwrap_or_default();
+    // As written, so possibly anything: kept short, as they are stored and shown.
     InvalidPolicy {
-        name,
-        contact_list_id: list,
+        name: name.map(|n| clipped(&n).into_owned()),
+        contact_list_id: list.map(|l| clipped(&l).into_owned()),
         origin,
         reason,
     }
@@ -758,15 +912,14 @@ fn read_source(
     contact_ids: &mut Vec<ContactId>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Result<(), String> {
+    let shown_text = shown.display().to_string();
+    let shown_text = clipped(&shown_text);
     let bytes = std::fs::read(read_path)
-        .map_err(|e| format!("cannot read {}: {}", shown.display(), source::io_reason(&e)))?;
+        .map_err(|e| format!("cannot read {shown_text}: {}", source::io_reason(&e)))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-        format!(
-            "{}:{line}: the file is not valid UTF-8; save it as UTF-8",
-            shown.display()
-        )
+        format!("{shown_text}:{line}: the file is not valid UTF-8; save it as UTF-8")
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let is_csv = spec.column.is_some() || spec.path.to_ascii_lowercase().ends_with(".csv");
@@ -775,8 +928,7 @@ fn read_source(
             EntryType::Email => "email",
             EntryType::ContactId => "contactId",
         });
-        let rows =
-            source::csv_entries(text, column).map_err(|e| format!("{}: {e}", shown.display()))?;
+        let rows = source::csv_entries(text, column).map_err(|e| format!("{shown_text}: {e}"))?;
         let entries = rows.iter().map(|(line, value)| source::Entry {
             line: *line,
             column: 1,
@@ -892,7 +1044,8 @@ fn reject_duplicate_names(out: &mut Manifests) {
                 Diagnostic::error(
                     &o.file,
                     format!(
-                        "policy name {name:?} is also used by {}; names must be unique across all manifests, rename one",
+                        "policy name {} is also used by {}; names must be unique across all manifests, rename one",
+                        quoted(&name),
                         others
                             .iter()
                             .map(|s| s.as_str())
@@ -911,12 +1064,66 @@ fn reject_duplicate_names(out: &mut Manifests) {
                     name: Some(name.clone()),
                     contact_list_id: Some(p.contact_list_id.to_string()),
                     origin: p.origin.clone(),
-                    reason: format!("policy name {name:?} is used more than once"),
+                    reason: format!("policy name {} is used more than once", quoted(&name)),
                 });
             } else {
                 kept.push(p);
             }
         }
         out.policies = kept;
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::reconcile::record_manifests;
+    use crate::store::Store;
+
+    fn policy(name: &str, list: &str) -> String {
+        format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\nmetadata: {{name: {name}}}\nspec: {{contactListId: {list}, exclude: {{emails: [a@example.com]}}}}\n"
+        )
+    }
+
+    #[test]
+    fn policies_of_a_manifest_that_became_a_dangling_symlink_stay_listed_as_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("ok.yaml"), policy("ok", "list-a")).unwrap();
+        // Invalid, so that recording the load stores it.
+        std::fs::write(m.join("x.yaml"), policy("from-x", "GLOBAL_CONTACT_LIST")).unwrap();
+        let store = Store::open(&dir.path().join("state.db"), "test").unwrap();
+        record_manifests(&store, &load(&m), &[], 1).unwrap();
+
+        std::fs::remove_file(m.join("x.yaml")).unwrap();
+        std::os::unix::fs::symlink("gone.yaml", m.join("x.yaml")).unwrap();
+        let loaded = load(&m);
+        assert_eq!(loaded.policies.len(), 1);
+        assert!(
+            loaded
+                .files
+                .iter()
+                .any(|f| f.path == m.join("x.yaml") && !f.parsed),
+            "{:?}",
+            loaded.files
+        );
+        record_manifests(&store, &loaded, &[], 2).unwrap();
+        let from_x = store
+            .policies()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "from-x")
+            .expect("a policy of an unreadable manifest is not forgotten");
+        assert_eq!(from_x.condition.reason, "ManifestInvalid");
+        assert!(
+            from_x
+                .condition
+                .message
+                .contains("a symlink to gone.yaml, which does not exist"),
+            "{}",
+            from_x.condition.message
+        );
     }
 }

@@ -8,6 +8,15 @@
 use std::path::{Path, PathBuf};
 
 use super::diag::Diagnostic;
+use crate::contact::{clipped, quoted};
+
+/// At most this many headers of a CSV file are listed when its column is not found.
+const MAX_HEADERS_SHOWN: usize = 10;
+
+/// A path in a message: it may come from a manifest, so it is kept short.
+fn shown(path: &Path) -> String {
+    clipped(&path.display().to_string()).into_owned()
+}
 
 /// At most this many entry errors are listed per file source; the rest are counted. A file
 /// of 100,000 bad lines (say, the wrong column) must not bury every other diagnostic.
@@ -36,7 +45,8 @@ pub fn resolve(root: &Path, manifest_dir: &Path, raw: &str) -> Result<(PathBuf, 
     }
     if rel.is_absolute() {
         return Err(format!(
-            "{raw:?} is an absolute path; file sources are relative to the manifest's directory"
+            "{} is an absolute path; file sources are relative to the manifest's directory",
+            quoted(raw)
         ));
     }
     let shown = manifest_dir.join(rel);
@@ -45,21 +55,25 @@ pub fn resolve(root: &Path, manifest_dir: &Path, raw: &str) -> Result<(PathBuf, 
         Err(e) => {
             return Err(format!(
                 "cannot read {}: {}; check the path (it is relative to the manifest's directory)",
-                shown.display(),
+                self::shown(&shown),
                 io_reason(&e)
             ));
         }
     };
     if !canonical.starts_with(root) {
         return Err(format!(
-            "{raw:?} resolves to {}, outside the loaded root {}; keep file sources inside the \
+            "{} resolves to {}, outside the loaded root {}; keep file sources inside the \
              manifests directory (no '..' escape, no symlink leading out)",
-            canonical.display(),
-            root.display()
+            quoted(raw),
+            self::shown(&canonical),
+            self::shown(root)
         ));
     }
     if !canonical.is_file() {
-        return Err(format!("{} is not a regular file", shown.display()));
+        return Err(format!(
+            "{} is not a regular file; give the path of a text or CSV file",
+            self::shown(&shown)
+        ));
     }
     Ok((canonical, shown))
 }
@@ -155,18 +169,31 @@ pub fn csv_entries(text: &str, column: &str) -> Result<Vec<(usize, String)>, Str
     let wanted = column.trim();
     let index = headers
         .iter()
-        .position(|h| h.trim_start_matches('\u{feff}').eq_ignore_ascii_case(wanted))
+        .position(|h| {
+            h.trim_start_matches('\u{feff}')
+                .eq_ignore_ascii_case(wanted)
+        })
         .ok_or_else(|| {
             let found: Vec<&str> = headers.iter().collect();
             if found.len() == 1 && found[0].contains(';') {
                 return format!(
-                    "the CSV header row is {:?}: the file seems to use ';' between fields; \
+                    "the CSV header row is {}: the file seems to use ';' between fields; \
                      only ',' is supported, export it with commas",
-                    found[0]
+                    quoted(found[0])
                 );
             }
+            let mut listed: Vec<String> = found
+                .iter()
+                .take(MAX_HEADERS_SHOWN)
+                .map(|h| quoted(h))
+                .collect();
+            if found.len() > MAX_HEADERS_SHOWN {
+                listed.push(format!("… ({} more)", found.len() - MAX_HEADERS_SHOWN));
+            }
             format!(
-                "the CSV has no column {wanted:?}; its header row has {found:?}; set `column` to one of them"
+                "the CSV has no column {}; its header row has [{}]; set `column` to one of them",
+                quoted(wanted),
+                listed.join(", ")
             )
         })?;
     let mut out = Vec::new();
