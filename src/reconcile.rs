@@ -616,24 +616,21 @@ fn account<'b>(
     let removed = outcome.removed.min(rest);
     let not_in_list = outcome.not_in_list.min(rest - removed);
     let covered = reported >= rest;
-    if reported > rest {
-        tracing::warn!(
-            list = %plan.list,
-            batch = batch.len(),
-            removed = outcome.removed,
-            not_in_list = outcome.not_in_list,
-            errors = outcome.errors.len(),
-            "AutoSend reported more contacts than the batch held; the counts are clamped"
-        );
+    let mismatch = if reported > rest {
+        Some("AutoSend reported more contacts than the batch held; the counts are clamped")
     } else if !covered {
+        Some("AutoSend's answer does not account for every contact of the batch; they stay pending")
+    } else {
+        None
+    };
+    if let Some(what) = mismatch {
         tracing::warn!(
             list = %plan.list,
             batch = batch.len(),
             removed = outcome.removed,
             not_in_list = outcome.not_in_list,
             errors = outcome.errors.len(),
-            unaccounted = rest - reported,
-            "AutoSend's answer does not account for every contact of the batch; they stay pending"
+            "{what}"
         );
     }
     let mut records: Vec<(&str, ContactOutcome)> = Vec::with_capacity(batch.len());
