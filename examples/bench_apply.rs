@@ -33,9 +33,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use listwarden::autosend::{ApiKey, Client, ClientConfig, Observer};
+use autosend::{ApiKey, Client, ClientConfig, Observer};
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
 use listwarden::contact::{ContactKind, ContactListId};
-use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
 use listwarden::manifest::{self, Strategy};
 use listwarden::plan::{Plan, PlanOptions};
 use listwarden::reconcile::{self, Context};

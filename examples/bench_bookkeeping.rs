@@ -6,13 +6,13 @@
 //! after a change) can be compared in one run on the same data:
 //!
 //! ```sh
-//! cargo build --release --bin listwarden --example fake_autosend
+//! cargo build --release -p listwarden --bin listwarden -p autosend-fake --bin autosend-fake
 //! cargo run --release --example bench_bookkeeping -- [--lists 100000] \
 //!     [--bin target/release/listwarden --bin /other/build/listwarden]
 //! ```
 //!
 //! Data: one policy per list, one email each, 100 manifest files. For the apply, the fake
-//! AutoSend (`target/release/examples/fake_autosend`, no rate limit) is seeded with every
+//! AutoSend (`target/release/autosend-fake`, no rate limit) is seeded with every
 //! list; a first apply confirms every contact, then the no-op apply is timed (median of 3).
 
 use std::path::{Path, PathBuf};
@@ -120,7 +120,7 @@ fn main() {
     if bins.is_empty() {
         bins.push(release.join("listwarden"));
     }
-    let fake = release.join("examples/fake_autosend");
+    let fake = release.join("autosend-fake");
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), lists);
     println!("{lists} lists, one policy and one email each, {FILES} files");
@@ -154,7 +154,7 @@ fn main() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the fake (cargo build --release --example fake_autosend)");
+            .expect("start the fake (cargo build --release -p autosend-fake)");
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(Duration::from_millis(50));
         }

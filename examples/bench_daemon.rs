@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
 
 const LISTS: usize = 20;
 const POLICIES_PER_LIST: usize = 5;

@@ -26,9 +26,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use listwarden::autosend::{ApiKey, Client, ClientConfig, RateLimits};
+use autosend::{ApiKey, Client, ClientConfig, RateLimits};
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults};
 use listwarden::desired::DesiredState;
-use listwarden::fake::{FakeAutoSend, FakeConfig, Faults};
 use listwarden::manifest::{self, Manifests, Strategy};
 use listwarden::plan::{ListRecords, Plan, PlanOptions};
 use listwarden::reconcile::{self, Context, ListResult};

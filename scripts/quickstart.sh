@@ -6,12 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet --bin listwarden --example fake_autosend
+cargo build --quiet -p listwarden --bin listwarden -p autosend-fake --bin autosend-fake
 bin=target/debug/listwarden
 work=$(mktemp -d)
 log="$work/fake.log"
 
-target/debug/examples/fake_autosend --listen 127.0.0.1:0 --seed examples/demo-seed.json \
+target/debug/autosend-fake --listen 127.0.0.1:0 --seed examples/demo-seed.json \
   --api-key demo-key >"$log" 2>&1 &
 fake=$!
 trap 'kill $fake 2>/dev/null || true; rm -rf "$work"' EXIT

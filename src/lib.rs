@@ -12,7 +12,8 @@
 //! - [`plan`]: desired state + the store's records -> what to assert, in which batches, at
 //!   what cost;
 //! - [`render`]: plans as text for people and as a versioned JSON document for CI bots;
-//! - [`autosend`]: the HTTP client (pacing, retries, typed errors);
+//! - the AutoSend client lives in its own crate, [`autosend`] (pacing, retries, typed
+//!   errors; it knows nothing of listwarden);
 //! - [`observe`]: reading a list's members, and choosing assert or observe per list;
 //! - [`reconcile`]: a list's plan -> remove requests -> the store, batch by batch;
 //! - [`gate`]: per-list send gates that stop a reconcile whose manifests changed;
@@ -20,16 +21,15 @@
 //! - [`status`]: the store as a report (text and JSON);
 //! - [`daemon`]: `run`: a watcher and a scheduler around the same plan/reconcile path;
 //! - [`metrics`]: Prometheus metrics of the daemon;
-//! - [`fake`]: a fake AutoSend server that follows the documented contract, for tests.
 //!
-//! The CLI ([`cli`]) is a thin layer over these functions.
+//! - [`refresh`]: `plan --refresh`, the drift read from AutoSend.
+//!
+//! The binary (`src/main.rs`, `src/cli/`) is a thin layer over these functions: it parses
+//! flags, calls them and maps outcomes to exit codes.
 
-pub mod autosend;
-pub mod cli;
 pub mod contact;
 pub mod daemon;
 pub mod desired;
-pub mod fake;
 pub mod gate;
 pub mod hold;
 pub mod manifest;
@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod reconcile;
+pub mod refresh;
 pub mod render;
 pub mod revision;
 pub mod status;

@@ -1,5 +1,8 @@
-use std::process::ExitCode;
+//! The `listwarden` binary: parse the command line, call the library, map the outcome to an
+//! exit code (see `cli`).
 
-fn main() -> ExitCode {
-    listwarden::cli::main()
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

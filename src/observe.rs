@@ -16,11 +16,11 @@
 
 use std::collections::HashSet;
 
-use crate::autosend::{ApiError, Client, Tally};
 use crate::contact::Email;
 use crate::desired::DesiredList;
 use crate::manifest::Strategy;
 use crate::plan::{ListPlan, SEARCH_PAGE_LIMIT};
+use autosend::{ApiError, Client, Tally};
 
 pub const READ_ATTEMPTS: usize = 3;
 
@@ -63,7 +63,7 @@ pub fn choose(
     plan: &ListPlan,
     contact_count: u64,
     batch_size: usize,
-    limits: &crate::autosend::RateLimits,
+    limits: &autosend::RateLimits,
     last_drift: Option<u64>,
 ) -> Choice {
     let b = batch_size.max(1);

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::autosend::pacing::RateLimits;
 use crate::contact::{ContactId, ContactListId, Email};
 use crate::desired::{DesiredList, DesiredState, Member, PolicySet};
 use crate::manifest::{Policy, Strategy};
+use autosend::pacing::RateLimits;
 
 /// Loads the manifests under `path`, holds the policies the forget threshold stops (from
 /// `baselines`, what the store keeps of each policy), builds the desired state and plans

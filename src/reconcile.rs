@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::autosend::{ApiError, Client, RemoveBatch, RemoveOutcome, Tally};
 use crate::contact::{ContactKind, ContactListId, Email};
 use crate::desired::PolicySet;
 use crate::gate::{Admit, Gates};
@@ -40,6 +39,7 @@ use crate::store::{
     Accepted, Condition, ContactOutcome, Held, Keep, ListSync, LoadRecord, LoadSummary,
     PolicyCounts, PolicyUpdate, Ready, StatusWrite, Store, StoreError,
 };
+use autosend::{ApiError, Client, RemoveBatch, RemoveOutcome, Tally};
 
 /// How many failing contacts a summary quotes.
 const FIRST_ERRORS: usize = 5;
@@ -672,7 +672,7 @@ fn account<'b>(
 fn match_errors(
     kind: ContactKind,
     batch: &[Pending],
-    errors: &[crate::autosend::ContactError],
+    errors: &[autosend::ContactError],
 ) -> Vec<Option<String>> {
     let mut out: Vec<Option<String>> = vec![None; batch.len()];
     if errors.is_empty() {

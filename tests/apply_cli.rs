@@ -7,7 +7,7 @@ mod apply_support;
 use std::collections::BTreeSet;
 
 use apply_support::*;
-use listwarden::fake::{GLOBAL_CONTACT_LIST, ListKind};
+use autosend_fake::{GLOBAL_CONTACT_LIST, ListKind};
 
 fn set(v: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     v.into_iter().collect()

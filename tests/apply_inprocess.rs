@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apply_support::*;
+use autosend_fake::{FakeAutoSend, GLOBAL_CONTACT_LIST};
 use listwarden::contact::{ContactKind, ContactListId};
-use listwarden::fake::{FakeAutoSend, GLOBAL_CONTACT_LIST};
 use listwarden::reconcile::ListResult;
 use listwarden::store::{Ready, Store};
 
 struct Setup {
-    served: listwarden::fake::RunningFake,
+    served: autosend_fake::RunningFake,
     store: Arc<Store>,
     dir: tempfile::TempDir,
 }

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use apply_support::*;
+use autosend_fake::{FakeConfig, Faults, RateLimit};
 use listwarden::contact::ContactListId;
-use listwarden::fake::{FakeConfig, Faults, RateLimit};
 use listwarden::store::Store;
 
 const SECRET: &str = "sk-live-SECRET-123";

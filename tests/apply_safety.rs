@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apply_support::*;
-use listwarden::fake::{FakeConfig, Faults};
+use autosend_fake::{FakeConfig, Faults};
 
 fn last_line(text: &str) -> &str {
     text.lines().last().unwrap_or("")

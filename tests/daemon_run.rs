@@ -7,8 +7,8 @@ mod daemon_support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use autosend_fake::{FakeConfig, Faults};
 use daemon_support::*;
-use listwarden::fake::{FakeConfig, Faults};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 

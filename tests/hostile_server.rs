@@ -6,11 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use autosend::{ApiError, ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally};
 use axum::body::Body;
 use axum::response::Response;
-use listwarden::autosend::{
-    ApiError, ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally,
-};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -91,9 +89,7 @@ fn batch() -> RemoveBatch {
     RemoveBatch::Emails(vec!["a@example.com".into(), "b@example.com".into()])
 }
 
-async fn remove_once(
-    body: Value,
-) -> (Result<listwarden::autosend::RemoveOutcome, ApiError>, usize) {
+async fn remove_once(body: Value) -> (Result<autosend::RemoveOutcome, ApiError>, usize) {
     let answer = body.clone();
     let server = serve(move |_| json_reply(200, &answer)).await;
     let result = client(&server.url)

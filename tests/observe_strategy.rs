@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use listwarden::autosend::{ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally};
+use autosend::{ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally};
+use autosend_fake::{Counters, FakeAutoSend, FakeConfig, Faults, RunningFake};
 use listwarden::contact::ContactListId;
-use listwarden::fake::{Counters, FakeAutoSend, FakeConfig, Faults, RunningFake};
 use listwarden::manifest::Strategy;
 use listwarden::plan::PlanOptions;
 use listwarden::reconcile::{self, Context, ListOutcome, ListResult};
@@ -304,10 +304,7 @@ async fn members_are_matched_by_normalised_email_and_by_contact_id() {
     // A contact id that is not a member, and an email that is not either.
     let stranger = s
         .fake()
-        .add_contacts(
-            listwarden::fake::GLOBAL_CONTACT_LIST,
-            ["stranger@example.com"],
-        )
+        .add_contacts(autosend_fake::GLOBAL_CONTACT_LIST, ["stranger@example.com"])
         .remove(0);
     s.manifest(
         "m.yaml",
@@ -475,7 +472,7 @@ async fn read_members_is_sized_by_the_count_and_survives_a_stale_one() {
     }
     // An empty list: one page, nothing in it.
     s.fake()
-        .add_list("empty", "empty", listwarden::fake::ListKind::List);
+        .add_list("empty", "empty", autosend_fake::ListKind::List);
     let m = listwarden::observe::read_members(&client, "empty", 0, &Tally::default())
         .await
         .unwrap()

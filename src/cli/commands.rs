@@ -5,19 +5,18 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 
 use super::{
     ApiFlags, ApplyArgs, ApproveArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output,
     PlanArgs, RunArgs, StatusArgs, check_manifests_path, plan_options, print_diagnostics,
 };
-use crate::autosend::{Client, ClientConfig, Tally};
-use crate::contact::ContactListId;
-use crate::manifest::Manifests;
-use crate::plan::Plan;
-use crate::reconcile::{self, Context, ListResult, Progress, SyncReport};
-use crate::render::{self, thousands};
-use crate::store::Store;
+use autosend::{Client, ClientConfig};
+use listwarden::contact::ContactListId;
+use listwarden::manifest::Manifests;
+use listwarden::plan::Plan;
+use listwarden::reconcile::{self, Context, ListResult, Progress, SyncReport};
+use listwarden::render::{self, thousands};
+use listwarden::store::Store;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +27,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Builds the client from the environment and flags; the error never holds the key.
-pub fn client(api: &ApiFlags, rate_limits: &crate::autosend::RateLimits) -> Result<Client, String> {
+pub fn client(api: &ApiFlags, rate_limits: &autosend::RateLimits) -> Result<Client, String> {
     let mut config =
         ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| e.to_string())?;
     warn_exposure(api, &config.base_url);
@@ -155,7 +154,7 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     let base_url = client.base_url().to_string();
     let ctx = Context {
         progress: progress.clone(),
-        source_revision: crate::revision::git_commit(&args.sync.path),
+        source_revision: listwarden::revision::git_commit(&args.sync.path),
         ..Context::new(client, store.clone(), plan.options.batch_size)
     };
     let policies = Arc::new(manifests.policies.clone());
@@ -189,7 +188,7 @@ fn failure_line(manifests: &Manifests, plan: &Plan, report: &SyncReport, base_ur
         return format!(
             "every contact list answered 404 Not Found: is the API URL right? It is {base_url} \
              (AutoSend's is {}, with /v1); set AUTOSEND_API_URL",
-            crate::autosend::DEFAULT_BASE_URL
+            autosend::DEFAULT_BASE_URL
         );
     }
     let failing: Vec<&reconcile::ListOutcome> = report
@@ -303,13 +302,13 @@ pub fn status(args: &StatusArgs) -> u8 {
         }
     };
     // The operator's own terminal: addresses are shown (the daemon's /status masks them).
-    match crate::status::status_document(&store, true) {
+    match listwarden::status::status_document(&store, true) {
         Ok(doc) => {
             match args.output {
                 Output::Json => {
                     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
                 }
-                Output::Text => print!("{}", crate::status::status_text(&doc)),
+                Output::Text => print!("{}", listwarden::status::status_text(&doc)),
             }
             EXIT_OK
         }
@@ -318,39 +317,6 @@ pub fn status(args: &StatusArgs) -> u8 {
             EXIT_ERROR
         }
     }
-}
-
-#[derive(Serialize)]
-struct RefreshList<'a> {
-    contact_list_id: &'a str,
-    contact_count: Option<u64>,
-    drift: Option<usize>,
-    drift_by_policy: Vec<PolicyDrift<'a>>,
-    /// What `auto` picks for this list now, with both costs (the drift just read makes the
-    /// observe cost exact).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    strategy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    strategy_reason: Option<String>,
-    requests: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    present: Option<Vec<&'a str>>,
-}
-
-#[derive(Serialize)]
-struct PolicyDrift<'a> {
-    policy: &'a str,
-    drift: usize,
-}
-
-#[derive(Serialize)]
-struct RefreshDocument<'a> {
-    format_version: u32,
-    path: String,
-    drift: usize,
-    lists: Vec<RefreshList<'a>>,
 }
 
 /// `plan --refresh`: read every list, report the desired-absent contacts present in it.
@@ -362,134 +328,24 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let results = runtime().block_on(async {
-        let mut out = Vec::new();
-        for l in &plan.lists {
-            let tally = Tally::default();
-            let read = async {
-                let info = client.get_list(l.list.as_str(), &tally).await?;
-                let members = crate::observe::read_members(
-                    &client,
-                    l.list.as_str(),
-                    info.contact_count,
-                    &tally,
-                )
-                .await?;
-                Ok::<_, crate::autosend::ApiError>((info, members))
-            }
-            .await;
-            out.push((l, read, tally.requests()));
-        }
-        out
-    });
-    let mut lists = Vec::new();
-    let mut total_drift = 0;
-    let mut failed = false;
-    for (l, read, requests) in &results {
-        let mut entry = RefreshList {
-            contact_list_id: l.list.as_str(),
-            contact_count: None,
-            drift: None,
-            drift_by_policy: Vec::new(),
-            strategy: None,
-            strategy_reason: None,
-            requests: *requests,
-            error: None,
-            present: None,
-        };
-        match read {
-            Ok((info, Some(members))) => {
-                let drift = crate::observe::drift(&l.desired, members);
-                total_drift += drift.len();
-                entry.contact_count = Some(info.contact_count);
-                entry.drift = Some(drift.len());
-                for (p, n) in crate::observe::drift_by_policy(&l.desired, members) {
-                    entry.drift_by_policy.push(PolicyDrift {
-                        policy: manifests.policies[p].name.as_str(),
-                        drift: n,
-                    });
-                }
-                let choice = crate::observe::choose(
-                    l,
-                    info.contact_count,
-                    plan.options.batch_size,
-                    &plan.options.rate_limits,
-                    Some(drift.len() as u64),
-                );
-                entry.strategy = Some(choice.strategy.to_string());
-                entry.strategy_reason = Some(choice.reason);
-                if args.verbose {
-                    entry.present = Some(
-                        drift
-                            .emails
-                            .iter()
-                            .chain(drift.contact_ids.iter())
-                            .copied()
-                            .collect(),
-                    );
-                }
-            }
-            Ok((info, None)) => {
-                entry.contact_count = Some(info.contact_count);
-                entry.error =
-                    Some("the list kept changing while it was read; try again".to_string());
-                failed = true;
-            }
-            Err(e) => {
-                entry.error = Some(e.to_string());
-                failed = true;
-            }
-        }
-        lists.push(entry);
-    }
-    let doc = RefreshDocument {
-        format_version: 1,
-        path: args.path.display().to_string(),
-        drift: total_drift,
-        lists,
-    };
+    let path = args.path.display().to_string();
+    let doc = runtime().block_on(listwarden::refresh::refresh(
+        &client,
+        manifests,
+        plan,
+        &path,
+        args.verbose,
+    ));
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
         Output::Text => {
             print_diagnostics(manifests);
-            for l in &doc.lists {
-                match (&l.error, l.drift) {
-                    (Some(e), _) => println!("list {}: error: {e}", l.contact_list_id),
-                    (None, Some(d)) => {
-                        println!(
-                            "list {}: {} member(s), {} desired-absent contact(s) present ({} request(s))",
-                            l.contact_list_id,
-                            l.contact_count.unwrap_or(0),
-                            d,
-                            l.requests
-                        );
-                        for d in &l.drift_by_policy {
-                            println!("  {}: {}", d.policy, d.drift);
-                        }
-                        if let Some(reason) = &l.strategy_reason {
-                            println!("  strategy {reason}");
-                        }
-                        for c in l.present.iter().flatten() {
-                            println!("    - {c}");
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let unread = doc.lists.iter().filter(|l| l.error.is_some()).count();
-            if unread > 0 {
-                println!(
-                    "Drift: {total_drift} contact(s) present that must not be in the lists read; \
-                     unknown for {unread} list(s) that could not be read."
-                );
-            } else {
-                println!("Drift: {total_drift} contact(s) present that must not be.");
-            }
+            print!("{}", listwarden::refresh::refresh_text(&doc));
         }
     }
-    if failed || manifests.has_errors() {
+    if doc.lists.iter().any(|l| l.error.is_some()) || manifests.has_errors() {
         EXIT_ERROR
-    } else if args.detailed_exitcode && total_drift > 0 {
+    } else if args.detailed_exitcode && doc.drift > 0 {
         EXIT_CHANGES
     } else {
         EXIT_OK
@@ -498,13 +354,15 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
 
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.sync.log_format);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(listwarden::metrics::Metrics::new());
     let client = match or_exit(client(&args.sync.api, &args.sync.flags.rate_limit)) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let client = client.with_observer(Arc::new(crate::metrics::MetricsObserver(metrics.clone())));
-    let mut config = crate::daemon::DaemonConfig::new(args.sync.path.clone());
+    let client = client.with_observer(Arc::new(listwarden::metrics::MetricsObserver(
+        metrics.clone(),
+    )));
+    let mut config = listwarden::daemon::DaemonConfig::new(args.sync.path.clone());
     config.plan = plan_options(&args.sync.flags);
     config.plan.resync_after = args.sync.state.resync_after;
     config.interval = args.interval;
@@ -513,11 +371,11 @@ pub fn run(args: &RunArgs) -> u8 {
     config.debounce = args.debounce;
     config.allow_empty = args.sync.allow_empty;
     config.expose_contacts = args.expose_contacts;
-    let store = crate::daemon::StoreSource::Wait(args.sync.state.state.clone());
+    let store = listwarden::daemon::StoreSource::Wait(args.sync.state.state.clone());
     runtime().block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         stop_on_signals(shutdown.clone());
-        match crate::daemon::run(config, client, store, metrics, shutdown).await {
+        match listwarden::daemon::run(config, client, store, metrics, shutdown).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("error: {e}");

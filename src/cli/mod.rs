@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::autosend::pacing::RateLimits;
-use crate::manifest::{self, Manifests, Strategy};
-use crate::plan::{self, ListRecords, Plan, PlanOptions};
-use crate::render;
+use autosend::pacing::RateLimits;
+use listwarden::manifest::{self, Manifests, Strategy};
+use listwarden::plan::{self, ListRecords, Plan, PlanOptions};
+use listwarden::render;
 
 mod commands;
 
@@ -67,7 +67,7 @@ pub struct ApproveArgs {
     /// The policy's metadata.name (`listwarden status` shows which are ThresholdExceeded).
     pub policy: String,
     /// The SQLite state store written by apply / run.
-    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
     pub state: PathBuf,
 }
 
@@ -80,7 +80,7 @@ pub struct RunArgs {
     pub interval: Duration,
     /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status (an IP
     /// address and a port; 0.0.0.0:9464 for every interface, e.g. for Kubernetes probes).
-    #[arg(long, default_value = crate::daemon::DEFAULT_LISTEN, value_parser = parse_listen)]
+    #[arg(long, default_value = listwarden::daemon::DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// How long file changes are gathered before a reload (one reload per burst of edits
     /// or git checkout).
@@ -121,7 +121,7 @@ pub struct SyncArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StateFlags {
     /// The SQLite state store (created on first apply).
-    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
     pub state: PathBuf,
     /// Confirmed contacts are asserted again after this long, so a contact someone re-added
     /// gets removed again (e.g. 12h, 24h, 7d).
@@ -163,7 +163,7 @@ pub struct ApplyArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// The SQLite state store written by apply / run.
-    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
     pub state: PathBuf,
     /// `text` for people, `json` for tools (the same document as the daemon's /status).
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -180,7 +180,7 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("listwarden=info,warn"));
+        .unwrap_or_else(|_| EnvFilter::new("listwarden=info,autosend=info,warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -232,7 +232,7 @@ pub struct PlanFlags {
     /// Default forget threshold for policies without `maxForgetPercent`: a load in which a
     /// policy loses more than this share of its contacts (a truncated export?) is held,
     /// nothing sent or forgotten for it, until `listwarden approve POLICY`.
-    #[arg(long, default_value_t = crate::hold::DEFAULT_MAX_FORGET_PERCENT, value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, default_value_t = listwarden::hold::DEFAULT_MAX_FORGET_PERCENT, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_forget_percent: u8,
 }
 
@@ -365,7 +365,7 @@ fn plan_command(args: &PlanArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let store = match crate::store::Store::open_existing(&args.state.state) {
+    let store = match listwarden::store::Store::open_existing(&args.state.state) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -383,10 +383,11 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let loaded = crate::plan::load_and_plan(&args.path, options, &baselines, |list| match &store {
-        Some(s) => s.records(list),
-        None => Ok(ListRecords::default()),
-    });
+    let loaded =
+        listwarden::plan::load_and_plan(&args.path, options, &baselines, |list| match &store {
+            Some(s) => s.records(list),
+            None => Ok(ListRecords::default()),
+        });
     let (manifests, plan) = match loaded {
         Ok(p) => p,
         Err(e) => {

@@ -46,7 +46,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::autosend::Client;
 use crate::contact::ContactListId;
 use crate::desired::DesiredState;
 use crate::gate::Gates;
@@ -55,6 +54,7 @@ use crate::metrics::{ListLabel, Metrics, PolicyLabels, ResultLabel};
 use crate::plan::{self, PlanOptions};
 use crate::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
 use crate::store::{Condition, Ready, Store};
+use autosend::Client;
 use watch::{Changed, Watch};
 
 /// Longest a reload waits for changes to settle.

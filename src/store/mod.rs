@@ -1312,11 +1312,14 @@ fn forget_in(
         stmt.query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?
     };
+    // Lookups by list, not scans: a load with 100,000 lists must stay linear.
+    let keepers: HashMap<&str, &Keep<'_>> = lists.iter().map(|(l, k)| (l.as_str(), *k)).collect();
+    let spare: std::collections::HashSet<&str> = spare.iter().map(|l| l.as_str()).collect();
     for list_id in known {
-        if spare.iter().any(|l| l.as_str() == list_id) {
+        if spare.contains(list_id.as_str()) {
             continue;
         }
-        match lists.iter().find(|(l, _)| l.as_str() == list_id) {
+        match keepers.get(list_id.as_str()).map(|k| ((), k)) {
             None => {
                 forgotten +=
                     tx.execute("DELETE FROM contacts WHERE list_id = ?1", params![list_id])? as u64;

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use listwarden::autosend::{ApiKey, Client, ClientConfig, RateLimits};
-use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RunningFake};
+use autosend::{ApiKey, Client, ClientConfig, RateLimits};
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RunningFake};
 use listwarden::manifest::{Manifests, Strategy};
 use listwarden::plan::{Plan, PlanOptions};
 use listwarden::reconcile::{self, Context, SyncReport};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RemoveBatch, RunningFake};
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RemoveBatch, RunningFake};
 use serde_json::Value;
 
 pub const KEY: &str = "test-key";
@@ -221,7 +221,7 @@ impl Harness {
             .env_remove("LISTWARDEN_STATE")
             .env_remove("AUTOSEND_API_KEY_FILE")
             .env_remove("AUTOSEND_PROJECT_ID")
-            .env("RUST_LOG", "listwarden=info,warn")
+            .env("RUST_LOG", "listwarden=info,autosend=info,warn")
             .env("NO_COLOR", "1")
             .env("AUTOSEND_API_URL", self.served.base_url())
             .env("AUTOSEND_API_KEY", &opts.key)

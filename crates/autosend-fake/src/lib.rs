@@ -5,7 +5,7 @@
 //! fail, without an account, a network or rate-limit waits measured in minutes. It is an
 //! ordinary axum server: [`FakeAutoSend::serve`] binds a port (0 is fine) and returns at once;
 //! [`FakeAutoSend::router`] gives the bare router for embedding. The binary
-//! `examples/fake_autosend.rs` serves it from the command line.
+//! The crate's binary (`cargo run -p autosend-fake -- --help`) serves it from the command line.
 //!
 //! # What it reproduces (from AutoSend's public docs, see `shared/autosend-api/`)
 //!

@@ -1,7 +1,7 @@
-//! Serves a fake AutoSend API (see `listwarden::fake`) for demos, manual testing and benchmarks.
+//! Serves a fake AutoSend API (see the `autosend_fake` library) for demos, manual testing and benchmarks.
 //!
 //! ```text
-//! cargo run --example fake_autosend -- --listen 127.0.0.1:8025 --seed seed.json
+//! cargo run -p autosend-fake -- --listen 127.0.0.1:8025 --seed seed.json
 //! ```
 //!
 //! Prints `fake AutoSend listening on http://ADDR/v1` once bound, then serves until Ctrl-C or
@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit, parse_rate_limits};
 use clap::Parser;
-use listwarden::fake::{FakeAutoSend, FakeConfig, Faults, RateLimit, parse_rate_limits};
 
 #[derive(Parser, Debug)]
 #[command(about = "Serve a fake AutoSend API (contact lists) for tests, demos and benchmarks")]
