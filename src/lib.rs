@@ -4,6 +4,7 @@
 //! must NOT be in it. listwarden turns them into calls of AutoSend's remove endpoint,
 //! idempotently, and records what it did. Data flows one way, one module per step:
 //!
+//! - [`condition`]: the vocabulary of status: `Ready`, `Reason`, `Condition`;
 //! - [`contact`]: validated identifiers (`Email`, `ContactId`, `ContactListId`, `PolicyName`);
 //! - [`manifest`]: manifests on disk -> validated [`manifest::Policy`] values + diagnostics;
 //! - [`hold`]: the forget threshold: a policy that loses too many contacts in one load is held
@@ -27,6 +28,7 @@
 //! The binary (`src/main.rs`, `src/cli/`) is a thin layer over these functions: it parses
 //! flags, calls them and maps outcomes to exit codes.
 
+pub mod condition;
 pub mod contact;
 pub mod daemon;
 pub mod desired;

@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::condition::{Ready, Reason};
 use crate::render::thousands;
-use crate::store::{ListStatus, LoadSummary, PolicyStatus, Ready, Store, StoreError};
+use crate::store::{ListStatus, LoadSummary, PolicyStatus, Store, StoreError};
 
 pub const STATUS_FORMAT_VERSION: u32 = 1;
 
@@ -54,9 +55,9 @@ pub fn status_document(store: &Store, show_contacts: bool) -> Result<StatusDocum
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         ready: load_ok
             && !policies.is_empty()
-            && policies
-                .iter()
-                .all(|p| p.condition.ready == Ready::True || p.condition.reason == "Suspended"),
+            && policies.iter().all(|p| {
+                p.condition.ready == Ready::True || p.condition.reason == Reason::Suspended
+            }),
         manifests,
         policies,
         lists,

@@ -46,6 +46,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::condition::{Condition, Ready, Reason};
 use crate::contact::ContactListId;
 use crate::desired::DesiredState;
 use crate::gate::Gates;
@@ -53,7 +54,7 @@ use crate::manifest::{self, Manifests};
 use crate::metrics::{ListLabel, Metrics, PolicyLabels, ResultLabel};
 use crate::plan::{self, PlanOptions};
 use crate::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
-use crate::store::{Condition, Ready, Store};
+use crate::store::Store;
 use autosend::Client;
 use watch::{Changed, Watch};
 
@@ -878,7 +879,7 @@ impl Scheduler {
             self.shared.unauthorized.store(true, Ordering::Relaxed);
             self.auth_paused_until = Some(now + wait);
             if let Some(ListResult::Unauthorized(m)) = result {
-                let condition = Condition::new(Ready::False, "Unauthorized", m.clone());
+                let condition = Condition::new(Ready::False, Reason::Unauthorized, m.clone());
                 let snap = self
                     .snapshot
                     .read()
@@ -930,7 +931,7 @@ impl Scheduler {
                 .policy_ready
                 .get_or_create(&PolicyLabels {
                     policy: p.name,
-                    reason: p.condition.reason,
+                    reason: p.condition.reason.to_string(),
                 })
                 .set(i64::from(p.condition.ready == Ready::True));
         }

@@ -1116,7 +1116,10 @@ mod tests {
             .into_iter()
             .find(|p| p.name == "from-x")
             .expect("a policy of an unreadable manifest is not forgotten");
-        assert_eq!(from_x.condition.reason, "ManifestInvalid");
+        assert_eq!(
+            from_x.condition.reason,
+            crate::condition::Reason::ManifestInvalid
+        );
         assert!(
             from_x
                 .condition

@@ -1,0 +1,316 @@
+//! Writing what happened: the status of a list's policies after a reconcile, what a manifest
+//! load says about policies, and conditions set on many policies at once.
+
+use std::collections::HashMap;
+
+use super::{Acc, Context, ListResult};
+use crate::condition::{Condition, Ready, Reason};
+use crate::contact::{ContactKind, ContactListId};
+use crate::hold::Hold;
+use crate::manifest::{Manifests, Policy};
+use crate::plan::ListPlan;
+use crate::store::{
+    Accepted, Held, Keep, ListSync, LoadRecord, LoadSummary, PolicyCounts, PolicyUpdate,
+    StatusWrite, Store, StoreError,
+};
+
+/// Each policy's condition and counts, and the list's row, as one write.
+pub(super) fn status_write<'a>(
+    ctx: &'a Context,
+    policies: &'a [Policy],
+    plan: &'a ListPlan,
+    acc: &Acc,
+    now: i64,
+    contact_count: Option<u64>,
+) -> StatusWrite<'a> {
+    let o = &acc.outcome;
+    let list_condition = o.condition();
+    let ok = o.result.is_ok();
+    // Contacts each policy had to assert in this sync (resyncs included), in one pass.
+    let mut asserted_by: HashMap<u32, usize> = HashMap::new();
+    for set in plan
+        .emails
+        .iter()
+        .map(|a| &a.policies)
+        .chain(plan.contact_ids.iter().map(|a| &a.policies))
+    {
+        for p in set {
+            *asserted_by.entry(*p).or_default() += 1;
+        }
+    }
+    let mut updates = Vec::with_capacity(plan.per_policy.len() + plan.suspended.len());
+    for &(pi, _) in &plan.per_policy {
+        let p = &policies[pi];
+        let a = acc
+            .per_policy
+            .get(&(pi as u32))
+            .cloned()
+            .unwrap_or_default();
+        let asserted = asserted_by.get(&(pi as u32)).copied().unwrap_or(0);
+        let counts = PolicyCounts {
+            removed: a.removed.round() as u64,
+            not_in_list: a.not_in_list.round() as u64,
+            failed: a.failed,
+            pending: (asserted as u64).saturating_sub(a.confirmed + a.failed),
+        };
+        // A list-level result applies to each policy; a per-policy condition refines it:
+        // in a partly failed list, a policy with nothing failed or pending has converged.
+        let own_converged =
+            matches!(o.result, ListResult::PartiallyFailed) && a.failed == 0 && counts.pending == 0;
+        let condition = if ok || own_converged {
+            Condition::new(
+                Ready::True,
+                Reason::Converged,
+                format!(
+                    "all contacts confirmed absent (this sync: {} removed, {} not in list)",
+                    counts.removed, counts.not_in_list
+                ),
+            )
+        } else {
+            list_condition.clone()
+        };
+        let rev = ctx.source_revision.as_deref().unwrap_or(&p.revision);
+        let converged = condition.reason == Reason::Converged;
+        updates.push(PolicyUpdate {
+            name: p.name.as_str(),
+            list: Some(p.contact_list_id.as_str()),
+            file: &p.origin.file,
+            document: p.origin.document,
+            revision: Some(&p.revision),
+            attempt: Some((now, rev)),
+            success: converged.then_some((now, rev)),
+            counts: Some(counts),
+            record_error: !converged,
+            condition,
+        });
+    }
+    for &pi in &plan.suspended {
+        let p = &policies[pi];
+        updates.push(PolicyUpdate {
+            name: p.name.as_str(),
+            list: Some(p.contact_list_id.as_str()),
+            file: &p.origin.file,
+            document: p.origin.document,
+            revision: Some(&p.revision),
+            attempt: None,
+            success: None,
+            counts: None,
+            condition: Condition::new(
+                Ready::False,
+                Reason::Suspended,
+                "spec.suspend is true: loaded and validated, never applied",
+            ),
+            record_error: false,
+        });
+    }
+    StatusWrite {
+        policies: updates,
+        list: Some((
+            plan.list.as_str(),
+            ListSync {
+                attempt_at: now,
+                success: ok,
+                error: (!ok).then(|| list_condition.message.clone()),
+                strategy: o.strategy.clone(),
+                strategy_reason: o.strategy_reason.clone(),
+                requests: o.requests,
+                rate_limited: o.rate_limited,
+                contact_count,
+            },
+        )),
+    }
+}
+
+/// Everything `apply` does before its first request: load and plan against the store (its
+/// records, and its baselines for the forget threshold), then record what the load says
+/// about policies. The daemon does the same per reload.
+pub fn prepare(
+    store: &Store,
+    path: &std::path::Path,
+    options: crate::plan::PlanOptions,
+) -> Result<(Manifests, crate::plan::Plan), StoreError> {
+    let baselines = store.baselines()?;
+    let (manifests, plan) =
+        crate::plan::load_and_plan(path, options, &baselines, |l| store.records(l))?;
+    record_manifests(store, &manifests, &plan.holds, crate::plan::now_unix())?;
+    Ok((manifests, plan))
+}
+
+/// Records what a load says about policies, before any API call, in one transaction:
+/// invalid policies get `ManifestInvalid`, policies of a file that no longer parses too,
+/// policies whose manifest is gone are dropped, held policies get `ThresholdExceeded` and
+/// the others their new baseline; and (only after a load without errors, so a broken
+/// manifest never makes listwarden forget and later re-send) contacts no policy asks for
+/// are forgotten, except on the lists of held policies.
+pub fn record_manifests(
+    store: &Store,
+    manifests: &Manifests,
+    holds: &[Hold],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut load = LoadRecord {
+        summary: LoadSummary {
+            at: now,
+            policies: manifests.policies.len() as u64,
+            invalid: manifests.invalid.len() as u64,
+            errors: manifests.errors().count() as u64,
+            first_error: manifests.errors().next().map(ToString::to_string),
+        },
+        now,
+        ..LoadRecord::default()
+    };
+    for inv in &manifests.invalid {
+        if let Some(name) = &inv.name {
+            load.policies.push(PolicyUpdate {
+                name,
+                list: inv.contact_list_id.as_deref(),
+                file: &inv.origin.file,
+                document: inv.origin.document,
+                revision: None,
+                attempt: None,
+                success: None,
+                counts: None,
+                condition: Condition::new(
+                    Ready::False,
+                    Reason::ManifestInvalid,
+                    inv.reason.clone(),
+                ),
+                record_error: true,
+            });
+        }
+    }
+    for file in manifests.files.iter().filter(|f| !f.parsed) {
+        let first = manifests
+            .errors()
+            .find(|d| d.file == file.path)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "the manifest cannot be parsed".into());
+        load.unparsed.push((
+            file.path.as_path(),
+            Condition::new(Ready::False, Reason::ManifestInvalid, first),
+        ));
+    }
+    let held_names: HashMap<&str, &Hold> = holds.iter().map(|h| (h.policy.as_str(), h)).collect();
+    for p in &manifests.policies {
+        match held_names.get(p.name.as_str()) {
+            Some(hold) => {
+                load.held.push(Held {
+                    name: p.name.as_str(),
+                    revision: &hold.revision,
+                    contacts: hold.after,
+                });
+                load.policies.push(PolicyUpdate {
+                    name: p.name.as_str(),
+                    list: Some(p.contact_list_id.as_str()),
+                    file: &p.origin.file,
+                    document: p.origin.document,
+                    revision: None,
+                    attempt: None,
+                    success: None,
+                    counts: None,
+                    condition: Condition::new(
+                        Ready::False,
+                        Reason::ThresholdExceeded,
+                        hold.to_string(),
+                    ),
+                    record_error: true,
+                });
+                load.spare.push(&p.contact_list_id);
+            }
+            None => load.accepted.push(Accepted {
+                name: p.name.as_str(),
+                list: p.contact_list_id.as_str(),
+                file: &p.origin.file,
+                document: p.origin.document,
+                contacts: (p.emails.len() + p.contact_ids.len()) as u64,
+            }),
+        }
+    }
+    // A load that found no policy at all is far more often a missing mount or a failed
+    // checkout than an intent: forgetting everything would re-send everything later.
+    let keepers = keepers(&manifests.policies);
+    // Only a load without errors says what is gone: a manifest that could not be read (or a
+    // directory that could not be listed) may still hold policies, which must stay listed
+    // and keep their contacts until it can be read again.
+    if manifests.policies.is_empty() {
+        tracing::warn!("no policy loaded: nothing is forgotten from the state store");
+    } else if !manifests.has_errors() {
+        load.keep = Some(
+            manifests
+                .policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .chain(manifests.invalid.iter().filter_map(|p| p.name.as_deref()))
+                .collect(),
+        );
+        load.forget = Some(
+            keepers
+                .iter()
+                .map(|(l, k)| (*l, k.as_ref() as &Keep<'_>))
+                .collect(),
+        );
+    }
+    let forgotten = store.record_load(&load)?;
+    if forgotten > 0 {
+        tracing::info!(
+            forgotten,
+            "forgot contacts that no policy asks for any more"
+        );
+    }
+    Ok(())
+}
+
+/// Per list, who a policy of it still asks for.
+fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>)> {
+    let mut by_list: std::collections::BTreeMap<&ContactListId, Vec<&Policy>> =
+        std::collections::BTreeMap::new();
+    for p in policies {
+        by_list.entry(&p.contact_list_id).or_default().push(p);
+    }
+    by_list
+        .into_iter()
+        .map(|(list, ps)| {
+            let keep: Box<Keep<'_>> = Box::new(move |kind: ContactKind, contact: &str| {
+                ps.iter().any(|p| match kind {
+                    ContactKind::Email => p
+                        .emails
+                        .binary_search_by(|e| e.as_str().cmp(contact))
+                        .is_ok(),
+                    ContactKind::ContactId => p
+                        .contact_ids
+                        .binary_search_by(|e| e.as_str().cmp(contact))
+                        .is_ok(),
+                })
+            });
+            (list, keep)
+        })
+        .collect()
+}
+
+/// Sets `condition` on each of `policies` (e.g. `Unauthorized` on every policy a refused key
+/// stopped, not only the one whose request got the 401), in one transaction.
+pub fn mark_policies<'a>(
+    store: &Store,
+    policies: impl Iterator<Item = &'a Policy>,
+    condition: &Condition,
+    source_revision: Option<&str>,
+    now: i64,
+) {
+    let updates: Vec<PolicyUpdate<'_>> = policies
+        .map(|p| PolicyUpdate {
+            name: p.name.as_str(),
+            list: Some(p.contact_list_id.as_str()),
+            file: &p.origin.file,
+            document: p.origin.document,
+            revision: Some(&p.revision),
+            attempt: Some((now, source_revision.unwrap_or(&p.revision))),
+            success: None,
+            counts: None,
+            condition: condition.clone(),
+            record_error: true,
+        })
+        .collect();
+    if let Err(e) = store.write_policies(&updates, now) {
+        tracing::error!(error = %e, "cannot write status");
+    }
+}

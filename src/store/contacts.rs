@@ -1,0 +1,355 @@
+//! Contacts: what the store remembers per list and contact, the outcome of each request
+//! (committed before the next one is sent), and forgetting what no policy asks for.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Store, StoreError, kind_code, stored_text};
+use crate::contact::{ContactKind, ContactListId};
+
+/// A contact left unaccounted by this many answers in a row is reported failed.
+pub const UNACCOUNTED_LIMIT: i64 = 3;
+
+/// Says whether a contact of a list is still asked for by some policy.
+pub type Keep<'a> = dyn Fn(ContactKind, &str) -> bool + 'a;
+
+/// What the store remembers about one contact of one list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Unix seconds of the last confirmation that it is absent (removed or notInList).
+    pub confirmed_at: Option<i64>,
+    /// Unix seconds of the last failed attempt, if the last attempt failed.
+    pub failed_at: Option<i64>,
+    /// Answers in a row that did not account for it (asserted again while above zero).
+    pub unaccounted: u8,
+}
+
+/// The store's records of one list, by contact.
+#[derive(Clone, Debug, Default)]
+pub struct ListRecords {
+    pub emails: HashMap<Box<str>, Record>,
+    pub contact_ids: HashMap<Box<str>, Record>,
+}
+
+/// What one request established for one contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContactOutcome {
+    /// Removed, or reported not in the list: absent either way.
+    Confirmed,
+    Failed(String),
+    /// The answer's counts did not cover the batch, so nothing says this contact is absent:
+    /// it stays pending; after [`UNACCOUNTED_LIMIT`] such answers in a row it is failed.
+    Unaccounted,
+}
+
+impl Store {
+    /// Everything the store remembers of `list`, for planning.
+    pub fn records(&self, list: &ContactListId) -> Result<ListRecords, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, contact, confirmed_at, failed_at, unaccounted FROM contacts
+                 WHERE list_id = ?1",
+            )?;
+            let mut out = ListRecords::default();
+            let mut rows = stmt.query(params![list.as_str()])?;
+            while let Some(row) = rows.next()? {
+                let kind: i64 = row.get(0)?;
+                let contact: String = row.get(1)?;
+                let record = Record {
+                    confirmed_at: row.get(2)?,
+                    failed_at: row.get(3)?,
+                    unaccounted: row.get::<_, i64>(4)?.clamp(0, u8::MAX as i64) as u8,
+                };
+                let map = if kind == 0 {
+                    &mut out.emails
+                } else {
+                    &mut out.contact_ids
+                };
+                map.insert(contact.into_boxed_str(), record);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Commits the outcome of one request, in one transaction.
+    pub fn record_batch(
+        &self,
+        list: &ContactListId,
+        kind: ContactKind,
+        outcomes: &[(&str, ContactOutcome)],
+        revision: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.check_file()?;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut confirm = tx.prepare_cached(
+                    "INSERT INTO contacts (list_id, kind, contact, confirmed_at, revision, attempts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1)
+                     ON CONFLICT (list_id, kind, contact) DO UPDATE SET
+                       confirmed_at = excluded.confirmed_at, revision = excluded.revision,
+                       failed_at = NULL, last_error = NULL, unaccounted = 0,
+                       attempts = attempts + 1",
+                )?;
+                let mut fail = tx.prepare_cached(
+                    "INSERT INTO contacts (list_id, kind, contact, failed_at, last_error, revision, attempts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
+                     ON CONFLICT (list_id, kind, contact) DO UPDATE SET
+                       failed_at = excluded.failed_at, last_error = excluded.last_error,
+                       revision = excluded.revision, unaccounted = 0, attempts = attempts + 1",
+                )?;
+                // The streak grows; at the limit the contact is failed with that reason (and
+                // the streak starts again, so a failed contact keeps being retried).
+                let mut unaccounted = tx.prepare_cached(
+                    "INSERT INTO contacts (list_id, kind, contact, revision, attempts, unaccounted)
+                     VALUES (?1, ?2, ?3, ?4, 1, 1)
+                     ON CONFLICT (list_id, kind, contact) DO UPDATE SET
+                       revision = excluded.revision, attempts = attempts + 1,
+                       unaccounted = unaccounted + 1
+                     RETURNING unaccounted",
+                )?;
+                for (contact, outcome) in outcomes {
+                    match outcome {
+                        ContactOutcome::Confirmed => {
+                            confirm.execute(params![
+                                list.as_str(),
+                                kind_code(kind),
+                                contact,
+                                now,
+                                revision
+                            ])?;
+                        }
+                        ContactOutcome::Failed(msg) => {
+                            fail.execute(params![
+                                list.as_str(),
+                                kind_code(kind),
+                                contact,
+                                now,
+                                stored_text(msg),
+                                revision
+                            ])?;
+                        }
+                        ContactOutcome::Unaccounted => {
+                            let streak: i64 = unaccounted.query_row(
+                                params![list.as_str(), kind_code(kind), contact, revision],
+                                |r| r.get(0),
+                            )?;
+                            if streak >= UNACCOUNTED_LIMIT {
+                                let msg = unaccounted_message(streak);
+                                fail.execute(params![
+                                    list.as_str(),
+                                    kind_code(kind),
+                                    contact,
+                                    now,
+                                    msg,
+                                    revision
+                                ])?;
+                            }
+                        }
+                    }
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Forgets contacts that no loaded policy asks for any more (no API call: a policy only
+    /// says who must not be in a list). `keep(kind, contact)` says who stays. Lists not in
+    /// `lists` are forgotten whole. Only call this after a load without errors, or the
+    /// contacts of a temporarily broken manifest would be forgotten and re-sent later.
+    pub fn forget_unlisted(
+        &self,
+        lists: &[(&ContactListId, &Keep<'_>)],
+    ) -> Result<u64, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let n = forget_in(&tx, lists, &[])?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    /// The error of one contact, if its last attempt failed (for tests and status).
+    pub fn contact_error(
+        &self,
+        list: &str,
+        kind: ContactKind,
+        contact: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.with(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT last_error FROM contacts
+                     WHERE list_id = ?1 AND kind = ?2 AND contact = ?3",
+                    params![list, kind_code(kind), contact],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten())
+        })
+    }
+}
+
+pub fn unaccounted_message(times: i64) -> String {
+    format!(
+        "AutoSend's answers did not account for this contact {times} times running \
+         (removed + notInList + errors < the batch); it is asserted again next sync"
+    )
+}
+
+pub(super) fn forget_in(
+    tx: &Connection,
+    lists: &[(&ContactListId, &Keep<'_>)],
+    spare: &[&ContactListId],
+) -> rusqlite::Result<u64> {
+    let mut forgotten = 0u64;
+    let known: Vec<String> = {
+        let mut stmt = tx.prepare("SELECT DISTINCT list_id FROM contacts")?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    // Lookups by list, not scans: a load with 100,000 lists must stay linear.
+    let keepers: HashMap<&str, &Keep<'_>> = lists.iter().map(|(l, k)| (l.as_str(), *k)).collect();
+    let spare: std::collections::HashSet<&str> = spare.iter().map(|l| l.as_str()).collect();
+    for list_id in known {
+        if spare.contains(list_id.as_str()) {
+            continue;
+        }
+        match keepers.get(list_id.as_str()).map(|k| ((), k)) {
+            None => {
+                forgotten +=
+                    tx.execute("DELETE FROM contacts WHERE list_id = ?1", params![list_id])? as u64;
+            }
+            Some((_, keep)) => {
+                let mut stale = Vec::new();
+                {
+                    let mut stmt =
+                        tx.prepare_cached("SELECT kind, contact FROM contacts WHERE list_id = ?1")?;
+                    let mut rows = stmt.query(params![list_id])?;
+                    while let Some(row) = rows.next()? {
+                        let kind: i64 = row.get(0)?;
+                        let contact: String = row.get(1)?;
+                        let k = if kind == 0 {
+                            ContactKind::Email
+                        } else {
+                            ContactKind::ContactId
+                        };
+                        if !keep(k, &contact) {
+                            stale.push((kind, contact));
+                        }
+                    }
+                }
+                let mut del = tx.prepare_cached(
+                    "DELETE FROM contacts WHERE list_id = ?1 AND kind = ?2 AND contact = ?3",
+                )?;
+                for (kind, contact) in stale {
+                    forgotten += del.execute(params![list_id, kind, contact])? as u64;
+                }
+            }
+        }
+    }
+    Ok(forgotten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list() -> ContactListId {
+        ContactListId::parse("l1").unwrap()
+    }
+
+    #[test]
+    fn confirmed_and_failed_contacts_are_remembered() {
+        let s = Store::in_memory().unwrap();
+        s.record_batch(
+            &list(),
+            ContactKind::Email,
+            &[
+                ("a@x.com", ContactOutcome::Confirmed),
+                ("b@x.com", ContactOutcome::Failed("locked".into())),
+            ],
+            "rev1",
+            100,
+        )
+        .unwrap();
+        let r = s.records(&list()).unwrap();
+        assert_eq!(r.emails["a@x.com"].confirmed_at, Some(100));
+        assert_eq!(r.emails["b@x.com"].failed_at, Some(100));
+        // A later success clears the failure.
+        s.record_batch(
+            &list(),
+            ContactKind::Email,
+            &[("b@x.com", ContactOutcome::Confirmed)],
+            "rev1",
+            200,
+        )
+        .unwrap();
+        let r = s.records(&list()).unwrap();
+        assert_eq!(r.emails["b@x.com"].failed_at, None);
+        assert_eq!(r.emails["b@x.com"].confirmed_at, Some(200));
+    }
+
+    #[test]
+    fn a_contact_unaccounted_three_times_running_is_failed_with_that_reason() {
+        let s = Store::in_memory().unwrap();
+        let unaccounted = [("a@x.com", ContactOutcome::Unaccounted)];
+        for round in 1..=2 {
+            s.record_batch(&list(), ContactKind::Email, &unaccounted, "r", round)
+                .unwrap();
+            let r = s.records(&list()).unwrap().emails["a@x.com"];
+            assert_eq!(r.unaccounted, round as u8);
+            assert_eq!((r.confirmed_at, r.failed_at), (None, None), "still pending");
+        }
+        s.record_batch(&list(), ContactKind::Email, &unaccounted, "r", 3)
+            .unwrap();
+        let r = s.records(&list()).unwrap().emails["a@x.com"];
+        assert_eq!(r.failed_at, Some(3));
+        let error = s
+            .contact_error("l1", ContactKind::Email, "a@x.com")
+            .unwrap()
+            .unwrap();
+        assert!(
+            error.contains("did not account for this contact 3 times"),
+            "{error}"
+        );
+        // A confirmation ends the streak.
+        s.record_batch(
+            &list(),
+            ContactKind::Email,
+            &[("a@x.com", ContactOutcome::Confirmed)],
+            "r",
+            4,
+        )
+        .unwrap();
+        let r = s.records(&list()).unwrap().emails["a@x.com"];
+        assert_eq!((r.unaccounted, r.failed_at), (0, None));
+    }
+
+    #[test]
+    fn contacts_no_policy_asks_for_are_forgotten() {
+        let s = Store::in_memory().unwrap();
+        let l2 = ContactListId::parse("l2").unwrap();
+        for l in [&list(), &l2] {
+            s.record_batch(
+                l,
+                ContactKind::Email,
+                &[
+                    ("a@x.com", ContactOutcome::Confirmed),
+                    ("b@x.com", ContactOutcome::Confirmed),
+                ],
+                "r",
+                1,
+            )
+            .unwrap();
+        }
+        let keep_a = |_: ContactKind, c: &str| c == "a@x.com";
+        let l1 = list();
+        let n = s.forget_unlisted(&[(&l1, &keep_a)]).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(s.records(&l1).unwrap().emails.len(), 1);
+        assert!(s.records(&l2).unwrap().emails.is_empty());
+    }
+}
