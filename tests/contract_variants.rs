@@ -339,7 +339,7 @@ async fn a_key_refused_on_one_list_leaves_the_converged_lists_ready() {
         policies
             .iter()
             .find(|p| p.name == name)
-            .map(|p| p.condition.reason.clone())
+            .map(|p| p.condition.reason)
             .unwrap()
     };
     assert_eq!(reason("on-l1"), "Converged");
