@@ -184,7 +184,7 @@ async fn one_run(dir: &Path, memory_store: bool, run: usize) -> RunResult {
         &store,
         &manifests,
         &plan.holds,
-        listwarden::plan::now_unix(),
+        listwarden::clock::now_unix(),
     )
     .unwrap();
     let load_plan = started.elapsed();

@@ -1,5 +1,5 @@
 //! Benchmark of the offline plan: manifests on disk -> validated policies -> desired state ->
-//! plan, i.e. `listwarden::plan::load_and_plan` with no store (every contact is new).
+//! plan, i.e. `listwarden::load::load_and_plan` with no store (every contact is new).
 //!
 //! Run with:
 //!
@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use listwarden::plan::{ListRecords, PlanOptions, load_and_plan};
+use listwarden::load::load_and_plan;
+use listwarden::plan::{ListRecords, PlanOptions};
 
 const RUNS: usize = 3;
 
@@ -276,11 +277,11 @@ fn main() {
             out,
             "| {} | {} | {} | {:.2} s | {:.0} MiB | {} |",
             r.scenario,
-            listwarden::render::thousands(r.entries),
-            listwarden::render::thousands(r.contacts),
+            listwarden::human::thousands(r.entries),
+            listwarden::human::thousands(r.contacts),
             r.median,
             r.hwm_mib,
-            listwarden::render::thousands((r.contacts as f64 / r.median) as usize),
+            listwarden::human::thousands((r.contacts as f64 / r.median) as usize),
         );
     }
 }

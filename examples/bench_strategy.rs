@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use autosend::{ApiKey, Client, ClientConfig, RateLimits};
 use autosend_fake::{FakeAutoSend, FakeConfig, Faults};
 use listwarden::desired::DesiredState;
+use listwarden::human::{duration, thousands};
 use listwarden::manifest::{self, Manifests, Strategy};
 use listwarden::plan::{ListRecords, Plan, PlanOptions};
 use listwarden::reconcile::{self, Context, ListResult};
-use listwarden::render::{duration, thousands};
 use listwarden::store::Store;
 
 const KEY: &str = "bench-key";

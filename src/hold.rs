@@ -15,8 +15,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::human::thousands;
 use crate::manifest::Policy;
-use crate::render::thousands;
 use crate::store::Baseline;
 
 /// Share of its contacts (in percent) a policy may lose in one load without approval.

@@ -4,6 +4,8 @@
 //! must NOT be in it. listwarden turns them into calls of AutoSend's remove endpoint,
 //! idempotently, and records what it did. Data flows one way, one module per step:
 //!
+//! - [`clock`], [`human`]: the leaves everything may use: the wall clock, and numbers and
+//!   durations written for people;
 //! - [`condition`]: the vocabulary of status: `Ready`, `Reason`, `Condition`;
 //! - [`contact`]: validated identifiers (`Email`, `ContactId`, `ContactListId`, `PolicyName`);
 //! - [`manifest`]: manifests on disk -> validated [`manifest::Policy`] values + diagnostics;
@@ -12,6 +14,8 @@
 //! - [`desired`]: policies -> the desired-absent set of each list (union, with attribution);
 //! - [`plan`]: desired state + the store's records -> what to assert, in which batches, at
 //!   what cost;
+//! - [`load`]: manifests on disk + the store's baselines and records -> a plan (the seam
+//!   where planning meets the disk);
 //! - [`render`]: plans as text for people and as a versioned JSON document for CI bots;
 //! - the AutoSend client lives in its own crate, [`autosend`] (pacing, retries, typed
 //!   errors; it knows nothing of listwarden);
@@ -28,12 +32,15 @@
 //! The binary (`src/main.rs`, `src/cli/`) is a thin layer over these functions: it parses
 //! flags, calls them and maps outcomes to exit codes.
 
+pub mod clock;
 pub mod condition;
 pub mod contact;
 pub mod daemon;
 pub mod desired;
 pub mod gate;
 pub mod hold;
+pub mod human;
+pub mod load;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;

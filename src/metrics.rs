@@ -216,7 +216,7 @@ impl Metrics {
         if o.result.is_ok() {
             self.last_success
                 .get_or_create(&ListLabel { list })
-                .set(crate::plan::now_unix() as f64);
+                .set(crate::clock::now_unix() as f64);
         }
     }
 

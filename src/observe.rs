@@ -75,7 +75,7 @@ pub fn choose(
         0
     };
     let observe_requests = pages(contact_count) + removes;
-    let time = |r: u64| crate::render::duration(limits.least_time(r as usize));
+    let time = |r: u64| crate::human::duration(limits.least_time(r as usize));
     let costs = format!(
         "assert = {assert_requests} remove request(s) for {} pending contact(s), at least {}; \
          observe = {} search page(s) for {contact_count} member(s) + {removes} remove request(s) expected, at least {}",

@@ -5,8 +5,9 @@
 //! (retry), or when its confirmation is older than the resync period (resync: that is how a
 //! contact someone re-added gets removed again). Confirmed contacts cost nothing.
 //!
-//! The plan is pure: no I/O, no clock (the caller passes `now`), so `plan`, `apply` and the
-//! daemon compute exactly the same thing.
+//! The plan is pure: no I/O, no clock (the caller passes `now` and the store's records), so
+//! `plan`, `apply` and the daemon compute exactly the same thing. Reading the manifests from
+//! disk is [`crate::load`]'s job.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,24 +19,13 @@ use crate::desired::{DesiredList, DesiredState, Member, PolicySet};
 use crate::manifest::{Policy, Strategy};
 use autosend::pacing::RateLimits;
 
-/// Loads the manifests under `path`, holds the policies the forget threshold stops (from
-/// `baselines`, what the store keeps of each policy), builds the desired state and plans
-/// it, with `records` telling what the store remembers of each list. A store that cannot be
-/// read fails the plan: planning its contacts as new would re-send confirmed work.
-pub fn load_and_plan<E>(
-    path: &std::path::Path,
-    options: PlanOptions,
-    baselines: &HashMap<String, crate::store::Baseline>,
-    records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
-) -> Result<(crate::manifest::Manifests, Plan), E> {
-    let manifests = crate::manifest::load(path);
-    let plan = Plan::for_manifests(&manifests, baselines, records, options)?;
-    Ok((manifests, plan))
-}
-
 /// Default number of contacts per remove request. AutoSend documents no maximum for remove;
 /// bulk-add allows 500, and a server that refuses a batch as too large makes the client split.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
+
+/// Confirmed contacts are asserted again after this long (a contact someone re-added is
+/// removed again within a day).
+pub const DEFAULT_RESYNC_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest page the search endpoint serves (used by the observe strategy).
 pub const SEARCH_PAGE_LIMIT: usize = 100;
@@ -149,8 +139,8 @@ impl Default for PlanOptions {
         PlanOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             rate_limits: RateLimits::default(),
-            now: now_unix(),
-            resync_after: Duration::from_secs(24 * 3600),
+            now: crate::clock::now_unix(),
+            resync_after: DEFAULT_RESYNC_AFTER,
             resync_all: false,
             max_removals: None,
             max_forget_percent: crate::hold::DEFAULT_MAX_FORGET_PERCENT,
@@ -158,13 +148,6 @@ impl Default for PlanOptions {
             strategy: Strategy::Auto,
         }
     }
-}
-
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::human::{duration, plural, thousands};
 use crate::manifest::{Diagnostic, Manifests};
 use crate::plan::{Counts, ListPlan, Plan, Refusal};
 
@@ -171,31 +172,6 @@ pub fn plan_document<'a>(
     }
 }
 
-/// `1 contact`, `2 contacts`, `1,000 contacts`.
-pub fn plural(n: usize, noun: &str) -> String {
-    format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
-}
-
-/// `1234567` -> `1,234,567`: plans are read by people comparing large counts.
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-pub fn duration(d: Duration) -> String {
-    if d < Duration::from_secs(60) {
-        return format!("{:.1}s", d.as_secs_f64());
-    }
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
 fn counts_line(label: &str, c: &Counts) -> String {
     let mut parts = Vec::new();
     if c.new > 0 {
@@ -351,17 +327,4 @@ fn reason_and_policies(
         crate::plan::Reason::Resync => "resync",
     };
     format!("{reason}; {}", names.join(", "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thousands_are_grouped() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
-    }
 }

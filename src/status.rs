@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::condition::{Ready, Reason};
-use crate::render::thousands;
+use crate::human::thousands;
 use crate::store::{ListStatus, LoadSummary, PolicyStatus, Store, StoreError};
 
 pub const STATUS_FORMAT_VERSION: u32 = 1;

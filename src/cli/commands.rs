@@ -12,10 +12,11 @@ use super::{
 };
 use autosend::{Client, ClientConfig};
 use listwarden::contact::ContactListId;
+use listwarden::human::thousands;
 use listwarden::manifest::Manifests;
 use listwarden::plan::Plan;
 use listwarden::reconcile::{self, Context, ListResult, Progress, SyncReport};
-use listwarden::render::{self, thousands};
+use listwarden::render;
 use listwarden::store::Store;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -33,8 +34,8 @@ pub fn client(api: &ApiFlags, rate_limits: &autosend::RateLimits) -> Result<Clie
     warn_exposure(api, &config.base_url);
     config.rate_limits = rate_limits.clone();
     config.max_retries = api.max_retries;
-    config.min_backoff = api.retry_backoff;
-    config.max_backoff = config.max_backoff.max(api.retry_backoff);
+    config.min_backoff = api.retry_backoff.0;
+    config.max_backoff = config.max_backoff.max(api.retry_backoff.0);
     Client::new(config).map_err(|e| e.to_string())
 }
 
@@ -140,7 +141,7 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         Err(code) => return code,
     };
     let mut options = plan_options(&args.sync.flags);
-    options.resync_after = args.sync.state.resync_after;
+    options.resync_after = args.sync.state.resync_after.0;
     options.resync_all = args.resync;
     options.force = args.force;
     let prepared = reconcile::prepare(&store, &args.sync.path, options);
@@ -364,11 +365,11 @@ pub fn run(args: &RunArgs) -> u8 {
     )));
     let mut config = listwarden::daemon::DaemonConfig::new(args.sync.path.clone());
     config.plan = plan_options(&args.sync.flags);
-    config.plan.resync_after = args.sync.state.resync_after;
-    config.interval = args.interval;
+    config.plan.resync_after = args.sync.state.resync_after.0;
+    config.interval = args.interval.0;
     config.concurrency = args.sync.concurrency;
     config.listen = args.listen;
-    config.debounce = args.debounce;
+    config.debounce = args.debounce.0;
     config.allow_empty = args.sync.allow_empty;
     config.expose_contacts = args.expose_contacts;
     let store = listwarden::daemon::StoreSource::Wait(args.sync.state.state.clone());

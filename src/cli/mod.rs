@@ -76,16 +76,16 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
     /// Every list is re-checked this often (cheap when nothing is pending: no API call).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub interval: Duration,
+    #[arg(long, default_value_t = Span(listwarden::daemon::DEFAULT_INTERVAL), value_parser = parse_span)]
+    pub interval: Span,
     /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status (an IP
     /// address and a port; 0.0.0.0:9464 for every interface, e.g. for Kubernetes probes).
     #[arg(long, default_value = listwarden::daemon::DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: std::net::SocketAddr,
     /// How long file changes are gathered before a reload (one reload per burst of edits
     /// or git checkout).
-    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
-    pub debounce: Duration,
+    #[arg(long, default_value_t = Span(listwarden::daemon::DEFAULT_DEBOUNCE), value_parser = parse_span)]
+    pub debounce: Span,
     /// Show contact addresses in /status. Off by default: the endpoint is unauthenticated
     /// and addresses are personal data, so they are masked (j***@example.com).
     #[arg(long)]
@@ -106,7 +106,7 @@ pub struct SyncArgs {
     pub api: ApiFlags,
     /// Lists reconciled at the same time. They share one request budget (--rate-limit), so
     /// more concurrency helps only when requests wait on the network, not on the budget.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = listwarden::daemon::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
     /// Log format on stderr: `text` for people, `json` for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -125,8 +125,8 @@ pub struct StateFlags {
     pub state: PathBuf,
     /// Confirmed contacts are asserted again after this long, so a contact someone re-added
     /// gets removed again (e.g. 12h, 24h, 7d).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub resync_after: Duration,
+    #[arg(long, default_value_t = Span(listwarden::plan::DEFAULT_RESYNC_AFTER), value_parser = parse_span)]
+    pub resync_after: Span,
 }
 
 /// How to reach AutoSend. The key comes from AUTOSEND_API_KEY or --api-key-file; the base
@@ -140,12 +140,12 @@ pub struct ApiFlags {
     pub api_key_file: Option<PathBuf>,
     /// Retries of one request after a 5xx, a timeout or a dropped connection, before the
     /// list fails (and, in the daemon, is requeued with its own backoff).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = autosend::DEFAULT_MAX_RETRIES)]
     pub max_retries: usize,
     /// First wait of the exponential backoff between those retries (doubling, full jitter,
     /// at most 30s).
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    pub retry_backoff: Duration,
+    #[arg(long, default_value_t = Span(autosend::DEFAULT_MIN_BACKOFF), value_parser = parse_span)]
+    pub retry_backoff: Span,
 }
 
 #[derive(Args, Debug)]
@@ -218,7 +218,7 @@ pub struct PlanFlags {
     pub batch_size: usize,
     /// Request budget of the API key, shared by every request of the process, e.g.
     /// `2/s,50/m` (AutoSend's documented default) or `10/s,300/m` if yours was raised.
-    #[arg(long, default_value = "2/s,50/m", env = "LISTWARDEN_RATE_LIMIT")]
+    #[arg(long, default_value_t = RateLimits::default(), env = "LISTWARDEN_RATE_LIMIT")]
     pub rate_limit: RateLimits,
     /// Default safety threshold for policies without `maxRemovalsPerSync`: a list where one
     /// policy would newly assert more contacts than this is refused.
@@ -373,7 +373,7 @@ fn plan_command(args: &PlanArgs) -> u8 {
         }
     };
     let mut options = plan_options(&args.flags);
-    options.resync_after = args.state.resync_after;
+    options.resync_after = args.state.resync_after.0;
     // An unreadable store is an error, never an empty one: that would plan every confirmed
     // contact as new.
     let baselines = match store.as_ref().map(|s| s.baselines()).transpose() {
@@ -384,7 +384,7 @@ fn plan_command(args: &PlanArgs) -> u8 {
         }
     };
     let loaded =
-        listwarden::plan::load_and_plan(&args.path, options, &baselines, |list| match &store {
+        listwarden::load::load_and_plan(&args.path, options, &baselines, |list| match &store {
             Some(s) => s.records(list),
             None => Ok(ListRecords::default()),
         });
@@ -428,6 +428,31 @@ pub fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
         return EXIT_CHANGES;
     }
     EXIT_OK
+}
+
+/// A duration on the command line: parsed by humantime (`30s`, `10m`, `24h`, `7d`), and shown
+/// in `--help` in the largest whole unit, so each default is written once, in the library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        let secs = d.as_secs();
+        if d.subsec_nanos() != 0 || secs == 0 {
+            write!(f, "{}ms", d.as_millis())
+        } else if secs.is_multiple_of(3600) {
+            write!(f, "{}h", secs / 3600)
+        } else if secs.is_multiple_of(60) {
+            write!(f, "{}m", secs / 60)
+        } else {
+            write!(f, "{secs}s")
+        }
+    }
+}
+
+fn parse_span(s: &str) -> Result<Span, String> {
+    parse_duration(s).map(Span)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

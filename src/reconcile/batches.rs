@@ -99,7 +99,7 @@ pub(super) async fn send_all(
         admit(ctx, plan).await?;
         // A store replaced under us would lose this request's outcome: stop before sending.
         ctx.store.check_file()?;
-        let now = crate::plan::now_unix();
+        let now = crate::clock::now_unix();
         match ctx.client.remove(plan.list.as_str(), &request, tally).await {
             Ok(outcome) => {
                 accepted += 1;

@@ -43,7 +43,7 @@ use crate::store::{ContactOutcome, Store, StoreError};
 use batches::{pending, present, send_all};
 pub use pass::{SyncReport, sync_all};
 use record::status_write;
-pub use record::{mark_policies, prepare, record_manifests};
+pub use record::{mark_policies, mark_unauthorized, prepare, record_manifests};
 
 /// How many failing contacts a summary quotes.
 const FIRST_ERRORS: usize = 5;
@@ -327,7 +327,7 @@ impl ListOutcome {
 /// Converges one list according to its plan, recording everything in the store.
 pub async fn reconcile_list(ctx: &Context, policies: &[Policy], plan: &ListPlan) -> ListOutcome {
     let started = Instant::now();
-    let now = crate::plan::now_unix();
+    let now = crate::clock::now_unix();
     let tally = Tally::default();
     let mut acc = Acc {
         outcome: ListOutcome::new(plan.list.clone(), ListResult::Converged),
@@ -428,7 +428,7 @@ async fn run(
             ctx.store.record_drift(
                 plan.list.as_str(),
                 drift.len() as u64,
-                crate::plan::now_unix(),
+                crate::clock::now_unix(),
             )?;
             record_observed_absent(ctx, plan, &members, acc)?;
             // Every desired-absent member goes, pending or confirmed earlier: the read has
@@ -462,7 +462,7 @@ fn record_observed_absent(
     members: &observe::Members,
     acc: &mut Acc,
 ) -> Result<(), StoreError> {
-    let now = crate::plan::now_unix();
+    let now = crate::clock::now_unix();
     // Only a kind every member came with can confirm by absence (see observe::Members).
     let absent_emails = plan
         .emails

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::record::status_write;
-use super::{Acc, Context, ListOutcome, ListResult, mark_policies, quiet_outcome, reconcile_list};
-use crate::condition::{Condition, Ready, Reason};
+use super::{
+    Acc, Context, ListOutcome, ListResult, mark_unauthorized, quiet_outcome, reconcile_list,
+};
 use crate::contact::ContactListId;
 use crate::manifest::Policy;
 use crate::plan::ListPlan;
@@ -60,10 +61,15 @@ pub async fn sync_all(
     concurrency: usize,
 ) -> SyncReport {
     let mut report = SyncReport::default();
+    // Policies the forget threshold holds keep their own condition whatever happens here.
+    let held: std::collections::HashSet<&str> = lists
+        .iter()
+        .flat_map(|l| l.held.iter().map(|&i| policies[i].name.as_str()))
+        .collect();
     let (busy, quiet): (Vec<ListPlan>, Vec<ListPlan>) =
         lists.into_iter().partition(ListPlan::has_work);
     if !quiet.is_empty() {
-        let now = crate::plan::now_unix();
+        let now = crate::clock::now_unix();
         let outcomes: Vec<ListOutcome> = quiet.iter().map(quiet_outcome).collect();
         let writes: Vec<StatusWrite<'_>> = quiet
             .iter()
@@ -144,8 +150,7 @@ pub async fn sync_all(
         }
     }
     if let Some(message) = &report.unauthorized {
-        let now = crate::plan::now_unix();
-        let condition = Condition::new(Ready::False, Reason::Unauthorized, message.clone());
+        let now = crate::clock::now_unix();
         for o in report
             .outcomes
             .iter_mut()
@@ -162,12 +167,13 @@ pub async fn sync_all(
             .map(|o| &o.list)
             .chain(skipped.iter().map(|p| &p.list))
             .collect();
-        mark_policies(
+        mark_unauthorized(
             &ctx.store,
             policies
                 .iter()
-                .filter(|p| !p.suspend && interrupted.contains(&&p.contact_list_id)),
-            &condition,
+                .filter(|p| interrupted.contains(&&p.contact_list_id)),
+            &held,
+            message,
             ctx.source_revision.as_deref(),
             now,
         );

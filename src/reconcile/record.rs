@@ -131,8 +131,8 @@ pub fn prepare(
 ) -> Result<(Manifests, crate::plan::Plan), StoreError> {
     let baselines = store.baselines()?;
     let (manifests, plan) =
-        crate::plan::load_and_plan(path, options, &baselines, |l| store.records(l))?;
-    record_manifests(store, &manifests, &plan.holds, crate::plan::now_unix())?;
+        crate::load::load_and_plan(path, options, &baselines, |l| store.records(l))?;
+    record_manifests(store, &manifests, &plan.holds, crate::clock::now_unix())?;
     Ok((manifests, plan))
 }
 
@@ -285,6 +285,27 @@ fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>)> {
             (list, keep)
         })
         .collect()
+}
+
+/// Marks `Unauthorized` the policies a refused key stopped: those of `policies` that are
+/// enforced (not suspended, not `held` by the forget threshold, whose own condition says
+/// more). `apply` and the daemon both call this.
+pub fn mark_unauthorized<'a>(
+    store: &Store,
+    policies: impl Iterator<Item = &'a Policy>,
+    held: &std::collections::HashSet<&str>,
+    message: &str,
+    source_revision: Option<&str>,
+    now: i64,
+) {
+    let condition = Condition::new(Ready::False, Reason::Unauthorized, message);
+    mark_policies(
+        store,
+        policies.filter(|p| !p.suspend && !held.contains(p.name.as_str())),
+        &condition,
+        source_revision,
+        now,
+    );
 }
 
 /// Sets `condition` on each of `policies` (e.g. `Unauthorized` on every policy a refused key

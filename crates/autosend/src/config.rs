@@ -11,6 +11,12 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::pacing::RateLimits;
 
+/// Retries of one request after a 5xx, a timeout or a dropped connection.
+pub const DEFAULT_MAX_RETRIES: usize = 6;
+
+/// First wait of the exponential backoff between those retries.
+pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
+
 pub const DEFAULT_BASE_URL: &str = "https://api.autosend.com/v1";
 
 /// An API key. It has no `Display`, its `Debug` is redacted, and it is exposed only to build
@@ -82,9 +88,9 @@ impl ClientConfig {
             rate_limits: RateLimits::default(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            max_retries: 6,
+            max_retries: DEFAULT_MAX_RETRIES,
             max_rate_limited: 30,
-            min_backoff: Duration::from_millis(500),
+            min_backoff: DEFAULT_MIN_BACKOFF,
             max_backoff: Duration::from_secs(30),
         }
     }

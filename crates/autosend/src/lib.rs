@@ -57,7 +57,9 @@ mod sanitise;
 pub mod wire;
 
 pub use client::{Client, Observer, Tally};
-pub use config::{ApiKey, ClientConfig, ConfigError, DEFAULT_BASE_URL};
+pub use config::{
+    ApiKey, ClientConfig, ConfigError, DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_MIN_BACKOFF,
+};
 pub use error::ApiError;
 pub use pacing::{Pacer, RateLimit, RateLimits};
 pub use wire::{

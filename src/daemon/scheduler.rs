@@ -1,0 +1,679 @@
+//! The scheduler: per-list state, what a reload changes, which reconcile starts when, and
+//! what happens after one ends. `run` (the module above) drives it from its event loop.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use autosend::Client;
+use backon::BackoffBuilder;
+use futures_util::FutureExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use super::requeue::{self, Action};
+use super::watch::{self, Changed, Watch};
+use super::{DaemonConfig, http};
+use crate::condition::Ready;
+use crate::contact::ContactListId;
+use crate::desired::DesiredState;
+use crate::gate::Gates;
+use crate::manifest::{self, Manifests};
+use crate::metrics::{ListLabel, Metrics, PolicyLabels, ResultLabel};
+use crate::plan::{self, PlanOptions};
+use crate::reconcile::{self, Context, ListOutcome, ListResult, NoProgress};
+use crate::store::Store;
+
+/// How long after a store write failed the daemon tries writing again.
+const STORE_RETRY: Duration = Duration::from_secs(10);
+
+/// Per-list scheduling state.
+pub(super) struct ListState {
+    pub(super) next_due: Instant,
+    pub(super) running: bool,
+    /// Asked to run again while running.
+    pub(super) dirty: bool,
+    /// Re-assert every confirmed contact on the next run (SIGHUP).
+    pub(super) resync_all: bool,
+    pub(super) revision: String,
+    pub(super) backoff: Option<backon::ExponentialBackoff>,
+    pub(super) completed_once: bool,
+}
+
+pub(super) struct Done {
+    pub(super) list: ContactListId,
+    /// The load the reconcile planned from.
+    pub(super) generation: u64,
+    /// `None` when the list was no longer in the manifests by the time its turn came.
+    pub(super) outcome: Option<ListOutcome>,
+    pub(super) pending_after: u64,
+}
+
+/// What the latest load says; a reconcile plans from it when its turn comes (not when it was
+/// queued), so a queued list never runs a plan the manifests have since changed.
+pub(super) struct Snapshot {
+    pub(super) generation: u64,
+    pub(super) policies: Arc<Vec<manifest::Policy>>,
+    pub(super) desired: DesiredState,
+    pub(super) source_revision: Option<String>,
+}
+
+/// Plans one list from the store's records now and reconciles it. A store that cannot be
+/// read fails the list (requeued with backoff) rather than planning every contact as new.
+async fn reconcile_one(
+    ctx: &Context,
+    policies: &[manifest::Policy],
+    desired: &Arc<crate::desired::DesiredList>,
+    mut options: PlanOptions,
+) -> (ListOutcome, usize, String) {
+    let names: Vec<&str> = desired
+        .policies
+        .iter()
+        .map(|&i| policies[i].name.as_str())
+        .collect();
+    let names = names.join(",");
+    let records = {
+        let (store, list) = (ctx.store.clone(), desired.list.clone());
+        tokio::task::spawn_blocking(move || store.records(&list)).await
+    };
+    let records = match records {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let message = format!("cannot read the state store: {e}");
+            tracing::error!(list = %desired.list, %message);
+            let outcome = ListOutcome::new(desired.list.clone(), ListResult::StoreFailed(message));
+            return (outcome, 0, names);
+        }
+        Err(e) => {
+            let outcome = ListOutcome::new(desired.list.clone(), ListResult::Failed(e.to_string()));
+            return (outcome, 0, names);
+        }
+    };
+    options.now = crate::clock::now_unix();
+    let list_plan = plan::plan_list(policies, desired, &records, &options);
+    let outcome = reconcile::reconcile_list(ctx, policies, &list_plan).await;
+    (outcome, list_plan.to_assert(), names)
+}
+
+/// `path` made comparable with the paths of another load: canonical, or, for a file that no
+/// longer exists, its canonical directory joined with its name.
+fn comparable(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
+pub(super) struct Scheduler {
+    pub(super) config: DaemonConfig,
+    pub(super) client: Client,
+    pub(super) store: Arc<Store>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) shared: Arc<http::Shared>,
+    pub(super) manifests: Arc<Manifests>,
+    pub(super) snapshot: Arc<std::sync::RwLock<Snapshot>>,
+    pub(super) lists: BTreeMap<ContactListId, ListState>,
+    pub(super) limit: Arc<Semaphore>,
+    pub(super) gates: Arc<Gates>,
+    /// Which lists each file (manifest or file source, comparable path) feeds.
+    pub(super) concerns: HashMap<PathBuf, Vec<ContactListId>>,
+    /// Policies the forget threshold holds in the current load.
+    pub(super) holds: Vec<crate::hold::Hold>,
+    pub(super) auth_paused_until: Option<Instant>,
+    pub(super) auth_backoff: Option<backon::ExponentialBackoff>,
+    /// While the store cannot be written: when to try again. No reconcile starts meanwhile.
+    pub(super) store_retry_at: Option<Instant>,
+    /// The last reload did not complete: sends stay held, and it is tried again.
+    pub(super) reload_failed: bool,
+}
+
+impl Scheduler {
+    pub(super) fn start_watch(
+        &self,
+        watched: &Path,
+        tx: &mpsc::UnboundedSender<Changed>,
+    ) -> Option<Watch> {
+        match watch::watch(watched, self.config.debounce / 2, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %watched.display(), "cannot watch the manifests path");
+                None
+            }
+        }
+    }
+
+    /// Holds the sends of the lists `changed` concerns until the next reload.
+    pub(super) fn hold_changed(&self, changed: &Changed) {
+        let lists: Option<HashSet<&ContactListId>> = match changed {
+            Changed::Unknown => None,
+            Changed::Paths(paths) => paths
+                .iter()
+                .map(|p| self.concerns.get(&comparable(p)))
+                .collect::<Option<Vec<_>>>()
+                .map(|found| found.into_iter().flatten().collect()),
+        };
+        match lists {
+            Some(lists) => {
+                for l in &lists {
+                    self.gates.close(l);
+                }
+                tracing::debug!(
+                    lists = lists.len(),
+                    "manifest change: holding the sends of the lists it concerns"
+                );
+            }
+            None => {
+                // A new file, a directory, a watcher error: any list may be concerned.
+                self.gates.close_all();
+                tracing::debug!("manifest change: holding every list's sends until the reload");
+            }
+        }
+    }
+
+    /// True (once) when `approve` recorded an approval of a held policy's change.
+    pub(super) fn approval_recorded(&self) -> bool {
+        if self.holds.is_empty() {
+            return false;
+        }
+        let Ok(baselines) = self.store.baselines() else {
+            return false;
+        };
+        self.holds.iter().any(|h| {
+            baselines
+                .get(&h.policy)
+                .and_then(|b| b.approved_revision.as_deref())
+                == Some(h.revision.as_str())
+        })
+    }
+
+    /// The store file must still be the one opened, and writable after a failure.
+    pub(super) fn check_store(&mut self) {
+        if let Err(e) = self.store.check_file() {
+            if self.shared.store_fault().is_none() {
+                tracing::error!(error = %e, "state store lost: pausing all API work");
+            }
+            self.shared.set_store_fault(Some(e.to_string()));
+            self.store_retry_at = Some(Instant::now() + STORE_RETRY);
+            return;
+        }
+        if let Some(at) = self.store_retry_at
+            && at <= Instant::now()
+        {
+            match self.store.probe_write() {
+                Ok(()) => {
+                    tracing::info!("the state store can be written again; resuming");
+                    self.store_retry_at = None;
+                    self.shared.set_store_fault(None);
+                }
+                Err(e) => {
+                    self.shared.set_store_fault(Some(e.to_string()));
+                    self.store_retry_at = Some(Instant::now() + STORE_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Loads the manifests again and schedules the lists whose desired state changed.
+    pub(super) async fn reload(&mut self, resync_all: bool) {
+        // Loading (possibly millions of lines), the store writes and `git rev-parse` block:
+        // off the async workers, so pacing timers and the HTTP endpoints stay responsive.
+        let (path, store, options) = (
+            self.config.path.clone(),
+            self.store.clone(),
+            self.config.plan.clone(),
+        );
+        let loaded = tokio::task::spawn_blocking(move || {
+            let manifests = manifest::load(&path);
+            let baselines = store.baselines()?;
+            let holds = crate::hold::check(
+                &manifests.policies,
+                &baselines,
+                options.max_forget_percent,
+                options.force,
+            );
+            let held: Vec<bool> = holds.iter().map(Option::is_some).collect();
+            let holds: Vec<crate::hold::Hold> = holds.into_iter().flatten().collect();
+            reconcile::record_manifests(&store, &manifests, &holds, crate::clock::now_unix())?;
+            let desired = DesiredState::build_holding(&manifests.policies, &held);
+            let revision = crate::revision::git_commit(&path);
+            Ok::<_, crate::store::StoreError>((manifests, desired, holds, revision))
+        })
+        .await;
+        let (manifests, desired, holds, source_revision) = match loaded {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                // Without the store's baselines the forget threshold cannot be checked:
+                // sends stay held until a reload works.
+                tracing::error!(error = %e, "cannot reload: the state store failed; sends stay held, retrying");
+                self.shared.set_store_fault(Some(e.to_string()));
+                self.store_retry_at = Some(Instant::now() + STORE_RETRY);
+                self.gates.close_all();
+                self.reload_failed = true;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "manifest load panicked; sends stay held, retrying");
+                self.gates.close_all();
+                self.reload_failed = true;
+                return;
+            }
+        };
+        self.reload_failed = false;
+        let errors = manifests.errors().count();
+        for d in manifests.errors() {
+            tracing::warn!(diagnostic = %d, "manifest error");
+        }
+        self.metrics.manifest_errors.set(errors as i64);
+        self.metrics
+            .manifest_loads
+            .get_or_create(&ResultLabel {
+                result: if errors > 0 { "error" } else { "ok" }.into(),
+            })
+            .inc();
+        let root_fault = if !self.config.path.exists() {
+            Some(format!(
+                "the manifests path {} does not exist (yet); waiting for it",
+                self.config.path.display()
+            ))
+        } else if manifests.files.is_empty() && !self.config.allow_empty {
+            Some(format!(
+                "no manifests found under {}: nothing is enforced; add *.yaml manifests (or start \
+                 with --allow-empty if an empty set is intended)",
+                self.config.path.display()
+            ))
+        } else {
+            None
+        };
+        self.shared.set_manifests_fault(root_fault);
+        let mut seen = HashSet::new();
+        let due_now = Instant::now();
+        for l in &desired.lists {
+            seen.insert(l.list.clone());
+            match self.lists.get_mut(&l.list) {
+                Some(state) => {
+                    if state.revision != l.revision || resync_all {
+                        state.revision = l.revision.clone();
+                        state.resync_all |= resync_all;
+                        if state.running {
+                            state.dirty = true;
+                        } else {
+                            state.next_due = due_now;
+                            state.backoff = None;
+                        }
+                    }
+                }
+                None => {
+                    self.lists.insert(
+                        l.list.clone(),
+                        ListState {
+                            next_due: due_now,
+                            running: false,
+                            dirty: false,
+                            resync_all,
+                            revision: l.revision.clone(),
+                            backoff: None,
+                            completed_once: false,
+                        },
+                    );
+                }
+            }
+        }
+        // Lists no policy names any more: stop scheduling them (a run in flight stops at its
+        // next request, then `finished` drops them).
+        self.lists.retain(|id, s| seen.contains(id) || s.running);
+        if resync_all {
+            self.auth_paused_until = None;
+        }
+        tracing::info!(
+            policies = manifests.policies.len(),
+            invalid = manifests.invalid.len(),
+            lists = desired.lists.len(),
+            held = holds.len(),
+            errors,
+            "manifests loaded"
+        );
+        for h in &holds {
+            tracing::warn!(policy = %h.policy, "{h}");
+        }
+        self.holds = holds;
+        self.concerns = self.concerns_of(&manifests);
+        {
+            let mut snap = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+            snap.generation += 1;
+            snap.policies = Arc::new(manifests.policies.clone());
+            snap.desired = desired;
+            snap.source_revision = source_revision;
+            // Open every gate with its list's revision now: a reconcile planned from an
+            // older load stops at its next request; lists that left are closed for good.
+            for l in &snap.desired.lists {
+                self.gates.open(&l.list, Some(&l.revision));
+            }
+            for id in self.lists.keys().filter(|id| !seen.contains(*id)) {
+                self.gates.open(id, None);
+            }
+        }
+        let lists = &self.lists;
+        self.gates
+            .retain(|l| seen.contains(l) || lists.get(l).is_some_and(|s| s.running));
+        self.manifests = Arc::new(manifests);
+        self.refresh_ready_gauges();
+        self.update_first_pass();
+    }
+
+    /// Which lists each file feeds, from this load; files that no longer parse keep what they
+    /// fed before (an edit that breaks a manifest must still hold its lists).
+    pub(super) fn concerns_of(
+        &self,
+        manifests: &Manifests,
+    ) -> HashMap<PathBuf, Vec<ContactListId>> {
+        let mut out: HashMap<PathBuf, Vec<ContactListId>> = HashMap::new();
+        let mut add = |path: &Path, list: &ContactListId| {
+            let lists = out.entry(comparable(path)).or_default();
+            if !lists.contains(list) {
+                lists.push(list.clone());
+            }
+        };
+        for p in &manifests.policies {
+            add(&p.origin.file, &p.contact_list_id);
+            for s in &p.sources {
+                add(s, &p.contact_list_id);
+            }
+        }
+        for inv in &manifests.invalid {
+            if let Some(list) = inv
+                .contact_list_id
+                .as_deref()
+                .and_then(|l| ContactListId::parse(l).ok())
+            {
+                add(&inv.origin.file, &list);
+            }
+        }
+        for f in manifests.files.iter().filter(|f| !f.parsed) {
+            let key = comparable(&f.path);
+            if let Some(before) = self.concerns.get(&key) {
+                for l in before {
+                    add(&f.path, l);
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut wake = self
+            .lists
+            .values()
+            .filter(|s| !s.running)
+            .map(|s| s.next_due)
+            .min()
+            .unwrap_or(far);
+        if let Some(p) = self.auth_paused_until {
+            wake = wake.max(p);
+        }
+        wake
+    }
+
+    pub(super) fn start_due(&mut self, done: &mpsc::UnboundedSender<Done>) {
+        let now = Instant::now();
+        if let Some(until) = self.auth_paused_until
+            && until > now
+        {
+            return;
+        }
+        // A store that cannot be written would lose what the requests establish.
+        if self.store_retry_at.is_some() || self.shared.store_fault().is_some() {
+            return;
+        }
+        let due: Vec<ContactListId> = self
+            .lists
+            .iter()
+            .filter(|(_, s)| !s.running && s.next_due <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let state = self.lists.get_mut(&id).expect("scheduled list");
+            state.running = true;
+            state.dirty = false;
+            let mut options = self.config.plan.clone();
+            options.resync_all = std::mem::take(&mut state.resync_all);
+            let ctx = Context {
+                client: self.client.clone(),
+                store: self.store.clone(),
+                batch_size: options.batch_size,
+                progress: Arc::new(NoProgress),
+                source_revision: None,
+                gates: self.gates.clone(),
+            };
+            let (snapshot, limit, done) = (self.snapshot.clone(), self.limit.clone(), done.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let (generation, policies, desired, source_revision) = {
+                    let snap = snapshot.read().unwrap_or_else(|p| p.into_inner());
+                    let desired = snap.desired.lists.iter().find(|l| l.list == id).cloned();
+                    (
+                        snap.generation,
+                        snap.policies.clone(),
+                        desired,
+                        snap.source_revision.clone(),
+                    )
+                };
+                let Some(desired) = desired else {
+                    let _ = done.send(Done {
+                        list: id,
+                        generation,
+                        outcome: None,
+                        pending_after: 0,
+                    });
+                    return;
+                };
+                let ctx = Context {
+                    source_revision,
+                    ..ctx
+                };
+                // reconcile_list catches its own panics; anything else here that panics must
+                // still report the list done, or it would stay "running" forever.
+                let attempt = AssertUnwindSafe(reconcile_one(&ctx, &policies, &desired, options))
+                    .catch_unwind()
+                    .await;
+                let (outcome, to_assert, names) = attempt.unwrap_or_else(|_| {
+                    let outcome = ListOutcome::new(
+                        id.clone(),
+                        ListResult::Failed("internal error while reconciling this list".into()),
+                    );
+                    (outcome, 0, String::new())
+                });
+                let confirmed = outcome.removed + outcome.not_in_list + outcome.observed_absent;
+                let pending_after = if outcome.result.is_ok() {
+                    0
+                } else {
+                    (to_assert as u64).saturating_sub(confirmed)
+                };
+                tracing::info!(
+                    list = %outcome.list,
+                    policies = %names,
+                    result = outcome.result.label(),
+                    to_assert,
+                    removed = outcome.removed,
+                    not_in_list = outcome.not_in_list + outcome.observed_absent,
+                    failed = outcome.failed,
+                    unaccounted = outcome.unaccounted,
+                    requests = outcome.requests,
+                    rate_limited = outcome.rate_limited,
+                    duration_ms = outcome.duration.as_millis() as u64,
+                    strategy = outcome.strategy.as_deref().unwrap_or("none"),
+                    "reconciled"
+                );
+                let _ = done.send(Done {
+                    list: id,
+                    generation,
+                    outcome: Some(outcome),
+                    pending_after,
+                });
+            });
+        }
+    }
+
+    pub(super) fn finished(&mut self, done: Done) {
+        let (generation, still_desired) = self
+            .snapshot
+            .read()
+            .map(|s| {
+                (
+                    s.generation,
+                    s.desired.lists.iter().any(|l| l.list == done.list),
+                )
+            })
+            .unwrap_or((0, true));
+        // A reconcile that planned from an older load may have written a condition the newer
+        // load contradicts (a policy since made invalid, held, or deleted): state it again.
+        if done.generation != generation
+            && let Err(e) = reconcile::record_manifests(
+                &self.store,
+                &self.manifests,
+                &self.holds,
+                crate::clock::now_unix(),
+            )
+        {
+            tracing::error!(error = %e, "cannot record manifest state");
+        }
+        let now = Instant::now();
+        let result = done.outcome.as_ref().map(|o| &o.result);
+        let unauthorized = matches!(result, Some(ListResult::Unauthorized(_)));
+        if let Some(o) = &done.outcome {
+            self.metrics.reconciled(o, done.pending_after);
+        }
+        if let Some(ListResult::StoreFailed(m)) = result {
+            tracing::error!(error = %m, "the state store cannot be written: pausing all API work until it can");
+            self.shared.set_store_fault(Some(m.clone()));
+            self.store_retry_at = Some(now + STORE_RETRY);
+        }
+        if !still_desired {
+            // The list left the manifests meanwhile: drop its schedule (a due time left in
+            // the past would keep the loop from ever sleeping).
+            self.lists.remove(&done.list);
+            self.gates.retain(|l| *l != done.list);
+        } else if let Some(state) = self.lists.get_mut(&done.list) {
+            state.running = false;
+            state.completed_once |= !matches!(result, Some(ListResult::Superseded));
+            match requeue::action(result, state.dirty) {
+                Action::RunNow => state.next_due = now,
+                Action::Requeue => {
+                    state.next_due = now + self.config.interval;
+                    state.backoff = None;
+                }
+                Action::Backoff => {
+                    let fresh = || {
+                        backon::ExponentialBuilder::default()
+                            .with_min_delay(self.config.min_backoff)
+                            .with_max_delay(self.config.max_backoff)
+                            .with_jitter()
+                            .without_max_times()
+                            .build()
+                    };
+                    let wait = state
+                        .backoff
+                        .get_or_insert_with(fresh)
+                        .next()
+                        .unwrap_or(self.config.max_backoff);
+                    tracing::info!(list = %done.list, wait_ms = wait.as_millis() as u64, "requeued after failure");
+                    state.next_due = now + wait;
+                }
+                // Handled below for every list.
+                Action::PauseAll => {}
+            }
+        }
+        if unauthorized {
+            let wait = {
+                let mut b = self.auth_backoff.take().unwrap_or_else(|| {
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_secs(30).min(self.config.max_backoff))
+                        .with_max_delay(self.config.max_backoff)
+                        .with_jitter()
+                        .without_max_times()
+                        .build()
+                });
+                let w = b.next().unwrap_or(self.config.max_backoff);
+                self.auth_backoff = Some(b);
+                w
+            };
+            tracing::error!(
+                wait_s = wait.as_secs(),
+                "AutoSend refused the API key: pausing all API work"
+            );
+            self.shared.unauthorized.store(true, Ordering::Relaxed);
+            self.auth_paused_until = Some(now + wait);
+            if let Some(ListResult::Unauthorized(m)) = result {
+                let snap = self
+                    .snapshot
+                    .read()
+                    .map(|s| (s.policies.clone(), s.source_revision.clone()));
+                if let Ok((policies, revision)) = snap {
+                    let held: HashSet<&str> =
+                        self.holds.iter().map(|h| h.policy.as_str()).collect();
+                    reconcile::mark_unauthorized(
+                        &self.store,
+                        policies.iter(),
+                        &held,
+                        m,
+                        revision.as_deref(),
+                        crate::clock::now_unix(),
+                    );
+                }
+            }
+            // Every list waits for the pause, then tries again.
+            for s in self.lists.values_mut() {
+                s.next_due = s.next_due.max(now + wait);
+            }
+        } else if done.outcome.as_ref().is_some_and(|o| o.requests > 0)
+            && !matches!(result, Some(ListResult::Interrupted))
+        {
+            // Only a list that actually reached AutoSend proves the key works again; one with
+            // nothing pending made no request and proves nothing.
+            self.auth_backoff = None;
+            self.auth_paused_until = None;
+            self.shared.unauthorized.store(false, Ordering::Relaxed);
+        }
+        self.refresh_ready_gauges();
+        self.update_first_pass();
+    }
+
+    pub(super) fn update_first_pass(&self) {
+        if self.lists.values().all(|s| s.completed_once) {
+            self.shared.first_pass_done.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn refresh_ready_gauges(&self) {
+        let Ok(policies) = self.store.policies() else {
+            return;
+        };
+        self.metrics.policy_ready.clear();
+        for p in policies {
+            self.metrics
+                .policy_ready
+                .get_or_create(&PolicyLabels {
+                    policy: p.name,
+                    reason: p.condition.reason.to_string(),
+                })
+                .set(i64::from(p.condition.ready == Ready::True));
+        }
+        if let Ok(drifts) = self.store.drifts() {
+            for (list, drift) in drifts {
+                self.metrics
+                    .drift
+                    .get_or_create(&ListLabel { list })
+                    .set(drift as i64);
+            }
+        }
+    }
+}
