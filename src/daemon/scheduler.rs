@@ -1,5 +1,9 @@
 //! The scheduler: per-list state, what a reload changes, which reconcile starts when, and
 //! what happens after one ends. `run` (the module above) drives it from its event loop.
+//!
+//! Long, on purpose: the scheduler is one state machine (per-list state, reloads, starts,
+//! ends, process faults), and its handlers read best together; the decision after a
+//! reconcile is apart, in `requeue`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;

@@ -5,6 +5,10 @@
 //! its cost is quadratic in the nesting of flow collections: 200 KB of `{a: ` takes seconds
 //! to reject, and a few MB would stall the daemon's reload. Manifests never need deep flow
 //! nesting, so a linear pre-scan refuses it first.
+//!
+//! Long, on purpose: the scanner follows libyaml's own tokenizer rule by rule (comments,
+//! quoted, plain and block scalars, indentation), so that no text can hide nesting from it;
+//! split, the rules would no longer read against libyaml's. Its tests are the other tenth.
 
 /// Largest manifest read. Hand-written policies are a few KB; large exclusion sets belong in
 /// file sources, which are read line by line. The limit keeps one file from taking the memory

@@ -14,6 +14,9 @@
 //!    deserializer then returns the scalar's text as written, unresolved, aliases followed.
 //!    Merge keys (`<<`) are applied to that second tree with `Value::apply_merge` itself, so
 //!    the id found at a path is exactly the one the first read put there.
+//!
+//! Long, on purpose: the two reads mirror each other (the second must follow the first node
+//! for node, merge keys included), and read best side by side; a fifth of the file is tests.
 
 use serde::Deserialize;
 use serde::de::{

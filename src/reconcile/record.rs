@@ -335,3 +335,59 @@ pub fn mark_policies<'a>(
         tracing::error!(error = %e, "cannot write status");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{API_VERSION, KIND, load};
+
+    fn policy(name: &str, list: &str) -> String {
+        format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\nmetadata: {{name: {name}}}\nspec: {{contactListId: {list}, exclude: {{emails: [a@example.com]}}}}\n"
+        )
+    }
+
+    #[test]
+    fn policies_of_a_manifest_that_became_a_dangling_symlink_stay_listed_as_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("ok.yaml"), policy("ok", "list-a")).unwrap();
+        // Invalid, so that recording the load stores it.
+        std::fs::write(m.join("x.yaml"), policy("from-x", "GLOBAL_CONTACT_LIST")).unwrap();
+        let store = Store::open(&dir.path().join("state.db"), "test").unwrap();
+        record_manifests(&store, &load(&m), &[], 1).unwrap();
+
+        std::fs::remove_file(m.join("x.yaml")).unwrap();
+        std::os::unix::fs::symlink("gone.yaml", m.join("x.yaml")).unwrap();
+        let loaded = load(&m);
+        assert_eq!(loaded.policies.len(), 1);
+        assert!(
+            loaded
+                .files
+                .iter()
+                .any(|f| f.path == m.join("x.yaml") && !f.parsed),
+            "{:?}",
+            loaded.files
+        );
+        record_manifests(&store, &loaded, &[], 2).unwrap();
+        let from_x = store
+            .policies()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "from-x")
+            .expect("a policy of an unreadable manifest is not forgotten");
+        assert_eq!(
+            from_x.condition.reason,
+            crate::condition::Reason::ManifestInvalid
+        );
+        assert!(
+            from_x
+                .condition
+                .message
+                .contains("a symlink to gone.yaml, which does not exist"),
+            "{}",
+            from_x.condition.message
+        );
+    }
+}

@@ -1,5 +1,8 @@
 //! HTTP side of the fake: routing, the common request pipeline (latency, dropped connections,
 //! auth, rate limit, injected statuses, counters, headers) and the endpoint logic.
+//!
+//! Long, on purpose: it is the documented contract, endpoint by endpoint, with the faults
+//! each can inject; split, the order of checks every request goes through would be lost.
 
 use std::collections::{HashMap, HashSet};
 use std::io;

@@ -79,6 +79,9 @@
 //! [`FakeAutoSend::counters`] returns a [`Counters`] snapshot: requests, answers per
 //! (endpoint, status), 429s, remove outcomes per contact, rejected batches, dropped connections,
 //! and a log of every remove batch that reached the remove logic.
+//!
+//! Long, mostly documentation: the contract the fake follows and the decisions it makes on
+//! the docs' open points are written here, where a test author looks first.
 
 mod http;
 mod ratelimit;

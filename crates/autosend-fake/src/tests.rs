@@ -1,4 +1,6 @@
 //! Behaviour of the fake over real HTTP, with reqwest as the client.
+//!
+//! Long, on purpose: one test per rule of the contract the fake follows.
 
 use std::time::{Duration, Instant};
 

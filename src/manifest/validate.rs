@@ -1,0 +1,360 @@
+//! The rules of a `ListPolicy` document, checked one by one (every broken rule is its own
+//! diagnostic), and the file sources it names, read and checked entry by entry.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::raw::{RawDocument, RawEntryType};
+use super::source::{self, EntryType};
+use super::{API_VERSION, Diagnostic, InvalidPolicy, KIND, Origin, Policy};
+use crate::contact::{ContactId, ContactListId, Email, PolicyName, clipped, quoted};
+
+/// Checks one document. Every broken rule becomes a diagnostic; the policy is returned only
+/// when there was no error. `id_problems` are the ids refused for how they were written
+/// (field path, message).
+pub(super) fn validate(
+    raw: RawDocument,
+    origin: Origin,
+    root: &Path,
+    manifest_dir: &Path,
+    id_problems: &[(String, String)],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Policy, InvalidPolicy> {
+    let file = origin.file.clone();
+    let doc = origin.document;
+    let first_error = diagnostics.len();
+    let name_raw = raw.metadata.as_ref().and_then(|m| m.name.clone());
+    let name = match name_raw.as_deref().map(PolicyName::parse) {
+        Some(Ok(n)) => Some(n),
+        _ => None,
+    };
+    let label = name_raw.clone();
+    let mut err = |field: &str, message: String| {
+        diagnostics.push(
+            Diagnostic::error(&file, message)
+                .in_document(doc, label.as_deref())
+                .field(field),
+        );
+    };
+
+    match raw.api_version.as_deref() {
+        Some(API_VERSION) => {}
+        Some(other) => err(
+            "apiVersion",
+            format!(
+                "unsupported apiVersion {}; use {API_VERSION:?}",
+                quoted(other)
+            ),
+        ),
+        None => err(
+            "apiVersion",
+            format!("missing apiVersion; add `apiVersion: {API_VERSION}`"),
+        ),
+    }
+    match raw.kind.as_deref() {
+        Some(KIND) => {}
+        Some(other) => err(
+            "kind",
+            format!(
+                "unsupported kind {}; listwarden reads only `kind: {KIND}`",
+                quoted(other)
+            ),
+        ),
+        None => err("kind", format!("missing kind; add `kind: {KIND}`")),
+    }
+    match (&raw.metadata, &name_raw) {
+        (None, _) => err(
+            "metadata",
+            "missing metadata; add `metadata: {name: <policy-name>}`".into(),
+        ),
+        (Some(_), None) => err(
+            "metadata.name",
+            "missing name; every policy needs a unique `metadata.name`".into(),
+        ),
+        (Some(_), Some(n)) => {
+            if let Err(e) = PolicyName::parse(n) {
+                err("metadata.name", e);
+            }
+        }
+    }
+    let Some(spec) = raw.spec else {
+        err(
+            "spec",
+            "missing spec; add `spec: {contactListId: ..., exclude: ...}`".into(),
+        );
+        return Err(invalid(name_raw, None, origin, diagnostics, first_error));
+    };
+    let id_problem = |field: &str| {
+        id_problems
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, message)| message.clone())
+    };
+    let list_raw = spec.contact_list_id.clone();
+    let list = match spec.contact_list_id.as_deref() {
+        None => {
+            err(
+                "spec.contactListId",
+                "missing contactListId; give the id of the AutoSend contact list".into(),
+            );
+            None
+        }
+        Some(raw_id) => match id_problem("spec.contactListId")
+            .map_or_else(|| ContactListId::parse(raw_id), Err)
+        {
+            Ok(id) => Some(id),
+            Err(e) => {
+                err("spec.contactListId", e);
+                None
+            }
+        },
+    };
+    if let Some(n) = spec.max_removals_per_sync
+        && n <= 0
+    {
+        err(
+            "spec.maxRemovalsPerSync",
+            format!("must be a positive integer, got {n}; omit it for no threshold"),
+        );
+    }
+    if let Some(n) = spec.max_forget_percent
+        && !(0..=100).contains(&n)
+    {
+        err(
+            "spec.maxForgetPercent",
+            format!("must be a percentage from 0 to 100, got {n}; omit it for the default (50)"),
+        );
+    }
+
+    let mut emails: Vec<Email> = Vec::with_capacity(spec.exclude.emails.len());
+    for (i, raw_email) in spec.exclude.emails.iter().enumerate() {
+        match Email::parse(raw_email) {
+            Ok(e) => emails.push(e),
+            Err(e) => err(&format!("spec.exclude.emails[{i}]"), e),
+        }
+    }
+    let mut contact_ids: Vec<ContactId> = Vec::with_capacity(spec.exclude.contact_ids.len());
+    for (i, raw_id) in spec.exclude.contact_ids.iter().enumerate() {
+        let field = format!("spec.exclude.contactIds[{i}]");
+        match id_problem(&field).map_or_else(|| ContactId::parse(raw_id), Err) {
+            Ok(id) => contact_ids.push(id),
+            Err(e) => err(&field, e),
+        }
+    }
+
+    let policy_label = clipped(name_raw.as_deref().unwrap_or("unnamed policy")).into_owned();
+    let mut sources = Vec::with_capacity(spec.exclude.files.len());
+    for (i, fs) in spec.exclude.files.iter().enumerate() {
+        let field = format!("spec.exclude.files[{i}]");
+        let file_err = |diagnostics: &mut Vec<Diagnostic>, field: &str, message: String| {
+            diagnostics.push(
+                Diagnostic::error(&origin.file, message)
+                    .in_document(doc, name_raw.as_deref())
+                    .field(field),
+            );
+        };
+        let (read_path, shown) = match source::resolve(root, manifest_dir, &fs.path) {
+            Ok(p) => p,
+            Err(e) => {
+                file_err(diagnostics, &format!("{field}.path"), e);
+                continue;
+            }
+        };
+        sources.push(read_path.clone());
+        let entry_type = match fs.entry_type {
+            None | Some(RawEntryType::Email) => EntryType::Email,
+            Some(RawEntryType::ContactId) => EntryType::ContactId,
+        };
+        let spec = source::FileSourceSpec {
+            path: &fs.path,
+            column: fs.column.as_deref(),
+            entry_type,
+        };
+        let context = format!("policy {policy_label}, {field}");
+        if let Err(e) = read_source(
+            &read_path,
+            &shown,
+            &spec,
+            &context,
+            &mut emails,
+            &mut contact_ids,
+            diagnostics,
+        ) {
+            file_err(diagnostics, &field, e);
+        }
+    }
+
+    if diagnostics[first_error..].iter().any(Diagnostic::is_error) {
+        return Err(invalid(
+            name_raw,
+            list_raw,
+            origin,
+            diagnostics,
+            first_error,
+        ));
+    }
+    let name = name.expect("a valid document has a valid name");
+    let list = list.expect("a valid document has a valid list id");
+
+    let before = emails.len() + contact_ids.len();
+    emails.sort_unstable();
+    emails.dedup();
+    contact_ids.sort_unstable();
+    contact_ids.dedup();
+    let duplicates = before - emails.len() - contact_ids.len();
+    let warn = |message: String| {
+        Diagnostic::warning(&origin.file, message).in_document(doc, Some(name.as_str()))
+    };
+    if duplicates > 0 {
+        diagnostics.push(
+            warn(format!(
+                "{duplicates} duplicate entr{} removed (after normalising case and spaces)",
+                if duplicates == 1 { "y" } else { "ies" }
+            ))
+            .field("spec.exclude"),
+        );
+    }
+    if emails.is_empty() && contact_ids.is_empty() {
+        diagnostics.push(
+            warn("the policy excludes nothing: add emails, contactIds or files".into())
+                .field("spec.exclude"),
+        );
+    }
+    let revision = revision(&list, &emails, &contact_ids);
+    Ok(Policy {
+        name,
+        labels: raw.metadata.map(|m| m.labels).unwrap_or_default(),
+        contact_list_id: list,
+        suspend: spec.suspend,
+        max_removals_per_sync: spec.max_removals_per_sync.map(|n| n as u64),
+        max_forget_percent: spec.max_forget_percent.map(|n| n.clamp(0, 100) as u8),
+        strategy: spec.strategy,
+        origin,
+        emails,
+        contact_ids,
+        sources,
+        revision,
+    })
+}
+
+fn invalid(
+    name: Option<String>,
+    list: Option<String>,
+    origin: Origin,
+    diagnostics: &[Diagnostic],
+    first_error: usize,
+) -> InvalidPolicy {
+    let reason = diagnostics[first_error..]
+        .iter()
+        .find(|d| d.is_error())
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    // As written, so possibly anything: kept short, as they are stored and shown.
+    InvalidPolicy {
+        name: name.map(|n| clipped(&n).into_owned()),
+        contact_list_id: list.map(|l| clipped(&l).into_owned()),
+        origin,
+        reason,
+    }
+}
+
+fn read_source(
+    read_path: &Path,
+    shown: &Path,
+    spec: &source::FileSourceSpec<'_>,
+    context: &str,
+    emails: &mut Vec<Email>,
+    contact_ids: &mut Vec<ContactId>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<(), String> {
+    let shown_text = shown.display().to_string();
+    let shown_text = clipped(&shown_text);
+    let bytes = std::fs::read(read_path)
+        .map_err(|e| format!("cannot read {shown_text}: {}", source::io_reason(&e)))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        format!("{shown_text}:{line}: the file is not valid UTF-8; save it as UTF-8")
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let is_csv = spec.column.is_some() || spec.path.to_ascii_lowercase().ends_with(".csv");
+    if is_csv {
+        let column = spec.column.unwrap_or(match spec.entry_type {
+            EntryType::Email => "email",
+            EntryType::ContactId => "contactId",
+        });
+        let rows = source::csv_entries(text, column).map_err(|e| format!("{shown_text}: {e}"))?;
+        let entries = rows.iter().map(|(line, value)| source::Entry {
+            line: *line,
+            column: 1,
+            text: value.as_str(),
+        });
+        push_entries(
+            shown,
+            entries,
+            spec.entry_type,
+            context,
+            emails,
+            contact_ids,
+            diagnostics,
+        );
+    } else {
+        push_entries(
+            shown,
+            source::text_entries(text),
+            spec.entry_type,
+            context,
+            emails,
+            contact_ids,
+            diagnostics,
+        );
+    }
+    Ok(())
+}
+
+fn push_entries<'t>(
+    shown: &Path,
+    entries: impl Iterator<Item = source::Entry<'t>>,
+    entry_type: EntryType,
+    context: &str,
+    emails: &mut Vec<Email>,
+    contact_ids: &mut Vec<ContactId>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    match entry_type {
+        EntryType::Email => {
+            source::collect_entries(shown, entries, Email::parse, context, emails, diagnostics);
+        }
+        EntryType::ContactId => {
+            source::collect_entries(
+                shown,
+                entries,
+                ContactId::parse,
+                context,
+                contact_ids,
+                diagnostics,
+            );
+        }
+    }
+}
+
+/// A short digest of what a policy asks for. Stable across runs and machines; the order of
+/// entries in the manifest does not matter (the sets are sorted).
+pub fn revision(list: &ContactListId, emails: &[Email], contact_ids: &[ContactId]) -> String {
+    let mut h = Sha256::new();
+    h.update(list.as_str().as_bytes());
+    h.update([0u8]);
+    for e in emails {
+        h.update(e.as_str().as_bytes());
+        h.update([b'\n']);
+    }
+    h.update([0u8]);
+    for c in contact_ids {
+        h.update(c.as_str().as_bytes());
+        h.update([b'\n']);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
