@@ -105,18 +105,32 @@ pub fn watch(
     })
 }
 
-/// Changes that cannot affect the manifests: git's internals and editor swap files. `p` is
-/// relative to the watched root (a root inside a hidden directory is fine).
+/// Changes that cannot affect the manifests: a version control system's internals and editor
+/// swap or backup files. `p` is relative to the watched root.
+///
+/// Nothing else is noise, hidden paths included: file sources may live under a hidden
+/// directory, and Kubernetes mounts a ConfigMap as symlinks into `..data`, swapped atomically
+/// by renaming hidden links. Ignoring those once let an edit go unseen while the old plan kept
+/// sending. A hidden temporary file an editor renames into place costs at most one more
+/// (debounced) reload.
 fn is_noise(p: &Path) -> bool {
-    let hidden_component = p.components().any(|c| {
-        let s = c.as_os_str().to_string_lossy();
-        s.starts_with('.') && s != "." && s != ".."
+    let vcs = p.components().any(|c| {
+        matches!(
+            c.as_os_str().to_str(),
+            Some(".git" | ".hg" | ".svn" | ".jj")
+        )
     });
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    hidden_component || name.ends_with('~') || name.ends_with(".swp") || name.ends_with(".swx")
+    let editor = name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with(".swo")
+        || name.starts_with(".#")
+        || name == "4913";
+    vcs || editor
 }
 
 #[cfg(test)]
@@ -126,9 +140,18 @@ mod tests {
     #[test]
     fn git_internals_and_swap_files_are_noise() {
         assert!(is_noise(Path::new(".git/index")));
+        assert!(is_noise(Path::new("sub/.git/refs/heads/main")));
         assert!(is_noise(Path::new(".policy.yaml.swp")));
         assert!(is_noise(Path::new("policy.yaml~")));
         assert!(!is_noise(Path::new("policy.yaml")));
         assert!(!is_noise(Path::new("data/list.txt")));
+    }
+
+    #[test]
+    fn hidden_sources_and_configmap_swaps_are_changes() {
+        assert!(!is_noise(Path::new(".data/list.txt")));
+        assert!(!is_noise(Path::new("..data")));
+        assert!(!is_noise(Path::new("..data_tmp")));
+        assert!(!is_noise(Path::new("..2026_11_27_21_00_00.123/p.yaml")));
     }
 }
