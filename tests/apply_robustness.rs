@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use autosend_fake::{FakeConfig, Faults, RateLimit};
 use listwarden::store::Store;
 use support::fake::{Env, confirmed, fake_config, removes_sent};
+use support::scripted::{Arrivals, header_only_429};
 use support::{KEY, Policy, Run, emails, list_status, output, policy, policy_status};
 
 const SECRET: &str = "sk-live-SECRET-123";
@@ -89,13 +90,44 @@ fn rate_limited_with_retry_after_as_an_epoch_timestamp_waits_and_converges() {
     })));
 }
 
+/// The same, with every 429 rewritten so that only a `Retry-After` header says how long to
+/// wait: twice the client's default wait for a 429 without a readable hint, so a client that
+/// ignored the header would come back too early. Every request answered 429 is sent again no
+/// sooner than that (less 10%), and is then accepted.
 #[test]
 fn rate_limited_with_a_retry_after_header_waits_and_converges() {
-    rate_limited_apply(&Env::new(rate_limited(Faults {
-        retry_after_header: true,
-        retry_after_epoch: true,
-        ..Faults::default()
-    })));
+    const RETRY_AFTER: Duration = Duration::from_secs(2);
+    let log = Arrivals::default();
+    let env = Env::wrapped(rate_limited(Faults::default()), |fake| {
+        header_only_429(fake, RETRY_AFTER.as_secs(), log.clone())
+    });
+    rate_limited_apply(&env);
+
+    let arrivals = log.all();
+    let limited: Vec<_> = arrivals.iter().filter(|a| a.status == 429).collect();
+    assert!(!limited.is_empty(), "no 429 to wait out: {arrivals:#?}");
+    for a in limited {
+        let again: Vec<_> = arrivals
+            .iter()
+            .filter(|b| b.request == a.request && b.at > a.at)
+            .collect();
+        let next = again
+            .iter()
+            .map(|b| b.at)
+            .min()
+            .unwrap_or_else(|| panic!("never sent again after its 429: {}", a.request));
+        let waited = next - a.at;
+        assert!(
+            waited >= RETRY_AFTER.mul_f64(0.9),
+            "sent again {waited:?} after a 429 asking for {RETRY_AFTER:?}: {}",
+            a.request
+        );
+        assert!(
+            again.iter().any(|b| b.status == 200),
+            "never accepted after its 429: {}",
+            a.request
+        );
+    }
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
