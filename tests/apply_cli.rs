@@ -2,12 +2,13 @@
 //! test: convergence, idempotence, per-contact and per-list failures, safety refusals, and
 //! what the store remembers between runs.
 
-mod apply_support;
+mod support;
 
 use std::collections::BTreeSet;
 
-use apply_support::*;
 use autosend_fake::{GLOBAL_CONTACT_LIST, ListKind};
+use support::fake::{Env, fake_config, removes_sent};
+use support::{Policy, emails, list_status, policy, policy_status};
 
 fn set(v: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     v.into_iter().collect()
@@ -395,12 +396,10 @@ fn max_removals_per_sync_refuses_the_list_and_force_applies_it() {
     env.fake().add_contacts("list-a", emails("a", 10));
     env.manifest(
         "a.yaml",
-        &policy_with(
-            "pa",
-            "list-a",
-            &emails("a", 10),
-            "  maxRemovalsPerSync: 5\n",
-        ),
+        &Policy::new("pa", "list-a")
+            .spec("  maxRemovalsPerSync: 5\n")
+            .emails(&emails("a", 10))
+            .yaml(),
     );
 
     let run = env.apply(&[]);
@@ -441,7 +440,7 @@ fn too_large_batch_is_split_until_the_server_accepts_it() {
     let all = emails("big", 1000);
     env.fake().add_contacts("list-a", &all[..600]);
     env.fake().update_faults(|f| f.max_batch = Some(100));
-    write_file_policy(&env.manifests(), "pa", "list-a", &all);
+    Policy::new("pa", "list-a").write_with_emails_file(&env.manifests(), &all);
 
     let run = env.apply(&["--batch-size", "500"]);
     run.code(0);
@@ -603,17 +602,8 @@ fn plan_after_a_converged_apply_has_nothing_to_assert_and_detailed_exitcode_0() 
     let env = Env::plain();
     env.fake().add_contacts("list-a", emails("a", 8));
     env.manifest("a.yaml", &policy("pa", "list-a", &emails("a", 8)));
-    let m = env.manifests();
     let s = env.state();
-    let plan = |env: &Env| {
-        env.run(&[
-            "plan",
-            m.to_str().unwrap(),
-            "--state",
-            s.to_str().unwrap(),
-            "--detailed-exitcode",
-        ])
-    };
+    let plan = |env: &Env| env.plan(&["--detailed-exitcode"]);
     let before = plan(&env);
     before.code(2);
     assert!(

@@ -2,30 +2,37 @@
 //! seconds, as an epoch timestamp, and with a `Retry-After` header), `kill -9` in the middle
 //! of an apply, and the API key kept out of every output and of the state files.
 
-mod apply_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use apply_support::*;
 use autosend_fake::{FakeConfig, Faults, RateLimit};
-use listwarden::contact::ContactListId;
 use listwarden::store::Store;
+use support::fake::{Env, confirmed, fake_config, removes_sent};
+use support::scripted::{Arrivals, header_only_429};
+use support::{KEY, Policy, Run, emails, list_status, output, policy, policy_status};
 
 const SECRET: &str = "sk-live-SECRET-123";
+
+/// A fake allowing 5 requests a second, answering each after 100 ms.
+fn rate_limited(faults: Faults) -> FakeConfig {
+    FakeConfig {
+        api_key: KEY.into(),
+        rate_limits: vec![RateLimit::per_second(5)],
+        faults: Faults {
+            latency: Duration::from_millis(100),
+            ..faults
+        },
+    }
+}
 
 /// Four lists of 30 members, batches of 10: 16 requests against a server allowing 5 a second,
 /// sent by a client that paces itself at 50 a second. The client holds back when a response
 /// says `X-RateLimit-Remaining: 0`, so 100 ms of server latency keeps several requests in
 /// flight at once: those reach a full window and get 429s.
-fn rate_limited_apply(mut faults: Faults) {
-    faults.latency = Duration::from_millis(100);
-    let env = Env::new(FakeConfig {
-        api_key: KEY.into(),
-        rate_limits: vec![RateLimit::per_second(5)],
-        faults,
-    });
+fn rate_limited_apply(env: &Env) {
     let lists = ["list-a", "list-b", "list-c", "list-d"];
     for (i, list) in lists.iter().enumerate() {
         let prefix = format!("c{i}-");
@@ -72,24 +79,55 @@ fn rate_limited_apply(mut faults: Faults) {
 
 #[test]
 fn rate_limited_with_retry_after_in_seconds_waits_and_converges() {
-    rate_limited_apply(Faults::default());
+    rate_limited_apply(&Env::new(rate_limited(Faults::default())));
 }
 
 #[test]
 fn rate_limited_with_retry_after_as_an_epoch_timestamp_waits_and_converges() {
-    rate_limited_apply(Faults {
+    rate_limited_apply(&Env::new(rate_limited(Faults {
         retry_after_epoch: true,
         ..Faults::default()
-    });
+    })));
 }
 
+/// The same, with every 429 rewritten so that only a `Retry-After` header says how long to
+/// wait: twice the client's default wait for a 429 without a readable hint, so a client that
+/// ignored the header would come back too early. Every request answered 429 is sent again no
+/// sooner than that (less 10%), and is then accepted.
 #[test]
 fn rate_limited_with_a_retry_after_header_waits_and_converges() {
-    rate_limited_apply(Faults {
-        retry_after_header: true,
-        retry_after_epoch: true,
-        ..Faults::default()
+    const RETRY_AFTER: Duration = Duration::from_secs(2);
+    let log = Arrivals::default();
+    let env = Env::wrapped(rate_limited(Faults::default()), |fake| {
+        header_only_429(fake, RETRY_AFTER.as_secs(), log.clone())
     });
+    rate_limited_apply(&env);
+
+    let arrivals = log.all();
+    let limited: Vec<_> = arrivals.iter().filter(|a| a.status == 429).collect();
+    assert!(!limited.is_empty(), "no 429 to wait out: {arrivals:#?}");
+    for a in limited {
+        let again: Vec<_> = arrivals
+            .iter()
+            .filter(|b| b.request == a.request && b.at > a.at)
+            .collect();
+        let next = again
+            .iter()
+            .map(|b| b.at)
+            .min()
+            .unwrap_or_else(|| panic!("never sent again after its 429: {}", a.request));
+        let waited = next - a.at;
+        assert!(
+            waited >= RETRY_AFTER.mul_f64(0.9),
+            "sent again {waited:?} after a 429 asking for {RETRY_AFTER:?}: {}",
+            a.request
+        );
+        assert!(
+            again.iter().any(|b| b.status == 200),
+            "never accepted after its 429: {}",
+            a.request
+        );
+    }
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -113,22 +151,8 @@ fn state_files(env: &Env) -> Vec<(String, Vec<u8>)> {
 /// A long apply in the background (300 contacts at 5 requests/s in batches of 10), its
 /// output in `stdout` / `stderr` beside the state.
 fn spawn_slow_apply(env: &Env) -> std::process::Child {
-    let m = env.manifests();
-    let s = env.state();
     let log = |name: &str| std::fs::File::create(env.dir.path().join(name)).unwrap();
-    env.command(SECRET)
-        .args([
-            "apply",
-            m.to_str().unwrap(),
-            "--state",
-            s.to_str().unwrap(),
-            "--rate-limit",
-            "5/s",
-            "--batch-size",
-            "10",
-            "--strategy",
-            "assert",
-        ])
+    env.apply_command(SECRET, &["--rate-limit", "5/s", "--batch-size", "10"])
         .stdout(Stdio::from(log("stdout")))
         .stderr(Stdio::from(log("stderr")))
         .spawn()
@@ -140,10 +164,8 @@ fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
     let env = Env::new(fake_config(SECRET));
     let all = emails("k", 300);
     env.fake().add_contacts("list-a", &all);
-    write_file_policy(&env.manifests(), "pa", "list-a", &all);
+    Policy::new("pa", "list-a").write_with_emails_file(&env.manifests(), &all);
 
-    let m = env.manifests();
-    let s = env.state();
     let mut child = spawn_slow_apply(&env);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -180,17 +202,7 @@ fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
     for (path, bytes) in files {
         assert!(!contains(&bytes, SECRET), "the API key is in {path}");
     }
-    let confirmed: BTreeSet<String> = {
-        let store = Store::open(&s, "test").unwrap();
-        let r = store
-            .records(&ContactListId::parse("list-a").unwrap())
-            .unwrap();
-        r.emails
-            .iter()
-            .filter(|(_, r)| r.confirmed_at.is_some())
-            .map(|(c, _)| c.to_string())
-            .collect()
-    };
+    let confirmed = confirmed(&Store::open(&env.state(), "test").unwrap(), "list-a");
     // Each batch is committed before the next is sent: every batch but the last one the
     // server saw (maybe in flight at the kill) is confirmed in the store.
     let (in_flight, committed) = before.split_last().unwrap();
@@ -205,21 +217,7 @@ fn kill_9_mid_apply_then_rerun_sends_only_unconfirmed_batches() {
     assert!(confirmed.len() >= committed.len() * 10);
 
     env.fake().reset_counters();
-    let rerun = env.run_with_key(
-        SECRET,
-        &[
-            "apply",
-            m.to_str().unwrap(),
-            "--state",
-            s.to_str().unwrap(),
-            "--rate-limit",
-            "100/s",
-            "--batch-size",
-            "10",
-            "--strategy",
-            "assert",
-        ],
-    );
+    let rerun = output(&mut env.apply_command(SECRET, &["--batch-size", "10"]));
     rerun.code(0);
     let resent: BTreeSet<String> = removes_sent(env.fake(), "list-a").into_iter().collect();
     let again: Vec<&String> = resent.intersection(&confirmed).collect();
@@ -386,7 +384,7 @@ fn sigterm_mid_apply_finishes_the_request_in_flight_exits_1_and_shows_progressin
     let env = Env::new(fake_config(SECRET));
     let all = emails("t", 300);
     env.fake().add_contacts("list-a", &all);
-    write_file_policy(&env.manifests(), "pa", "list-a", &all);
+    Policy::new("pa", "list-a").write_with_emails_file(&env.manifests(), &all);
     let mut child = spawn_slow_apply(&env);
     let deadline = Instant::now() + Duration::from_secs(30);
     while env.fake().counters().remove_batches.len() < 3 {

@@ -2,18 +2,15 @@
 //! is held, one writer per store, private store files, wrong paths and unreachable servers
 //! fail early and loudly with one `error:` line that says what to check.
 
-mod apply_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apply_support::*;
 use autosend_fake::{FakeConfig, Faults};
-
-fn last_line(text: &str) -> &str {
-    text.lines().last().unwrap_or("")
-}
+use support::fake::{Env, fake_config};
+use support::{KEY, Policy, emails, free_port, list_status, output, policy, policy_status};
 
 #[test]
 fn a_truncated_export_is_held_until_approved() {
@@ -30,7 +27,7 @@ fn a_truncated_export_is_held_until_approved() {
     r.code(1);
     assert_eq!(env.fake().counters().requests, 0);
     assert!(
-        last_line(&r.stderr)
+        r.last_stderr_line()
             .starts_with("error: policy pa would forget 8 of its 10 contacts (80%)"),
         "{}",
         r.stderr
@@ -47,15 +44,8 @@ fn a_truncated_export_is_held_until_approved() {
     assert_eq!(list_status(&doc, "list-a")["confirmed"], 10);
 
     // plan says so too, as a change waiting for a decision.
-    let m = env.manifests();
     let s = env.state();
-    let plan = env.run(&[
-        "plan",
-        m.to_str().unwrap(),
-        "--state",
-        s.to_str().unwrap(),
-        "--detailed-exitcode",
-    ]);
+    let plan = env.plan(&["--detailed-exitcode"]);
     plan.code(2);
     assert!(
         plan.stdout
@@ -92,7 +82,10 @@ fn raising_max_forget_percent_in_the_manifest_lets_a_shrink_through() {
     env.apply(&[]).code(0);
     env.manifest(
         "a.yaml",
-        &policy_with("pa", "list-a", &all[..3], "  maxForgetPercent: 80\n"),
+        &Policy::new("pa", "list-a")
+            .spec("  maxForgetPercent: 80\n")
+            .emails(&all[..3])
+            .yaml(),
     );
     env.apply(&[]).code(0);
     assert_eq!(list_status(&env.status_json(), "list-a")["confirmed"], 3);
@@ -100,19 +93,8 @@ fn raising_max_forget_percent_in_the_manifest_lets_a_shrink_through() {
 
 /// An apply that takes a few seconds: 20 contacts one a request at 5 requests/s.
 fn spawn_slow_apply(env: &Env, log: &str) -> std::process::Child {
-    let m = env.manifests();
-    let s = env.state();
     let log = std::fs::File::create(env.dir.path().join(log)).unwrap();
-    env.command(KEY)
-        .args(["apply", m.to_str().unwrap(), "--state", s.to_str().unwrap()])
-        .args([
-            "--rate-limit",
-            "5/s",
-            "--batch-size",
-            "1",
-            "--strategy",
-            "assert",
-        ])
+    env.apply_command(KEY, &["--rate-limit", "5/s", "--batch-size", "1"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -162,20 +144,9 @@ fn three_applies_racing_on_a_fresh_store_run_once_without_schema_errors() {
     });
     env.fake().add_contacts("list-a", emails("r", 5));
     env.manifest("a.yaml", &policy("pa", "list-a", &emails("r", 5)));
-    let m = env.manifests();
-    let s = env.state();
     let children: Vec<_> = (0..3)
         .map(|_| {
-            env.command(KEY)
-                .args(["apply", m.to_str().unwrap(), "--state", s.to_str().unwrap()])
-                .args([
-                    "--rate-limit",
-                    "100/s",
-                    "--batch-size",
-                    "1",
-                    "--strategy",
-                    "assert",
-                ])
+            env.apply_command(KEY, &["--batch-size", "1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -269,7 +240,8 @@ fn a_path_without_manifests_fails_validate_plan_and_apply_unless_allowed() {
         let r = env.run(&[&[cmd, "manifests"], state].concat());
         r.code(1);
         assert!(
-            last_line(&r.stderr).starts_with("error: no manifests found under manifests"),
+            r.last_stderr_line()
+                .starts_with("error: no manifests found under manifests"),
             "{cmd}: {}",
             r.stderr
         );
@@ -296,10 +268,7 @@ fn apply_on_a_missing_path_prints_nothing_and_creates_no_store() {
 fn a_refused_connection_ends_with_one_error_line_naming_the_url() {
     let env = Env::plain();
     env.manifest("a.yaml", &policy("pa", "list-a", &emails("c", 1)));
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = free_port();
     let url = format!("http://127.0.0.1:{closed}/v1");
     let r = output(
         env.command(KEY)
@@ -315,7 +284,7 @@ fn a_refused_connection_ends_with_one_error_line_naming_the_url() {
             .args(["--max-retries", "2", "--retry-backoff", "10ms"]),
     );
     r.code(1);
-    let last = last_line(&r.stderr);
+    let last = r.last_stderr_line();
     assert!(
         last.starts_with("error: list list-a: failed: cannot reach AutoSend at"),
         "{last}"
@@ -351,7 +320,7 @@ fn every_list_not_found_points_at_the_base_url() {
         "100/s",
     ]));
     r.code(1);
-    let last = last_line(&r.stderr);
+    let last = r.last_stderr_line();
     assert!(
         last.contains("every contact list answered 404 Not Found: is the API URL right?"),
         "{last}"

@@ -2,21 +2,11 @@
 //! (`--detailed-exitcode`), `--verbose`, `--batch-size`, suspended policies, unions of
 //! policies on one list, safety thresholds, and isolation of broken manifests.
 
-mod common;
+mod support;
 
 use std::path::Path;
 
-use common::{HEADER, Run, policy, run, run_in, write};
-use serde_json::Value;
-
-fn list<'a>(doc: &'a Value, id: &str) -> &'a Value {
-    doc["lists"]
-        .as_array()
-        .expect("lists is an array")
-        .iter()
-        .find(|l| l["contact_list_id"] == id)
-        .unwrap_or_else(|| panic!("no list {id} in {doc:#}"))
-}
+use support::{Policy, Run, list_status, policy, run, run_in, write};
 
 /// The lines of the text plan from `list ID` to the blank line that ends its block.
 fn block<'a>(r: &'a Run, id: &str) -> Vec<&'a str> {
@@ -126,7 +116,7 @@ fn json_plan_follows_the_format_version_1_shape() {
     assert_eq!(s["refused_lists"], 0);
     assert_eq!(s["has_changes"], true);
 
-    let news = list(&doc, "list-news");
+    let news = list_status(&doc, "list-news");
     assert_eq!(
         news["policies"],
         serde_json::json!(["news-bounces", "news-legal"])
@@ -262,7 +252,7 @@ fn broken_manifest_does_not_stop_other_policies_from_being_planned() {
 
     let doc = run(&["plan", "broken_and_valid", "--output", "json"]).json();
     assert_eq!(doc["summary"]["lists"], 1);
-    assert_eq!(list(&doc, "list-healthy")["emails"]["to_assert"], 2);
+    assert_eq!(list_status(&doc, "list-healthy")["emails"]["to_assert"], 2);
 }
 
 #[test]
@@ -288,7 +278,7 @@ fn verbose_lists_every_contact_with_its_reason_and_policies() {
     );
     let doc = run(&["plan", "plan_two_lists", "-v", "--output", "json"]).json();
     assert_eq!(
-        list(&doc, "list-promo")["contacts"],
+        list_status(&doc, "list-promo")["contacts"],
         serde_json::json!({
             "emails": ["p1@example.com", "p2@example.com", "p3@example.com"],
             "contact_ids": []
@@ -301,7 +291,7 @@ fn two_policies_on_one_list_are_unioned_and_a_shared_contact_counts_once() {
     // news-bounces: shared, only-bounces, b1, b2; news-legal: Shared (same after
     // normalising), only-legal, cid-legal-1. Union: 5 emails + 1 id.
     let doc = run(&["plan", "plan_two_lists", "--output", "json"]).json();
-    let news = list(&doc, "list-news");
+    let news = list_status(&doc, "list-news");
     assert_eq!(news["emails"]["desired"], 5);
     assert_eq!(news["contact_ids"]["desired"], 1);
     // Each policy is credited with the shared contact.
@@ -347,7 +337,7 @@ fn suspended_policy_is_shown_as_suspended_and_contributes_nothing() {
     assert!(has_line(&a, &["emails", "1 must be absent"]), "{a:#?}");
 
     let doc = run(&["plan", "plan_mixed_suspended", "--output", "json"]).json();
-    let l = list(&doc, "list-a");
+    let l = list_status(&doc, "list-a");
     assert_eq!(l["policies"], serde_json::json!(["active"]));
     assert_eq!(l["suspended_policies"], serde_json::json!(["paused"]));
     assert_eq!(l["emails"]["desired"], 1);
@@ -375,12 +365,11 @@ fn big_policy(dir: &Path, emails: usize, ids: usize) {
         text.push_str(&format!("user{i}@example.com\n"));
     }
     write(&dir.join("m/data/emails.txt"), &text);
-    let mut doc = format!(
-        "{HEADER}metadata:\n  name: big\nspec:\n  contactListId: list-big\n  exclude:\n    files:\n      - path: data/emails.txt\n    contactIds:\n"
-    );
-    for i in 0..ids {
-        doc.push_str(&format!("      - cid-{i}\n"));
-    }
+    let ids: Vec<String> = (0..ids).map(|i| format!("cid-{i}")).collect();
+    let doc = Policy::new("big", "list-big")
+        .file("data/emails.txt")
+        .ids(&ids)
+        .yaml();
     write(&dir.join("m/big.yaml"), &doc);
 }
 
@@ -395,7 +384,7 @@ fn batch_size_sets_request_counts_with_emails_and_ids_in_separate_requests() {
         );
         r.code(0);
         let doc = r.json();
-        let l = list(&doc, "list-big").clone();
+        let l = list_status(&doc, "list-big").clone();
         (
             l["emails"]["requests"].as_u64().unwrap(),
             l["contact_ids"]["requests"].as_u64().unwrap(),
@@ -494,10 +483,10 @@ fn max_removals_per_sync_exceeded_refuses_the_list_in_the_plan() {
 
     let doc = run(&["plan", "plan_threshold", "--output", "json"]).json();
     assert_eq!(
-        list(&doc, "list-careful")["refused"],
+        list_status(&doc, "list-careful")["refused"],
         serde_json::json!({"policy": "careful", "threshold": 2, "would_assert": 3})
     );
-    assert!(list(&doc, "list-free")["refused"].is_null());
+    assert!(list_status(&doc, "list-free")["refused"].is_null());
     assert_eq!(doc["summary"]["refused_lists"], 1);
     assert_eq!(doc["summary"]["to_assert"], 3);
     assert_eq!(doc["policies"][0]["max_removals_per_sync"], 2);
@@ -516,7 +505,7 @@ fn max_removals_flag_is_the_default_threshold_for_policies_without_one() {
     ])
     .json();
     assert_eq!(
-        list(&doc, "list-free")["refused"],
+        list_status(&doc, "list-free")["refused"],
         serde_json::json!({"policy": "unbounded", "threshold": 2, "would_assert": 3})
     );
     assert_eq!(doc["summary"]["refused_lists"], 2);
@@ -533,7 +522,7 @@ fn max_removals_flag_is_the_default_threshold_for_policies_without_one() {
         "3",
     ])
     .json();
-    assert!(list(&doc, "list-free")["refused"].is_null());
+    assert!(list_status(&doc, "list-free")["refused"].is_null());
 
     // A policy's own maxRemovalsPerSync wins over a looser flag.
     let doc = run(&[
@@ -545,7 +534,7 @@ fn max_removals_flag_is_the_default_threshold_for_policies_without_one() {
         "100",
     ])
     .json();
-    assert_eq!(list(&doc, "list-careful")["refused"]["threshold"], 2);
+    assert_eq!(list_status(&doc, "list-careful")["refused"]["threshold"], 2);
 }
 
 #[test]
@@ -567,7 +556,7 @@ fn threshold_counts_a_shared_contact_for_each_policy_asking_for_it() {
     let doc = r.json();
     // The list has 3 contacts; policy a asks for 2 (not above 2), policy b for 3.
     assert_eq!(
-        list(&doc, "list-x")["refused"],
+        list_status(&doc, "list-x")["refused"],
         serde_json::json!({"policy": "b", "threshold": 2, "would_assert": 3})
     );
 }

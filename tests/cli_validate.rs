@@ -7,9 +7,9 @@
 //! directories are built in temp dirs by the tests themselves (git refuses to commit a
 //! `.git` path, and committed symlinks do not survive every checkout).
 
-mod common;
+mod support;
 
-use common::{HEADER, policy, run, run_in, write};
+use support::{HEADER, Policy, policy, run, run_in, write};
 
 #[test]
 fn unknown_field_is_an_error_naming_the_field_path() {
@@ -237,9 +237,7 @@ fn file_source_symlink_pointing_outside_the_root_is_an_error() {
     let root = dir.path().join("manifests");
     write(
         &root.join("policy.yaml"),
-        &format!(
-            "{HEADER}metadata:\n  name: linked\nspec:\n  contactListId: list-a\n  exclude:\n    files:\n      - path: data/list.txt\n"
-        ),
+        &Policy::new("linked", "list-a").file("data/list.txt").yaml(),
     );
     std::fs::create_dir_all(root.join("data")).unwrap();
     std::os::unix::fs::symlink(
@@ -286,9 +284,7 @@ fn many_invalid_entries_are_capped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("m/policy.yaml"),
-        &format!(
-            "{HEADER}metadata:\n  name: wrong-column\nspec:\n  contactListId: list-a\n  exclude:\n    files:\n      - path: ids.txt\n"
-        ),
+        &Policy::new("wrong-column", "list-a").file("ids.txt").yaml(),
     );
     let text: String = (0..100).map(|i| format!("id-{i}\n")).collect();
     write(&dir.path().join("m/ids.txt"), &text);
@@ -808,9 +804,7 @@ fn a_one_megabyte_entry_is_quoted_short_with_its_length() {
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("m/policy.yaml"),
-        &format!(
-            "{HEADER}metadata:\n  name: huge\nspec:\n  contactListId: list-a\n  exclude:\n    files:\n      - path: one-line.txt\n"
-        ),
+        &Policy::new("huge", "list-a").file("one-line.txt").yaml(),
     );
     write(
         &dir.path().join("m/one-line.txt"),

@@ -3,11 +3,11 @@
 //! counts as strings, a refusal that concerns the request rather than a contact. None of
 //! them may confirm a contact wrongly or burn the request budget.
 
-mod apply_support;
+mod support;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use apply_support::*;
 use axum::Json;
 use axum::extract::{Path as AxPath, State};
 use axum::http::StatusCode;
@@ -17,6 +17,9 @@ use listwarden::manifest::Strategy;
 use listwarden::reconcile::{self, ListResult};
 use listwarden::store::Store;
 use serde_json::{Value, json};
+use support::fake::{Pass, fast_client, is_confirmed, plan_options, sync_one_at_a_time};
+use support::scripted::{self, serve_router};
+use support::{KEY, Policy, policy, write};
 
 const LIST: &str = "L1";
 
@@ -40,7 +43,7 @@ enum Mode {
     OverAccounted,
 }
 
-struct Scripted {
+struct Script {
     mode: Mode,
     /// Members of the list: (id, email).
     members: Vec<(String, String)>,
@@ -48,7 +51,7 @@ struct Scripted {
     removes: Vec<Value>,
 }
 
-type Shared = Arc<Mutex<Scripted>>;
+type Shared = Arc<Mutex<Script>>;
 
 fn unauthorized() -> (StatusCode, Json<Value>) {
     (
@@ -153,11 +156,11 @@ async fn remove(State(s): State<Shared>, Json(body): Json<Value>) -> (StatusCode
 struct Server {
     url: String,
     state: Shared,
-    _task: tokio::task::JoinHandle<()>,
+    _served: scripted::Server,
 }
 
 async fn serve(mode: Mode, members: &[(&str, &str)]) -> Server {
-    let state: Shared = Arc::new(Mutex::new(Scripted {
+    let state: Shared = Arc::new(Mutex::new(Script {
         mode,
         members: members
             .iter()
@@ -170,44 +173,32 @@ async fn serve(mode: Mode, members: &[(&str, &str)]) -> Server {
         .route("/v1/contact-lists/contacts/search", post(search))
         .route("/v1/contact-lists/{id}/contacts/remove", post(remove))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let served = serve_router(app).await;
     Server {
-        url,
+        url: served.url.clone(),
         state,
-        _task: task,
+        _served: served,
     }
 }
 
-fn manifest(dir: &std::path::Path, emails: &[&str], ids: &[&str]) {
-    let mut s = format!(
-        "{HEADER}metadata:\n  name: p\nspec:\n  contactListId: {LIST}\n  exclude:\n    emails: {emails:?}\n    contactIds: {ids:?}\n"
-    );
-    s = s
-        .replace("    emails: []\n", "")
-        .replace("    contactIds: []\n", "");
-    write(&dir.join("p.yaml"), &s);
+fn manifest(dir: &Path, emails: &[&str], ids: &[&str]) {
+    let p = Policy::new("p", LIST).emails(emails).ids(ids);
+    write(&dir.join("p.yaml"), &p.yaml());
 }
 
 fn confirmed(store: &Store, kind: ContactKind, contact: &str) -> bool {
-    let r = store.records(&ContactListId::parse(LIST).unwrap()).unwrap();
-    let map = match kind {
-        ContactKind::Email => &r.emails,
-        ContactKind::ContactId => &r.contact_ids,
-    };
-    map.get(contact)
-        .is_some_and(|r| r.confirmed_at.is_some() && r.failed_at.is_none())
+    is_confirmed(store, LIST, kind, contact)
 }
 
-async fn run(server: &Server, dir: &std::path::Path, strategy: Strategy) -> (Arc<Store>, Pass) {
+/// One pass against `server` in batches of 500, one list at a time.
+async fn sync_pass(server: &Server, store: &Arc<Store>, dir: &Path, strategy: Strategy) -> Pass {
+    sync_one_at_a_time(&server.url, store, dir, plan_options(500, strategy)).await
+}
+
+/// One pass into a new store.
+async fn run(server: &Server, dir: &Path, strategy: Strategy) -> (Arc<Store>, Pass) {
     let store = Arc::new(Store::in_memory().unwrap());
-    let mut options = plan_options(500);
-    options.strategy = strategy;
-    let client = fast_client(&server.url, KEY);
-    let pass = sync(&client, &store, dir, options, 1).await;
+    let pass = sync_pass(server, &store, dir, strategy).await;
     (store, pass)
 }
 
@@ -302,8 +293,7 @@ async fn a_load_without_any_policy_forgets_nothing() {
     assert!(confirmed(&store, ContactKind::Email, "m1@example.com"));
     // The manifests vanish (a failed checkout, a missing mount): nothing is forgotten.
     std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
-    let client = fast_client(&server.url, KEY);
-    let pass = sync(&client, &store, dir.path(), plan_options(500), 1).await;
+    let pass = sync_pass(&server, &store, dir.path(), Strategy::Assert).await;
     assert!(pass.manifests.policies.is_empty());
     assert!(
         pass.manifests
@@ -319,20 +309,15 @@ async fn a_key_refused_on_one_list_leaves_the_converged_lists_ready() {
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("a.yaml"),
-        &format!(
-            "{HEADER}metadata:\n  name: on-l1\nspec:\n  contactListId: L1\n  exclude:\n    emails: [m1@example.com]\n"
-        ),
+        &policy("on-l1", "L1", &["m1@example.com"]),
     );
     write(
         &dir.path().join("b.yaml"),
-        &format!(
-            "{HEADER}metadata:\n  name: on-l2\nspec:\n  contactListId: L2\n  exclude:\n    emails: [m2@example.com]\n"
-        ),
+        &policy("on-l2", "L2", &["m2@example.com"]),
     );
     let store = Arc::new(Store::in_memory().unwrap());
-    let client = fast_client(&server.url, KEY);
     // One list at a time, L1 first: it converges before L2's 401 stops the pass.
-    let pass = sync(&client, &store, dir.path(), plan_options(500), 1).await;
+    let pass = sync_pass(&server, &store, dir.path(), Strategy::Assert).await;
     assert!(pass.report.unauthorized.is_some(), "{:?}", pass.report);
     let policies = store.policies().unwrap();
     let reason = |name: &str| {
@@ -356,9 +341,8 @@ async fn counts_that_do_not_cover_the_batch_confirm_nothing_and_fail_the_third_t
         &[],
     );
     let store = Arc::new(Store::in_memory().unwrap());
-    let client = fast_client(&server.url, KEY);
     for pass_no in 1..=3 {
-        let pass = sync(&client, &store, dir.path(), plan_options(500), 1).await;
+        let pass = sync_pass(&server, &store, dir.path(), Strategy::Assert).await;
         let o = &pass.report.outcomes[0];
         assert_eq!(
             o.result,
@@ -430,14 +414,11 @@ async fn a_panic_in_one_list_fails_that_list_and_the_others_converge() {
     for (name, list) in [("on-l1", "L1"), ("on-l2", "L2")] {
         write(
             &dir.path().join(format!("{name}.yaml")),
-            &format!(
-                "{HEADER}metadata:\n  name: {name}\nspec:\n  contactListId: {list}\n  exclude:\n    emails: [m1@example.com]\n"
-            ),
+            &policy(name, list, &["m1@example.com"]),
         );
     }
     let store = Arc::new(Store::in_memory().unwrap());
-    let mut options = plan_options(500);
-    options.strategy = Strategy::Assert;
+    let options = plan_options(500, Strategy::Assert);
     let (manifests, plan) = reconcile::prepare(&store, dir.path(), options).unwrap();
     let ctx = reconcile::Context {
         progress: Arc::new(PanicOn("L1")),

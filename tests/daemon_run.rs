@@ -1,14 +1,15 @@
 //! `listwarden run` as a process: the real binary against the in-process fake AutoSend,
 //! driven through its manifests, signals and HTTP endpoints.
 
-#[path = "common/daemon.rs"]
-mod daemon_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use autosend_fake::{FakeConfig, Faults};
-use daemon_support::*;
+use support::daemon::{Harness, L1, L2, Opts, metric_sum, parse_sample};
+use support::fake::fake_config;
+use support::{KEY, Policy, emails, policy, write_atomic};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -84,7 +85,7 @@ fn burst(in_place: bool) {
     h.fake().add_contacts(L1, &burst);
     h.fake().add_contacts(L1, ["seed@example.com"]);
     h.write("data.txt", "seed@example.com\n");
-    h.write("p1.yaml", &file_policy("p1", L1, "data.txt"));
+    h.write("p1.yaml", &Policy::new("p1", L1).file("data.txt").yaml());
     h.start();
     h.wait_ready(CONVERGE);
     h.wait_removed(L1, &["seed@example.com".to_string()], CONVERGE);
@@ -192,7 +193,7 @@ fn an_invalid_manifest_is_reported_and_the_others_keep_converging() {
     });
 
     // A deleted manifest's policy leaves /status.
-    h.remove("pb.yaml");
+    h.remove_manifest("pb.yaml");
     h.wait("pb to leave /status", CONVERGE, || {
         h.policy_status("pb").is_none().then_some(())
     });
@@ -205,12 +206,11 @@ fn server_errors_beyond_the_client_retries_are_requeued_until_they_pass() {
     // With `--max-retries 2 --retry-backoff 20ms` the client tries a request 3 times: 3
     // 503s fail the first reconcile, which is requeued (1 s backoff), then converges.
     let mut h = Harness::with_fake(FakeConfig {
-        api_key: KEY.into(),
-        rate_limits: vec![],
         faults: Faults {
             fail_next: Some((503, 3)),
             ..Faults::default()
         },
+        ..fake_config(KEY)
     });
     let a = emails("a", 3);
     h.fake().add_contacts(L1, &a);
@@ -277,12 +277,11 @@ fn a_refused_key_pauses_api_work_and_keeps_running() {
 #[test]
 fn a_401_pauses_until_sighup_then_it_converges() {
     let mut h = Harness::with_fake(FakeConfig {
-        api_key: KEY.into(),
-        rate_limits: vec![],
         faults: Faults {
             fail_next: Some((401, 1)),
             ..Faults::default()
         },
+        ..fake_config(KEY)
     });
     let a = emails("a", 3);
     h.fake().add_contacts(L1, &a);

@@ -3,13 +3,13 @@
 //! under it fails readiness, a missing manifests path (git-sync not cloned yet) makes it
 //! wait, not crash, and `/status` shows no address unless asked.
 
-#[path = "common/daemon.rs"]
-mod daemon_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use daemon_support::*;
+use support::daemon::{Harness, L1, Opts};
+use support::{Policy, emails, listwarden, output, policy, write_atomic};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -28,9 +28,7 @@ fn mid_pass(extra_spec: &str) -> (Harness, Vec<String>) {
     std::fs::write(h.manifests().join("d.txt"), all.join("\n") + "\n").unwrap();
     h.write(
         "p.yaml",
-        &format!(
-            "{HEADER}metadata:\n  name: p\nspec:\n  contactListId: {L1}\n{extra_spec}  exclude:\n    files:\n      - path: d.txt\n"
-        ),
+        &Policy::new("p", L1).spec(extra_spec).file("d.txt").yaml(),
     );
     h.start_with(Opts {
         rate_limit: "5/s".into(),
@@ -89,9 +87,10 @@ fn suspending_a_policy_mid_reconcile_stops_its_sends() {
     let at_edit = h.batch_count();
     h.write(
         "p.yaml",
-        &format!(
-            "{HEADER}metadata:\n  name: p\nspec:\n  contactListId: {L1}\n  suspend: true\n  exclude:\n    files:\n      - path: d.txt\n"
-        ),
+        &Policy::new("p", L1)
+            .spec("  suspend: true\n")
+            .file("d.txt")
+            .yaml(),
     );
     h.wait_reason("p", "Suspended", CONVERGE);
     std::thread::sleep(Duration::from_millis(800));
@@ -233,16 +232,12 @@ fn an_approval_recorded_beside_a_running_daemon_lets_a_held_shrink_through() {
         message.contains("would forget 8 of its 10 contacts (80%)"),
         "{message}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_listwarden"))
-        .args(["approve", "p", "--state"])
-        .arg(h.state())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output(
+        listwarden()
+            .args(["approve", "p", "--state"])
+            .arg(h.state()),
+    )
+    .code(0);
     h.wait_reason("p", "Converged", CONVERGE);
     let confirmed: BTreeSet<String> = h.status()["lists"][0]["confirmed"]
         .as_u64()

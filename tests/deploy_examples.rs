@@ -2,10 +2,13 @@
 //! key fields are where operators expect them, and every listwarden command line in them is
 //! accepted by the real CLI (the workflow's `plan` and `validate` are run for real).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_yaml::Value;
+use support::{listwarden, output};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deploy")
@@ -24,28 +27,18 @@ fn documents(name: &str) -> Vec<Value> {
         .collect()
 }
 
-fn listwarden(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_listwarden"))
-        .args(args)
-        .env_remove("AUTOSEND_API_KEY")
-        .env_remove("LISTWARDEN_STATE")
-        .env_remove("LISTWARDEN_RATE_LIMIT")
-        .output()
-        .expect("run listwarden")
-}
-
 /// The CLI accepts `args` (subcommand, flags and values): clap parses and validates every
 /// argument before `--help`, so an unknown flag or a bad value fails here.
 #[track_caller]
 fn assert_cli_accepts(args: &[String]) {
     let mut with_help = args.to_vec();
     with_help.push("--help".into());
-    let out = listwarden(&with_help);
+    let out = output(listwarden().args(&with_help));
     assert!(
-        out.status.success(),
+        out.code == 0,
         "listwarden {} is refused:\n{}",
         args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
 }
 
@@ -279,30 +272,19 @@ fn github_workflow_plans_pull_requests_and_applies_main() {
         &dir.path().join("manifests"),
     );
     let run = |args: &[String]| {
-        Command::new(env!("CARGO_BIN_EXE_listwarden"))
-            .args(args)
-            .current_dir(dir.path())
-            .env_remove("AUTOSEND_API_KEY")
-            .env("LISTWARDEN_STATE", dir.path().join(".listwarden/state.db"))
-            .output()
-            .unwrap()
+        output(
+            listwarden()
+                .args(args)
+                .current_dir(dir.path())
+                .env("LISTWARDEN_STATE", dir.path().join(".listwarden/state.db")),
+        )
     };
     for cmd in all_commands.iter().filter(|c| c[0] == "validate") {
-        let out = run(cmd);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(cmd).code(0);
     }
     let out = run(detailed);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "plan with work to do exits 2: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the plan is JSON");
+    out.code(2);
+    let doc = out.json();
     assert!(doc["format_version"].is_u64(), "{doc}");
 }
 

@@ -2,67 +2,21 @@
 //! directly. Whatever it sends, the client must not confirm a contact, follow it elsewhere,
 //! panic, hang, grow without bound, or let the API key out in an error or a log line.
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use autosend::{ApiError, ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally};
-use axum::body::Body;
+use autosend::{ApiError, Client, ClientConfig, RemoveBatch, Tally};
 use axum::response::Response;
 use serde_json::{Value, json};
+use support::fake::fast_config;
+use support::scripted::{json_reply, reply, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A key shaped like a real one, so that a leak of it cannot be a coincidence.
 const SECRET: &str = "ASA_live_7f3c9e21b84d4a6f9e0c5d1b2a3f4e5d";
-
-/// An in-process server whose `n`th answer (from 0) is `script(n)`, whatever the request.
-struct Scripted {
-    url: String,
-    hits: Arc<AtomicUsize>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl Scripted {
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-async fn serve(script: impl Fn(usize) -> Response + Send + Sync + 'static) -> Scripted {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let script = Arc::new(script);
-    let counter = hits.clone();
-    let app = axum::Router::new().fallback(move || {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        let response = script(n);
-        async move { response }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    Scripted {
-        url,
-        hits,
-        _task: task,
-    }
-}
-
-fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> Response {
-    let mut b = axum::http::Response::builder().status(status);
-    if !headers.iter().any(|(name, _)| *name == "content-type") {
-        b = b.header("content-type", "application/json");
-    }
-    for (name, value) in headers {
-        b = b.header(*name, *value);
-    }
-    b.body(body.into()).unwrap()
-}
-
-fn json_reply(status: u16, body: &Value) -> Response {
-    reply(status, &[], body.to_string())
-}
 
 fn list_ok() -> Response {
     json_reply(
@@ -71,10 +25,9 @@ fn list_ok() -> Response {
     )
 }
 
-/// Fast retries, no pacing, the realistic key.
+/// Faster retries than [`fast_config`], no pacing, the realistic key.
 fn config(url: &str) -> ClientConfig {
-    let mut c = ClientConfig::new(url, ApiKey::new(SECRET));
-    c.rate_limits = RateLimits(vec![]);
+    let mut c = fast_config(url, SECRET);
     c.min_backoff = Duration::from_millis(1);
     c.max_backoff = Duration::from_millis(5);
     c.request_timeout = Duration::from_secs(20);

@@ -7,168 +7,45 @@
 //! In-process against the fake AutoSend (library driven the way `apply` drives it), plus the
 //! real binary for `apply --strategy`, `status` and `plan --refresh`.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use autosend::{ApiKey, Client, ClientConfig, RateLimits, RemoveBatch, Tally};
-use autosend_fake::{Counters, FakeAutoSend, FakeConfig, Faults, RunningFake};
-use listwarden::contact::ContactListId;
+use autosend::{Client, RemoveBatch, Tally};
 use listwarden::manifest::Strategy;
-use listwarden::plan::PlanOptions;
-use listwarden::reconcile::{self, Context, ListOutcome, ListResult};
-use listwarden::store::Store;
-use serde_json::Value;
-
-const KEY: &str = "test-key";
-const HEADER: &str = "apiVersion: listwarden.dev/v1\nkind: ListPolicy\n";
+use listwarden::reconcile::{ListOutcome, ListResult};
+use support::fake::{Env, Local, fast_config, plan_options, removes_accepted};
+use support::{KEY, Policy, Run, emails, list_status, policy};
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-fn emails(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}@example.com")).collect()
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-/// A policy document: inline emails and contact ids, extra `spec` lines (indented by 2).
-fn policy(name: &str, list: &str, emails: &[String], ids: &[String], spec_extra: &str) -> String {
-    let mut s = format!("{HEADER}metadata:\n  name: {name}\nspec:\n  contactListId: {list}\n");
-    s.push_str(spec_extra);
-    s.push_str("  exclude:\n");
-    if !emails.is_empty() {
-        s.push_str("    emails:\n");
-        for e in emails {
-            s.push_str(&format!("      - {e:?}\n"));
-        }
-    }
-    if !ids.is_empty() {
-        s.push_str("    contactIds:\n");
-        for i in ids {
-            s.push_str(&format!("      - {i:?}\n"));
-        }
-    }
-    s
-}
-
-/// A policy whose emails come from `{name}.txt` beside it (for big suppression sets).
-fn file_policy(dir: &Path, name: &str, list: &str, emails: &[String], spec_extra: &str) {
-    write(
-        &dir.join(format!("{name}.txt")),
-        &(emails.join("\n") + "\n"),
-    );
-    write(
-        &dir.join(format!("{name}.yaml")),
-        &format!(
-            "{HEADER}metadata:\n  name: {name}\nspec:\n  contactListId: {list}\n{spec_extra}  exclude:\n    files:\n      - path: {name}.txt\n"
-        ),
-    );
-}
-
-fn fake_config() -> FakeConfig {
-    FakeConfig {
-        api_key: KEY.to_string(),
-        rate_limits: vec![],
-        faults: Faults::default(),
-    }
-}
-
-fn client_with(base_url: &str, limits: RateLimits) -> Client {
-    let mut c = ClientConfig::new(base_url, ApiKey::new(KEY));
-    c.rate_limits = limits;
-    c.min_backoff = Duration::from_millis(10);
-    c.max_backoff = Duration::from_millis(100);
-    c.request_timeout = Duration::from_secs(10);
+/// A fast client paced at `limits` (`"5/s"`).
+fn paced_client(base_url: &str, limits: &str) -> Client {
+    let mut c = fast_config(base_url, KEY);
+    c.rate_limits = limits.parse().unwrap();
     Client::new(c).unwrap()
 }
 
-fn fast_client(base_url: &str) -> Client {
-    client_with(base_url, RateLimits(vec![]))
+/// One pass with `auto` in batches of 500, through `client`, as `apply` does; the manifests
+/// must load without errors and the key be accepted.
+async fn sync_auto(s: &Local, client: &Client) -> Vec<ListOutcome> {
+    s.sync_with(client, plan_options(500, Strategy::Auto))
+        .await
+        .checked_outcomes()
 }
 
-fn options(strategy: Strategy) -> PlanOptions {
-    PlanOptions {
-        batch_size: 500,
-        rate_limits: RateLimits::default(),
-        strategy,
-        ..PlanOptions::default()
-    }
-}
-
-/// Loads the manifests in `dir`, plans against `store` and syncs every list, as `apply` does.
-async fn sync(
-    client: &Client,
-    store: &Arc<Store>,
-    dir: &Path,
-    options: PlanOptions,
-) -> Vec<ListOutcome> {
-    let batch_size = options.batch_size;
-    let (m, plan) = reconcile::prepare(store, dir, options).unwrap();
-    assert!(!m.has_errors(), "{:?}", m.diagnostics);
-    let ctx = Context::new(client.clone(), store.clone(), batch_size);
-    let report = reconcile::sync_all(&ctx, Arc::new(m.policies.clone()), plan.lists, 4).await;
-    assert!(report.unauthorized.is_none());
-    report.outcomes
-}
-
-/// Contacts (emails and ids) the store holds as confirmed absent and not failed, for `list`.
-fn confirmed(store: &Store, list: &str) -> BTreeSet<String> {
-    let r = store.records(&ContactListId::parse(list).unwrap()).unwrap();
-    r.emails
-        .iter()
-        .chain(r.contact_ids.iter())
-        .filter(|(_, r)| r.confirmed_at.is_some() && r.failed_at.is_none())
-        .map(|(c, _)| c.to_string())
-        .collect()
-}
-
-fn removed_entries(c: &Counters, list: &str) -> Vec<String> {
-    c.remove_batches
-        .iter()
-        .filter(|b| b.list_id == list && b.status == 200)
-        .flat_map(|b| b.entries.iter().cloned())
-        .collect()
-}
-
-struct Setup {
-    served: RunningFake,
-    store: Arc<Store>,
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    async fn new() -> Setup {
-        Setup {
-            served: FakeAutoSend::new(fake_config())
-                .serve_local()
-                .await
-                .unwrap(),
-            store: Arc::new(Store::in_memory().unwrap()),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn fake(&self) -> &FakeAutoSend {
-        self.served.handle()
-    }
-    fn manifest(&self, file: &str, text: &str) {
-        write(&self.dir.path().join(file), text);
-    }
-    async fn sync(&self, strategy: Strategy) -> Vec<ListOutcome> {
-        let client = fast_client(&self.served.base_url());
-        sync(&client, &self.store, self.dir.path(), options(strategy)).await
-    }
+/// `plan --refresh manifests --state state.db --rate-limit 1000/s EXTRA...`
+fn refresh(env: &Env, extra: &[&str]) -> Run {
+    env.plan(&[&["--refresh", "--rate-limit", "1000/s"], extra].concat())
 }
 
 // ---- auto: the cheaper strategy ---------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_suppression_set_against_a_small_list_is_observed() {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     let members = emails("member", 1_500);
     s.fake().add_contacts("small-list", &members);
     let suppressed: Vec<String> = [3, 250, 499, 500, 777, 1_200, 1_499]
@@ -180,10 +57,10 @@ async fn big_suppression_set_against_a_small_list_is_observed() {
         .collect();
     set.extend(suppressed.iter().cloned());
     assert_eq!(set.len(), 200_000);
-    file_policy(s.dir.path(), "suppress", "small-list", &set, "");
+    Policy::new("suppress", "small-list").write_with_emails_file(s.dir.path(), &set);
     s.fake().reset_counters();
 
-    let outcomes = s.sync(Strategy::Auto).await;
+    let outcomes = sync_auto(&s, &s.client()).await;
     let o = &outcomes[0];
     assert_eq!(o.result, ListResult::Converged, "{o:?}");
     assert_eq!(o.strategy.as_deref(), Some("observe"), "{o:?}");
@@ -192,7 +69,7 @@ async fn big_suppression_set_against_a_small_list_is_observed() {
     assert_eq!(o.removed, 7);
 
     let c = s.fake().counters();
-    let mut sent = removed_entries(&c, "small-list");
+    let mut sent = removes_accepted(s.fake(), "small-list");
     sent.sort();
     let mut want = suppressed.clone();
     want.sort();
@@ -206,7 +83,7 @@ async fn big_suppression_set_against_a_small_list_is_observed() {
         assert!(!s.fake().is_member("small-list", m));
     }
     // Every desired contact is confirmed: 7 by the remove response, the rest by the read.
-    assert_eq!(confirmed(&s.store, "small-list").len(), 200_000);
+    assert_eq!(s.confirmed("small-list").len(), 200_000);
     assert_eq!(o.observed_absent, 200_000 - 7);
     let lists = s.store.lists(5).unwrap();
     let l = lists
@@ -220,16 +97,16 @@ async fn big_suppression_set_against_a_small_list_is_observed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_set_against_a_big_list_is_asserted() {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     let members = emails("m", 100_000);
     s.fake().add_contacts("big-list", &members);
     let mut set: Vec<String> = members.iter().step_by(1_000).cloned().collect(); // 100 members
     set.extend(emails("elsewhere", 400));
     assert_eq!(set.len(), 500);
-    file_policy(s.dir.path(), "few", "big-list", &set, "");
+    Policy::new("few", "big-list").write_with_emails_file(s.dir.path(), &set);
     s.fake().reset_counters();
 
-    let outcomes = s.sync(Strategy::Auto).await;
+    let outcomes = sync_auto(&s, &s.client()).await;
     let o = &outcomes[0];
     assert_eq!(o.result, ListResult::Converged, "{o:?}");
     assert_eq!(o.strategy.as_deref(), Some("assert"), "{o:?}");
@@ -249,14 +126,17 @@ async fn small_set_against_a_big_list_is_asserted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_strategy_overrides_auto_both_ways() {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     // list-o: 5 contacts against 300 members: auto would assert (1 vs 3+1); the policy asks
     // for observe.
     let a = emails("a", 300);
     s.fake().add_contacts("list-o", &a);
     s.manifest(
         "o.yaml",
-        &policy("po", "list-o", &a[..5], &[], "  strategy: observe\n"),
+        &Policy::new("po", "list-o")
+            .spec("  strategy: observe\n")
+            .emails(&a[..5])
+            .yaml(),
     );
     // list-a: 2,000 contacts against 100 members: auto would observe (1+1 vs 4); the policy
     // asks for assert.
@@ -264,10 +144,12 @@ async fn spec_strategy_overrides_auto_both_ways() {
     s.fake().add_contacts("list-a", &b);
     let mut set = b[..10].to_vec();
     set.extend(emails("x", 1_990));
-    file_policy(s.dir.path(), "pa", "list-a", &set, "  strategy: assert\n");
+    Policy::new("pa", "list-a")
+        .spec("  strategy: assert\n")
+        .write_with_emails_file(s.dir.path(), &set);
     s.fake().reset_counters();
 
-    let outcomes = s.sync(Strategy::Auto).await;
+    let outcomes = sync_auto(&s, &s.client()).await;
     let by = |l: &str| outcomes.iter().find(|o| o.list.as_str() == l).unwrap();
     let o = by("list-o");
     assert_eq!(o.strategy.as_deref(), Some("observe"), "{o:?}");
@@ -295,7 +177,7 @@ async fn spec_strategy_overrides_auto_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_matched_by_normalised_email_and_by_contact_id() {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     let others = emails("other", 250);
     s.fake().add_contacts("list-m", &others);
     s.fake()
@@ -308,17 +190,15 @@ async fn members_are_matched_by_normalised_email_and_by_contact_id() {
         .remove(0);
     s.manifest(
         "m.yaml",
-        &policy(
-            "pm",
-            "list-m",
-            &[" JANE@example.com".into(), "nobody@example.com".into()],
-            &[bob.clone(), stranger.clone()],
-            "  strategy: observe\n",
-        ),
+        &Policy::new("pm", "list-m")
+            .spec("  strategy: observe\n")
+            .emails(&[" JANE@example.com", "nobody@example.com"])
+            .ids(&[&bob, &stranger])
+            .yaml(),
     );
     s.fake().reset_counters();
 
-    let outcomes = s.sync(Strategy::Auto).await;
+    let outcomes = sync_auto(&s, &s.client()).await;
     let o = &outcomes[0];
     assert_eq!(o.result, ListResult::Converged, "{o:?}");
     assert_eq!(o.strategy.as_deref(), Some("observe"));
@@ -340,7 +220,7 @@ async fn members_are_matched_by_normalised_email_and_by_contact_id() {
         ],
         "only the members found are sent, each the way the manifest names it"
     );
-    let conf = confirmed(&s.store, "list-m");
+    let conf = s.confirmed("list-m");
     for c in ["jane@example.com", "nobody@example.com", &bob, &stranger] {
         assert!(conf.contains(c), "{c} not confirmed: {conf:?}");
     }
@@ -355,7 +235,7 @@ async fn members_are_matched_by_normalised_email_and_by_contact_id() {
 /// contact that is still a member may end up confirmed, and every desired-absent member that
 /// stayed in the list throughout must be removed.
 async fn churn_between_pages(remove_desired_too: bool) {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     let members = emails("r", 300);
     s.fake().add_contacts("churn", &members);
     let picks = [
@@ -366,13 +246,16 @@ async fn churn_between_pages(remove_desired_too: bool) {
     desired.push("late@example.com".into()); // added by someone else during the read
     s.manifest(
         "c.yaml",
-        &policy("pc", "churn", &desired, &[], "  strategy: observe\n"),
+        &Policy::new("pc", "churn")
+            .spec("  strategy: observe\n")
+            .emails(&desired)
+            .yaml(),
     );
     s.fake().reset_counters();
 
     // Someone else: its own unpaced client, acting as soon as the first page is answered.
     let fake = s.fake().clone();
-    let other = fast_client(&s.served.base_url());
+    let other = s.client();
     let removed_by_other: Vec<String> = if remove_desired_too {
         vec![members[10].clone(), members[50].clone()]
     } else {
@@ -398,8 +281,7 @@ async fn churn_between_pages(remove_desired_too: bool) {
         fake.counters().endpoint_total("search")
     });
 
-    let client = client_with(&s.served.base_url(), "5/s".parse().unwrap());
-    let outcomes = sync(&client, &s.store, s.dir.path(), options(Strategy::Auto)).await;
+    let outcomes = sync_auto(&s, &paced_client(&s.url(), "5/s")).await;
     let searches_before_change = meddler.await.unwrap();
     assert_eq!(
         searches_before_change, 1,
@@ -408,7 +290,7 @@ async fn churn_between_pages(remove_desired_too: bool) {
     let o = &outcomes[0];
     assert_eq!(o.result, ListResult::Converged, "{o:?}");
 
-    let conf = confirmed(&s.store, "churn");
+    let conf = s.confirmed("churn");
     for c in &desired {
         if s.fake().is_member("churn", c) {
             assert!(
@@ -451,9 +333,9 @@ async fn desired_members_removed_by_someone_else_between_pages_are_handled() {
 /// more request, not a wrong read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_members_is_sized_by_the_count_and_survives_a_stale_one() {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     s.fake().add_contacts("sized", emails("z", 250));
-    let client = fast_client(&s.served.base_url());
+    let client = s.client();
     for (count, searches) in [(250, 3), (0, 1 + 3), (1_000, 1 + 3), (201, 3)] {
         s.fake().reset_counters();
         let tally = Tally::default();
@@ -483,13 +365,16 @@ async fn read_members_is_sized_by_the_count_and_survives_a_stale_one() {
 /// A list that never stops changing is not trusted: the list falls back to asserting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_that_keeps_changing_falls_back_to_assert() {
-    let s = Setup::new().await;
+    let s = Local::new().await;
     let members = emails("k", 250);
     s.fake().add_contacts("busy", &members);
     let desired: Vec<String> = members[..20].to_vec();
     s.manifest(
         "b.yaml",
-        &policy("pb", "busy", &desired, &[], "  strategy: observe\n"),
+        &Policy::new("pb", "busy")
+            .spec("  strategy: observe\n")
+            .emails(&desired)
+            .yaml(),
     );
     let fake = s.fake().clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -508,8 +393,7 @@ async fn a_list_that_keeps_changing_falls_back_to_assert() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
-    let client = client_with(&s.served.base_url(), "10/s".parse().unwrap());
-    let outcomes = sync(&client, &s.store, s.dir.path(), options(Strategy::Auto)).await;
+    let outcomes = sync_auto(&s, &paced_client(&s.url(), "10/s")).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn.await.unwrap();
     let o = &outcomes[0];
@@ -534,148 +418,9 @@ async fn a_list_that_keeps_changing_falls_back_to_assert() {
 
 // ---- the real binary ----------------------------------------------------------------------------
 
-struct Env {
-    served: RunningFake,
-    _rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn code(&self, want: i32) -> &Self {
-        assert_eq!(
-            self.code, want,
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
-    }
-}
-
-impl Env {
-    fn new() -> Env {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let served = rt
-            .block_on(FakeAutoSend::new(fake_config()).serve_local())
-            .unwrap();
-        Env {
-            served,
-            _rt: rt,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn fake(&self) -> &FakeAutoSend {
-        self.served.handle()
-    }
-    fn manifests(&self) -> PathBuf {
-        self.dir.path().join("manifests")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state.db")
-    }
-    fn manifest(&self, file: &str, text: &str) {
-        write(&self.manifests().join(file), text);
-    }
-    fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_listwarden"))
-            .current_dir(self.dir.path())
-            .env_remove("LISTWARDEN_RATE_LIMIT")
-            .env_remove("LISTWARDEN_STATE")
-            .env_remove("AUTOSEND_API_KEY_FILE")
-            .env_remove("AUTOSEND_PROJECT_ID")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .env("AUTOSEND_API_URL", self.served.base_url())
-            .env("AUTOSEND_API_KEY", KEY)
-            .stdin(Stdio::null())
-            .args(args)
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap(),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
-    }
-    /// `plan --refresh manifests --state state.db --rate-limit 1000/s EXTRA...`
-    fn refresh(&self, extra: &[&str]) -> Run {
-        let m = self.manifests();
-        let st = self.state();
-        let mut args = vec![
-            "plan",
-            "--refresh",
-            m.to_str().unwrap(),
-            "--state",
-            st.to_str().unwrap(),
-            "--rate-limit",
-            "1000/s",
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
-    }
-    fn apply(&self, extra: &[&str]) -> Run {
-        let m = self.manifests();
-        let st = self.state();
-        let mut args = vec![
-            "apply",
-            m.to_str().unwrap(),
-            "--state",
-            st.to_str().unwrap(),
-            "--rate-limit",
-            "1000/s",
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
-    }
-    fn status_json(&self) -> Value {
-        let st = self.state();
-        let r = self.run(&[
-            "status",
-            "--state",
-            st.to_str().unwrap(),
-            "--output",
-            "json",
-        ]);
-        r.code(0);
-        r.json()
-    }
-}
-
-fn list_status<'a>(doc: &'a Value, id: &str) -> &'a Value {
-    doc["lists"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["contact_list_id"] == id)
-        .unwrap_or_else(|| panic!("no list {id} in {doc:#}"))
-}
-
-fn refresh_list<'a>(doc: &'a Value, id: &str) -> &'a Value {
-    doc["lists"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["contact_list_id"] == id)
-        .unwrap_or_else(|| panic!("no list {id} in {doc:#}"))
-}
-
 #[test]
 fn plan_refresh_reports_the_drift_and_never_removes() {
-    let env = Env::new();
+    let env = Env::plain();
     let members = emails("m", 230);
     env.fake().add_contacts("list-r", &members);
     env.fake().add_contacts("list-r", ["Jane@Example.com"]);
@@ -691,28 +436,25 @@ fn plan_refresh_reports_the_drift_and_never_removes() {
         "jane@example.com".into(),
     ];
     p1.extend(emails("absent", 3));
-    env.manifest("r1.yaml", &policy("drift-one", "list-r", &p1, &[], ""));
+    env.manifest("r1.yaml", &policy("drift-one", "list-r", &p1));
     env.manifest(
         "r2.yaml",
-        &policy(
-            "drift-two",
-            "list-r",
-            &[members[229].clone(), members[0].clone()],
-            std::slice::from_ref(&bob_id),
-            "",
-        ),
+        &Policy::new("drift-two", "list-r")
+            .emails(&[&members[229], &members[0]])
+            .ids(&[&bob_id])
+            .yaml(),
     );
     env.manifest(
         "clean.yaml",
-        &policy("clean", "list-clean", &emails("gone", 5), &[], ""),
+        &policy("clean", "list-clean", &emails("gone", 5)),
     );
     env.fake().reset_counters();
 
-    let r = env.refresh(&["--output", "json", "--verbose"]);
+    let r = refresh(&env, &["--output", "json", "--verbose"]);
     r.code(0);
     let doc = r.json();
     assert_eq!(doc["drift"], 5, "{doc:#}");
-    let l = refresh_list(&doc, "list-r");
+    let l = list_status(&doc, "list-r");
     assert_eq!(l["contact_count"], 232);
     assert_eq!(l["drift"], 5);
     let present: BTreeSet<String> = l["present"]
@@ -750,7 +492,7 @@ fn plan_refresh_reports_the_drift_and_never_removes() {
         per_policy.contains(&("drift-two".into(), 3)),
         "{per_policy:?}"
     );
-    let clean = refresh_list(&doc, "list-clean");
+    let clean = list_status(&doc, "list-clean");
     assert_eq!(clean["drift"], 0);
     assert_eq!(clean["contact_count"], 40);
 
@@ -763,8 +505,8 @@ fn plan_refresh_reports_the_drift_and_never_removes() {
     assert!(!env.state().exists(), "plan never creates the store");
 
     // --detailed-exitcode: 2 only when real drift exists.
-    env.refresh(&["--detailed-exitcode"]).code(2);
-    let text = env.refresh(&["--verbose"]);
+    refresh(&env, &["--detailed-exitcode"]).code(2);
+    let text = refresh(&env, &["--verbose"]);
     text.code(0);
     assert!(
         text.stdout
@@ -781,45 +523,43 @@ fn plan_refresh_reports_the_drift_and_never_removes() {
     assert_eq!(env.fake().counters().remove_requests, 0);
 
     // Converge, then the refresh finds no drift even though every contact is still "desired".
-    env.apply(&["--strategy", "observe"]).code(0);
-    let r = env.refresh(&["--output", "json", "--detailed-exitcode"]);
+    env.apply(&["--rate-limit", "1000/s", "--strategy", "observe"])
+        .code(0);
+    let r = refresh(&env, &["--output", "json", "--detailed-exitcode"]);
     r.code(0);
     assert_eq!(r.json()["drift"], 0);
     // Someone re-adds a suppressed contact: real drift again, while the store believes it
     // confirmed (an offline plan would say "nothing to do").
     env.fake().add_contacts("list-r", [members[129].clone()]);
-    let offline = env.run(&[
-        "plan",
-        env.manifests().to_str().unwrap(),
-        "--state",
-        env.state().to_str().unwrap(),
-        "--detailed-exitcode",
-    ]);
+    let offline = env.plan(&["--detailed-exitcode"]);
     offline.code(0);
-    let r = env.refresh(&["--output", "json", "--detailed-exitcode", "--verbose"]);
+    let r = refresh(
+        &env,
+        &["--output", "json", "--detailed-exitcode", "--verbose"],
+    );
     r.code(2);
     let doc = r.json();
     assert_eq!(doc["drift"], 1);
     assert_eq!(
-        refresh_list(&doc, "list-r")["present"],
+        list_status(&doc, "list-r")["present"],
         serde_json::json!([members[129]])
     );
 }
 
 #[test]
 fn apply_strategy_flag_and_status_report_strategy_and_drift() {
-    let env = Env::new();
+    let env = Env::plain();
     // 1,600 contacts against 150 members: auto observes (2 pages + 1 remove < 4 removes).
     let members = emails("m", 150);
     env.fake().add_contacts("list-s", &members);
     let mut set = members[..12].to_vec();
     set.extend(emails("x", 1_588));
     std::fs::create_dir_all(env.manifests()).unwrap();
-    file_policy(&env.manifests(), "ps", "list-s", &set, "");
+    Policy::new("ps", "list-s").write_with_emails_file(&env.manifests(), &set);
     env.fake().reset_counters();
 
     // --strategy assert forces assert.
-    let r = env.apply(&["--strategy", "assert"]);
+    let r = env.apply(&["--rate-limit", "1000/s", "--strategy", "assert"]);
     r.code(0);
     let c = env.fake().counters();
     assert_eq!(c.endpoint_total("search"), 0, "{}", r.stdout);
@@ -836,13 +576,13 @@ fn apply_strategy_flag_and_status_report_strategy_and_drift() {
     // Someone re-adds 4 of them; --resync with auto observes and reports the drift.
     env.fake().add_contacts("list-s", &members[..4]);
     env.fake().reset_counters();
-    let r = env.apply(&["--resync"]);
+    let r = env.apply(&["--rate-limit", "1000/s", "--strategy", "auto", "--resync"]);
     r.code(0);
     assert!(r.stdout.contains("[observe]"), "{}", r.stdout);
     let c = env.fake().counters();
     assert_eq!(c.endpoint_total("search"), 2);
     assert_eq!(c.remove_requests, 1);
-    let mut sent = removed_entries(&c, "list-s");
+    let mut sent = removes_accepted(env.fake(), "list-s");
     sent.sort();
     let mut want = members[..4].to_vec();
     want.sort();

@@ -1,64 +1,21 @@
-//! Helpers for the `daemon_*` tests: a fake AutoSend served in-process by a runtime the test
-//! keeps alive, manifests in a temporary directory, and the real `listwarden run` binary as a
-//! child process (killed when the guard drops), observed through `/readyz`, `/status`,
-//! `/metrics` and the fake's counters. Included with `#[path = "common/daemon.rs"]`.
-
-#![allow(dead_code)]
+//! `listwarden run` as a child process (killed when the guard drops) against the fake of an
+//! [`Env`], manifests in its temporary directory, observed through `/readyz`, `/status`,
+//! `/metrics` and the fake's counters; and a parser of the Prometheus text format.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RemoveBatch, RunningFake};
+use autosend_fake::{FakeConfig, RemoveBatch};
 use serde_json::Value;
 
-pub const KEY: &str = "test-key";
-pub const HEADER: &str = "apiVersion: listwarden.dev/v1\nkind: ListPolicy\n";
+use super::fake::{Env, fake_config};
+use super::{KEY, free_port, write_atomic};
+
 pub const L1: &str = "60d5ec49f1b2c72d9c8b0001";
 pub const L2: &str = "60d5ec49f1b2c72d9c8b0002";
-
-pub fn emails(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}{i}@example.com")).collect()
-}
-
-/// A policy document with inline emails.
-pub fn policy(name: &str, list: &str, emails: &[String]) -> String {
-    let mut s = format!("{HEADER}metadata:\n  name: {name}\nspec:\n  contactListId: {list}\n");
-    s.push_str("  exclude:\n    emails:\n");
-    for e in emails {
-        s.push_str(&format!("      - {e:?}\n"));
-    }
-    s
-}
-
-/// A policy document whose emails come from the text file `data` (relative to the manifest).
-pub fn file_policy(name: &str, list: &str, data: &str) -> String {
-    format!(
-        "{HEADER}metadata:\n  name: {name}\nspec:\n  contactListId: {list}\n  exclude:\n    files:\n      - path: {data}\n"
-    )
-}
-
-/// Writes `path` the way editors do: a hidden temporary file renamed over the target, so the
-/// daemon never reads half a file.
-pub fn write_atomic(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The daemon process; killed (SIGKILL) and reaped on drop unless it already exited.
 pub struct Daemon {
@@ -136,72 +93,48 @@ impl Default for Opts {
     }
 }
 
+/// A daemon (once started) against the fake of an [`Env`], whose methods it has too.
 pub struct Harness {
     // Field order matters: the daemon goes first, then the fake (told to stop), then its
     // runtime, then the directory.
     pub daemon: Option<Daemon>,
-    pub served: RunningFake,
     http: reqwest::Client,
-    pub rt: tokio::runtime::Runtime,
-    pub dir: tempfile::TempDir,
+    pub env: Env,
     runs: u32,
+}
+
+impl Deref for Harness {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
 }
 
 impl Harness {
     /// A fake with key [`KEY`], no rate limit and no faults.
     pub fn new() -> Harness {
-        Harness::with_fake(FakeConfig {
-            api_key: KEY.into(),
-            rate_limits: vec![],
-            faults: Faults::default(),
-        })
+        Harness::with_fake(fake_config(KEY))
     }
 
     pub fn with_fake(config: FakeConfig) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let served = rt
-            .block_on(FakeAutoSend::new(config).serve_local())
-            .expect("serve the fake");
+        let env = Env::new(config);
+        std::fs::create_dir_all(env.manifests()).unwrap();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .build()
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
         Harness {
             daemon: None,
-            served,
             http,
-            rt,
-            dir,
+            env,
             runs: 0,
         }
-    }
-
-    pub fn fake(&self) -> &FakeAutoSend {
-        self.served.handle()
-    }
-
-    pub fn manifests(&self) -> PathBuf {
-        self.dir.path().join("manifests")
-    }
-
-    pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state.db")
     }
 
     /// Writes `manifests/{rel}` atomically.
     pub fn write(&self, rel: &str, text: &str) {
         write_atomic(&self.manifests().join(rel), text);
-    }
-
-    pub fn remove(&self, rel: &str) {
-        std::fs::remove_file(self.manifests().join(rel)).unwrap();
     }
 
     /// Starts `listwarden run` with the defaults of [`Opts`].
@@ -215,16 +148,8 @@ impl Harness {
         let port = free_port();
         let log = self.dir.path().join(format!("daemon-{}.log", self.runs));
         let logfile = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_listwarden"));
-        cmd.current_dir(self.dir.path())
-            .env_remove("LISTWARDEN_RATE_LIMIT")
-            .env_remove("LISTWARDEN_STATE")
-            .env_remove("AUTOSEND_API_KEY_FILE")
-            .env_remove("AUTOSEND_PROJECT_ID")
-            .env("RUST_LOG", "listwarden=info,autosend=info,warn")
-            .env("NO_COLOR", "1")
-            .env("AUTOSEND_API_URL", self.served.base_url())
-            .env("AUTOSEND_API_KEY", &opts.key)
+        let mut cmd = self.env.command(&opts.key);
+        cmd.env("RUST_LOG", "listwarden=info,autosend=info,warn")
             .arg("run")
             .arg(opts.path.clone().unwrap_or_else(|| self.manifests()))
             .arg("--state")
@@ -233,7 +158,6 @@ impl Harness {
             .args(["--rate-limit", &opts.rate_limit])
             .args(["--debounce", &opts.debounce])
             .args(&opts.extra)
-            .stdin(Stdio::null())
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile);
         let child = cmd.spawn().expect("spawn listwarden run");
@@ -265,7 +189,7 @@ impl Harness {
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let port = self.daemon.as_ref()?.port;
         let url = format!("http://127.0.0.1:{port}{path}");
-        self.rt.block_on(async {
+        self.env.rt.block_on(async {
             let resp = self.http.get(&url).send().await.ok()?;
             let status = resp.status().as_u16();
             let body = resp.text().await.ok()?;
