@@ -8,8 +8,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::daemon::{Harness, L1, Opts};
-use support::{Policy, emails, listwarden, output, policy, write_atomic};
+use support::daemon::{Harness, L1, L2, Opts};
+use support::fake::{Env, fake_config};
+use support::{KEY, Policy, emails, listwarden, output, policy, write_atomic};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -268,4 +269,92 @@ fn a_dangling_manifest_symlink_fails_only_itself_and_never_looks_green() {
             .contains("broken.yaml"),
         "{status:#}"
     );
+}
+
+/// Answers the first remove with a 429 asking for 3 s (long enough to edit the manifests
+/// meanwhile), without passing it to the fake; everything else goes through.
+fn first_remove_rate_limited(router: axum::Router) -> axum::Router {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = Arc::new(AtomicBool::new(false));
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let done = done.clone();
+            async move {
+                if req.uri().path().ends_with("/contacts/remove") && !done.swap(true, Ordering::SeqCst)
+                {
+                    return axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "3")],
+                        "{\"success\": false, \"error\": {\"message\": \"slow down\", \"code\": \"RATE_LIMIT_EXCEEDED\"}}",
+                    ));
+                }
+                next.run(req).await
+            }
+        },
+    ))
+}
+
+#[test]
+fn a_retry_waiting_out_a_429_is_withdrawn_when_the_manifests_drop_its_contacts() {
+    let mut h = Harness::with_env(Env::wrapped(fake_config(KEY), first_remove_rate_limited));
+    let wanted = emails("w", 3);
+    h.fake().add_contacts(L1, &wanted);
+    h.write("p.yaml", &policy("p", L1, &wanted));
+    h.start_with(Opts {
+        extra: vec!["--strategy".into(), "assert".into()],
+        ..Opts::default()
+    });
+    h.wait("the rate-limited retry to be logged", CONVERGE, || {
+        h.log_text().contains("rate limited (429)").then_some(())
+    });
+    h.write(
+        "p.yaml",
+        &Policy::new("p", L1)
+            .spec("  suspend: true\n")
+            .emails(&wanted)
+            .yaml(),
+    );
+    h.wait_reason("p", "Suspended", CONVERGE);
+    // Past the 3 s the 429 asked for: the retry was withdrawn at the gate, not sent.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(h.ok_batches().is_empty(), "{:?}", h.ok_batches());
+    assert!(wanted.iter().all(|w| h.fake().is_member(L1, w)));
+}
+
+#[test]
+fn edits_under_hidden_paths_and_configmap_swaps_are_seen() {
+    let mut h = Harness::new();
+    let m = h.manifests();
+    let first = emails("c", 2);
+    let more = emails("d", 2);
+    h.fake().add_contacts(L1, &first);
+    h.fake().add_contacts(L1, &more);
+    h.fake().add_contacts(L2, &more);
+    // A file source in a hidden directory.
+    write_atomic(&m.join(".data/list.txt"), &(first.join("\n") + "\n"));
+    h.write(
+        "files.yaml",
+        &Policy::new("files", L1).file(".data/list.txt").yaml(),
+    );
+    // A manifest mounted the way Kubernetes mounts a ConfigMap: p.yaml -> ..data/p.yaml,
+    // ..data -> ..v1, swapped by renaming a new hidden link over ..data.
+    let v1 = m.join("..v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(v1.join("p.yaml"), policy("mounted", L2, &more[..1])).unwrap();
+    std::os::unix::fs::symlink("..v1", m.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/p.yaml", m.join("p.yaml")).unwrap();
+    h.start();
+    h.wait_removed(L1, &first, CONVERGE);
+    h.wait_removed(L2, &more[..1], CONVERGE);
+
+    write_atomic(&m.join(".data/list.txt"), &(more.join("\n") + "\n"));
+    h.wait_removed(L1, &more, CONVERGE);
+
+    let v2 = m.join("..v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("p.yaml"), policy("mounted", L2, &more)).unwrap();
+    std::os::unix::fs::symlink("..v2", m.join("..data_tmp")).unwrap();
+    std::fs::rename(m.join("..data_tmp"), m.join("..data")).unwrap();
+    h.wait_removed(L2, &more, CONVERGE);
 }

@@ -128,7 +128,7 @@ pub(super) struct Scheduler {
     pub(super) lists: BTreeMap<ContactListId, ListState>,
     pub(super) limit: Arc<Semaphore>,
     pub(super) gates: Arc<Gates>,
-    /// Which lists each file (manifest or file source, comparable path) feeds.
+    /// Which lists each file source (comparable path) feeds.
     pub(super) concerns: HashMap<PathBuf, Vec<ContactListId>>,
     /// Policies the forget threshold holds in the current load.
     pub(super) holds: Vec<crate::hold::Hold>,
@@ -176,7 +176,8 @@ impl Scheduler {
                 );
             }
             None => {
-                // A new file, a directory, a watcher error: any list may be concerned.
+                // A manifest, a new file, a directory, a watcher error: any list may be
+                // concerned.
                 self.gates.close_all();
                 tracing::debug!("manifest change: holding every list's sends until the reload");
             }
@@ -349,7 +350,7 @@ impl Scheduler {
             tracing::warn!(policy = %h.policy, "{h}");
         }
         self.holds = holds;
-        self.concerns = self.concerns_of(&manifests);
+        self.concerns = Scheduler::concerns_of(&manifests);
         {
             let mut snap = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
             snap.generation += 1;
@@ -375,37 +376,16 @@ impl Scheduler {
 
     /// Which lists each file feeds, from this load; files that no longer parse keep what they
     /// fed before (an edit that breaks a manifest must still hold its lists).
-    pub(super) fn concerns_of(
-        &self,
-        manifests: &Manifests,
-    ) -> HashMap<PathBuf, Vec<ContactListId>> {
+    /// Which lists each file source (comparable path) feeds. Only data files: an edit of a
+    /// manifest can rename a policy, duplicate another's name or move it to another list, so
+    /// it may concern any list, and holds them all until the reload.
+    pub(super) fn concerns_of(manifests: &Manifests) -> HashMap<PathBuf, Vec<ContactListId>> {
         let mut out: HashMap<PathBuf, Vec<ContactListId>> = HashMap::new();
-        let mut add = |path: &Path, list: &ContactListId| {
-            let lists = out.entry(comparable(path)).or_default();
-            if !lists.contains(list) {
-                lists.push(list.clone());
-            }
-        };
         for p in &manifests.policies {
-            add(&p.origin.file, &p.contact_list_id);
             for s in &p.sources {
-                add(s, &p.contact_list_id);
-            }
-        }
-        for inv in &manifests.invalid {
-            if let Some(list) = inv
-                .contact_list_id
-                .as_deref()
-                .and_then(|l| ContactListId::parse(l).ok())
-            {
-                add(&inv.origin.file, &list);
-            }
-        }
-        for f in manifests.files.iter().filter(|f| !f.parsed) {
-            let key = comparable(&f.path);
-            if let Some(before) = self.concerns.get(&key) {
-                for l in before {
-                    add(&f.path, l);
+                let lists = out.entry(comparable(s)).or_default();
+                if !lists.contains(&p.contact_list_id) {
+                    lists.push(p.contact_list_id.clone());
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use autosend::{ApiError, RemoveBatch, RemoveOutcome, Tally};
 
-use super::{Acc, Context, Stop, admit};
+use super::{Acc, AtTheGate, Context, Stop};
 use crate::contact::{ContactKind, Email};
 use crate::desired::PolicySet;
 use crate::plan::{Assertion, ListPlan};
@@ -96,11 +96,19 @@ pub(super) async fn send_all(
             ContactKind::Email => RemoveBatch::Emails(entries),
             ContactKind::ContactId => RemoveBatch::ContactIds(entries),
         };
-        admit(ctx, plan).await?;
         // A store replaced under us would lose this request's outcome: stop before sending.
         ctx.store.check_file()?;
         let now = crate::clock::now_unix();
-        match ctx.client.remove(plan.list.as_str(), &request, tally).await {
+        let gate = AtTheGate {
+            gates: &ctx.gates,
+            list: &plan.list,
+            revision: &plan.revision,
+        };
+        let sent = ctx
+            .client
+            .remove_admitted(plan.list.as_str(), &request, tally, Some(&gate))
+            .await;
+        match sent {
             Ok(outcome) => {
                 accepted += 1;
                 if let Some(i) = parent {

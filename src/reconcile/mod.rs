@@ -225,7 +225,6 @@ enum Stop {
     Api(ApiError),
     Store(StoreError),
     Segment,
-    Superseded,
 }
 
 impl From<ApiError> for Stop {
@@ -244,6 +243,7 @@ impl From<Stop> for ListResult {
     fn from(stop: Stop) -> ListResult {
         match stop {
             Stop::Api(e) => match e {
+                ApiError::Withdrawn(_) => ListResult::Superseded,
                 ApiError::Auth { .. } => ListResult::Unauthorized(e.to_string()),
                 ApiError::NotFound { .. } => ListResult::ListNotFound(e.to_string()),
                 ApiError::Cancelled => ListResult::Interrupted,
@@ -251,7 +251,6 @@ impl From<Stop> for ListResult {
             },
             Stop::Store(e) => ListResult::StoreFailed(e.to_string()),
             Stop::Segment => ListResult::ListIsSegment,
-            Stop::Superseded => ListResult::Superseded,
         }
     }
 }
@@ -506,18 +505,30 @@ fn record_observed_absent(
     Ok(())
 }
 
-/// Waits at the list's gate; stops when the manifests changed since the plan, or on shutdown.
-async fn admit(ctx: &Context, plan: &ListPlan) -> Result<(), Stop> {
-    let cancel = ctx.client.cancel_token();
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(Stop::Api(ApiError::Cancelled)),
-        admit = ctx.gates.admit(&plan.list, &plan.revision) => match admit {
-            Admit::Go => Ok(()),
-            Admit::Superseded => {
-                tracing::info!(list = %plan.list, "the manifests changed during this reconcile: stopping it to plan again");
-                Err(Stop::Superseded)
+/// The list's gate, asked by the client before every attempt of a remove (the first and each
+/// retry): it holds the request while the manifests may be changing, and withdraws it when
+/// the list's desired revision is no longer the one the plan was made from.
+struct AtTheGate<'a> {
+    gates: &'a Gates,
+    list: &'a ContactListId,
+    revision: &'a str,
+}
+
+impl autosend::Admission for AtTheGate<'_> {
+    fn admit(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            match self.gates.admit(self.list, self.revision).await {
+                Admit::Go => Ok(()),
+                Admit::Superseded => {
+                    tracing::info!(list = %self.list, "the manifests changed during this reconcile: stopping it to plan again");
+                    Err(ApiError::Withdrawn(
+                        "the manifests changed; the list is planned again".into(),
+                    ))
+                }
             }
-        },
+        })
     }
 }

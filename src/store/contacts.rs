@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Store, StoreError, kind_code, stored_text};
 use crate::contact::{ContactKind, ContactListId};
@@ -83,7 +83,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.check_file()?;
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut confirm = tx.prepare_cached(
                     "INSERT INTO contacts (list_id, kind, contact, confirmed_at, revision, attempts)
@@ -164,7 +164,7 @@ impl Store {
         lists: &[(&ContactListId, &Keep<'_>)],
     ) -> Result<u64, StoreError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = forget_in(&tx, lists, &[])?;
             tx.commit()?;
             Ok(n)

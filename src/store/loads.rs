@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::contacts::{Keep, forget_in};
@@ -81,7 +81,7 @@ impl Store {
     /// Returns how many contacts were forgotten.
     pub fn record_load(&self, load: &LoadRecord<'_>) -> Result<u64, StoreError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for p in &load.policies {
                 write_policy(&tx, p, load.now)?;
             }
@@ -207,7 +207,7 @@ impl Store {
     /// nothing to approve.
     pub fn approve(&self, policy: &str) -> Result<Result<Approval, String>, StoreError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(Option<String>, Option<i64>, Option<i64>)> = tx
                 .query_row(
                     "SELECT held_revision, contacts, held_contacts FROM policies WHERE name = ?1",

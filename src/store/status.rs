@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, stored_text};
@@ -117,7 +117,7 @@ impl Store {
     /// quiet lists is one fsync, not 100,000.
     pub fn write_status(&self, writes: &[StatusWrite<'_>], now: i64) -> Result<(), StoreError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for w in writes {
                 for u in &w.policies {
                     write_policy(&tx, u, now)?;

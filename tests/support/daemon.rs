@@ -117,8 +117,12 @@ impl Harness {
     }
 
     pub fn with_fake(config: FakeConfig) -> Harness {
+        Harness::with_env(Env::new(config))
+    }
+
+    /// A daemon harness around `env` (e.g. [`Env::wrapped`], a fake behind a rewriting layer).
+    pub fn with_env(env: Env) -> Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let env = Env::new(config);
         std::fs::create_dir_all(env.manifests()).unwrap();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))

@@ -52,6 +52,14 @@ impl Tally {
     }
 }
 
+/// Asked before every attempt of a request, the first and each retry, once the pacer let
+/// it go: a caller can hold a request, or withdraw it, when its reason to be sent may have
+/// gone while it waited (a retry can come an hour after a 429).
+pub trait Admission: Send + Sync {
+    /// `Ok` to send now; an error (say [`ApiError::Withdrawn`]) gives up the request.
+    fn admit(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>>;
+}
+
 /// Hook for metrics: told about every HTTP exchange. The default does nothing.
 pub trait Observer: Send + Sync {
     /// `status` is `None` for a transport error.
@@ -165,9 +173,29 @@ impl Client {
         batch: &RemoveBatch,
         tally: &Tally,
     ) -> Result<RemoveOutcome, ApiError> {
+        self.remove_admitted(list, batch, tally, None).await
+    }
+
+    /// Like [`Client::remove`], asking `admission` before every attempt (the first and each
+    /// retry): a batch whose reason to be sent went away while it waited out a 429 or a
+    /// backoff is withdrawn instead of sent.
+    pub async fn remove_admitted(
+        &self,
+        list: &str,
+        batch: &RemoveBatch,
+        tally: &Tally,
+        admission: Option<&dyn Admission>,
+    ) -> Result<RemoveOutcome, ApiError> {
         let url = self.url(&["contact-lists", list, "contacts", "remove"]);
         let data = self
-            .send("remove", Method::POST, &url, Some(&batch.body()), tally)
+            .send(
+                "remove",
+                Method::POST,
+                &url,
+                Some(&batch.body()),
+                tally,
+                admission,
+            )
             .await?;
         parse_remove(&data, self.config.api_key.expose()).map_err(|why| {
             ApiError::Protocol(format!(
@@ -181,7 +209,7 @@ impl Client {
     pub async fn get_list(&self, list: &str, tally: &Tally) -> Result<ListInfo, ApiError> {
         let url = self.url(&["contact-lists", list]);
         let data = self
-            .send("get_list", Method::GET, &url, None, tally)
+            .send("get_list", Method::GET, &url, None, tally, None)
             .await?;
         self.typed(&url, "the contact list object", data)
     }
@@ -197,7 +225,7 @@ impl Client {
         let url = self.url(&["contact-lists", "contacts", "search"]);
         let body = serde_json::json!({ "contactListId": list, "page": page, "limit": limit });
         let data = self
-            .send("search", Method::POST, &url, Some(&body), tally)
+            .send("search", Method::POST, &url, Some(&body), tally, None)
             .await?;
         self.typed(&url, "the search answer", data)
     }
@@ -248,6 +276,7 @@ impl Client {
         url: &str,
         body: Option<&Value>,
         tally: &Tally,
+        admission: Option<&dyn Admission>,
     ) -> Result<Map<String, Value>, ApiError> {
         let shown = self.shown_url(url);
         let max_attempts = self.config.max_retries + 1;
@@ -265,6 +294,15 @@ impl Client {
                 biased;
                 _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
                 _ = self.pacer.acquire() => {}
+            }
+            // Right before sending, not once per logical request: a retry may come long
+            // after the first attempt, and the caller may no longer want it sent.
+            if let Some(admission) = admission {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
+                    admitted = admission.admit() => admitted?,
+                }
             }
             tally.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();

@@ -59,6 +59,9 @@ pub enum ApiError {
     Protocol(String),
     #[error("stopped: shutting down")]
     Cancelled,
+    /// The caller's [`crate::Admission`] withdrew the request before it was sent.
+    #[error("withdrawn before it was sent: {0}")]
+    Withdrawn(String),
 }
 
 impl ApiError {

@@ -56,7 +56,7 @@ mod retry;
 mod sanitise;
 pub mod wire;
 
-pub use client::{Client, Observer, Tally};
+pub use client::{Admission, Client, Observer, Tally};
 pub use config::{
     ApiKey, ClientConfig, ConfigError, DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_MIN_BACKOFF,
 };
