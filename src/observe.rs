@@ -61,12 +61,31 @@ pub fn pages(members: u64) -> u64 {
 /// (BENCHMARKS.md measures by how much); from its second observation on, the estimate knows.
 pub fn choose(
     plan: &ListPlan,
-    contact_count: u64,
+    contact_count: Option<u64>,
     batch_size: usize,
     limits: &autosend::RateLimits,
     last_drift: Option<u64>,
 ) -> Choice {
     let b = batch_size.max(1);
+    let Some(contact_count) = contact_count else {
+        // Without the list's size, observing cannot be costed, and its first page would be
+        // the only thing saying how big the list is: `auto` asserts.
+        let strategy = match plan.strategy {
+            Strategy::Observe => Strategy::Observe,
+            _ => Strategy::Assert,
+        };
+        let assert_requests =
+            (plan.emails.len().div_ceil(b) + plan.contact_ids.len().div_ceil(b)) as u64;
+        return Choice {
+            strategy,
+            reason: format!(
+                "{strategy}: the list's contactCount is unknown (AutoSend did not send it), so \
+                 observing cannot be costed"
+            ),
+            assert_requests,
+            observe_requests: 0,
+        };
+    };
     let assert_requests =
         (plan.emails.len().div_ceil(b) + plan.contact_ids.len().div_ceil(b)) as u64;
     let removes = if plan.to_assert() > 0 {

@@ -63,9 +63,13 @@ pub async fn refresh<'a>(
         let tally = Tally::default();
         let read = async {
             let info = client.get_list(l.list.as_str(), &tally).await?;
-            let members =
-                crate::observe::read_members(client, l.list.as_str(), info.contact_count, &tally)
-                    .await?;
+            let members = crate::observe::read_members(
+                client,
+                l.list.as_str(),
+                info.contact_count.unwrap_or(0),
+                &tally,
+            )
+            .await?;
             Ok::<_, ApiError>((info, members))
         }
         .await;
@@ -84,7 +88,7 @@ pub async fn refresh<'a>(
             Ok((info, Some(members))) => {
                 let drift = crate::observe::drift(&l.desired, &members);
                 total_drift += drift.len();
-                entry.contact_count = Some(info.contact_count);
+                entry.contact_count = info.contact_count;
                 entry.drift = Some(drift.len());
                 for (p, n) in crate::observe::drift_by_policy(&l.desired, &members) {
                     entry.drift_by_policy.push(PolicyDrift {
@@ -113,7 +117,7 @@ pub async fn refresh<'a>(
                 }
             }
             Ok((info, None)) => {
-                entry.contact_count = Some(info.contact_count);
+                entry.contact_count = info.contact_count;
                 entry.error =
                     Some("the list kept changing while it was read; try again".to_string());
             }

@@ -41,6 +41,9 @@ enum Mode {
     UnderAccounted,
     /// Remove answers `removed: 3000` for any batch (and removes it).
     OverAccounted,
+    /// The list's `contactCount` is missing, and search pages say `total: null` with no
+    /// contacts: an answer that says nothing about the list's size.
+    NullCounts,
 }
 
 struct Script {
@@ -71,12 +74,11 @@ async fn get_list(
         return unauthorized();
     }
     let n = s.members.len();
-    (
-        StatusCode::OK,
-        Json(
-            json!({"success": true, "data": {"id": id, "name": "n", "type": "list", "contactCount": n}}),
-        ),
-    )
+    let data = match s.mode {
+        Mode::NullCounts => json!({"id": id, "name": "n", "type": "list"}),
+        _ => json!({"id": id, "name": "n", "type": "list", "contactCount": n}),
+    };
+    (StatusCode::OK, Json(json!({"success": true, "data": data})))
 }
 
 async fn search(State(s): State<Shared>, Json(body): Json<Value>) -> Json<Value> {
@@ -97,6 +99,11 @@ async fn search(State(s): State<Shared>, Json(body): Json<Value>) -> Json<Value>
         .collect();
     let total_value = match s.mode {
         Mode::UnderscoreIdStringTotal => json!(total.to_string()),
+        Mode::NullCounts => {
+            return Json(
+                json!({"success": true, "data": {"contacts": [], "pagination": {"total": null}}}),
+            );
+        }
         _ => json!(total),
     };
     Json(
@@ -452,4 +459,28 @@ async fn a_panic_in_one_list_fails_that_list_and_the_others_converge() {
     };
     assert_eq!(reason("on-l1"), "ApiError");
     assert_eq!(reason("on-l2"), "Converged");
+}
+
+#[tokio::test]
+async fn an_answer_without_counts_never_confirms_by_absence() {
+    let members = [("c1", "m1@example.com")];
+    let server = serve(Mode::NullCounts, &members).await;
+    let dir = tempfile::tempdir().unwrap();
+    manifest(dir.path(), &["m1@example.com", "x1@example.com"], &[]);
+    // Observing: a page whose total is null is no answer; nothing is confirmed by it.
+    let (store, pass) = run(&server, dir.path(), Strategy::Observe).await;
+    let result = &pass.report.outcomes[0].result;
+    assert!(
+        matches!(result, ListResult::Failed(m) if m.contains("total")),
+        "{result:?}"
+    );
+    assert!(!confirmed(&store, ContactKind::Email, "x1@example.com"));
+    assert!(server.state.lock().unwrap().removes.is_empty());
+    // `auto` does not cost an observation of a list of unknown size: it asserts, and the
+    // remove answers confirm.
+    let (store, pass) = run(&server, dir.path(), Strategy::Auto).await;
+    let o = &pass.report.outcomes[0];
+    assert_eq!(o.strategy.as_deref(), Some("assert"), "{o:?}");
+    assert!(confirmed(&store, ContactKind::Email, "x1@example.com"));
+    assert!(!server.state.lock().unwrap().removes.is_empty());
 }

@@ -397,7 +397,7 @@ async fn run(
     if info.is_segment() {
         return Err(Stop::Segment);
     }
-    *contact_count = Some(info.contact_count);
+    *contact_count = info.contact_count;
     let last_drift = ctx.store.last_drift(plan.list.as_str())?;
     let choice = observe::choose(
         plan,
@@ -409,8 +409,13 @@ async fn run(
     let mut reason = choice.reason.clone();
     let mut members = None;
     if choice.strategy() == Strategy::Observe {
-        members = observe::read_members(&ctx.client, plan.list.as_str(), info.contact_count, tally)
-            .await?;
+        members = observe::read_members(
+            &ctx.client,
+            plan.list.as_str(),
+            info.contact_count.unwrap_or(0),
+            tally,
+        )
+        .await?;
         if members.is_none() {
             reason
                 .push_str("; the list kept changing while it was read, so it was asserted instead");

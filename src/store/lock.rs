@@ -1,14 +1,17 @@
 //! One writer per store: an exclusive lock held for the life of `apply` and `run`.
 //!
 //! Two writers on one store race on its schema, send every request twice and pace them with
-//! two separate budgets against one API key. The lock is an advisory `flock` on a file beside
-//! the database (`state.db.lock`), so it is released by the kernel when the process dies, even
-//! by `kill -9`: a crash never leaves a stale lock behind. The file also says who holds it, so
-//! a refused `apply` can name the holder. Readers (`plan`, `status`) and `approve`, which
-//! writes one row in a short transaction, do not take it.
+//! two separate budgets against one API key. The lock is an advisory `flock` on the database
+//! file itself, so it is released by the kernel when the process dies, even by `kill -9` (a
+//! crash never leaves a stale lock behind), and it cannot be sidestepped: a symlink to the
+//! store, or another spelling of its path, opens the same file, and there is no lock file
+//! whose deletion would free it. (SQLite locks with `fcntl`, which `flock` does not touch.)
+//! A file beside the database (`state.db.lock`) says who holds it, so a refused `apply` can
+//! name the holder. Readers (`plan`, `status`) and `approve`, which writes one row in a short
+//! transaction, do not take the lock.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,7 +39,8 @@ pub enum LockError {
     },
 }
 
-/// The lock file of the store at `store`.
+/// The file that says who holds the lock of the store at `store` (informational: the lock
+/// itself is on the database file).
 pub fn lock_path(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
     name.push(".lock");
@@ -59,14 +63,16 @@ impl StoreLock {
     /// Takes the lock now, or says who holds it. `command` describes this process for a
     /// later holder message (`listwarden apply`).
     pub fn try_acquire(store: &Path, command: &str) -> Result<StoreLock, LockError> {
-        let (mut file, lock) = open_lock_file(store)?;
-        match file.try_lock() {
-            Ok(()) => Ok(StoreLock::claim(file, lock, command)),
+        let db = open_database_file(store)?;
+        // The holder's note sits beside the file really opened, whatever path led to it.
+        let info = lock_path(&store.canonicalize().unwrap_or_else(|_| store.to_path_buf()));
+        match db.try_lock() {
+            Ok(()) => Ok(StoreLock::claim(db, info, command)),
             Err(TryLockError::WouldBlock) => Err(LockError::Held {
                 store: store.display().to_string(),
-                holder: holder(&mut file),
+                holder: holder(&info),
             }),
-            Err(TryLockError::Error(e)) => Err(io_error(store, &lock, &e)),
+            Err(TryLockError::Error(e)) => Err(io_error(store, store, &e)),
         }
     }
 
@@ -98,7 +104,7 @@ impl StoreLock {
         }
     }
 
-    fn claim(mut file: File, path: PathBuf, command: &str) -> StoreLock {
+    fn claim(db: File, path: PathBuf, command: &str) -> StoreLock {
         // Who holds it, for the message of a refused `apply`. Best effort: the lock itself is
         // what matters, and it is already held.
         let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -108,11 +114,16 @@ impl StoreLock {
             std::process::id(),
             host.trim()
         );
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = file.write_all(text.as_bytes());
-        let _ = file.sync_data();
-        StoreLock { _file: file, path }
+        if let Ok(mut note) = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            let _ = note.write_all(text.as_bytes());
+        }
+        StoreLock { _file: db, path }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,24 +131,25 @@ impl StoreLock {
     }
 }
 
-fn open_lock_file(store: &Path) -> Result<(File, PathBuf), LockError> {
-    let lock = lock_path(store);
-    create_private_dir(store).map_err(|e| io_error(store, &lock, &e))?;
-    let file = OpenOptions::new()
+/// Opens the database file (created empty, `0600`, when new: SQLite takes an empty file as a
+/// new database), creating its directory private first.
+fn open_database_file(store: &Path) -> Result<File, LockError> {
+    create_private_dir(store).map_err(|e| io_error(store, store, &e))?;
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&lock)
-        .map_err(|e| io_error(store, &lock, &e))?;
-    Ok((file, lock))
+        .open(store)
+        .map_err(|e| io_error(store, store, &e))
 }
 
-fn holder(file: &mut File) -> String {
+fn holder(info: &Path) -> String {
     let mut text = String::new();
-    let _ = file.rewind();
-    let _ = file.take(512).read_to_string(&mut text);
+    if let Ok(file) = File::open(info) {
+        let _ = file.take(512).read_to_string(&mut text);
+    }
     let text = text.trim();
     if text.is_empty() {
         "another listwarden process".to_string()
@@ -176,6 +188,19 @@ mod tests {
         assert!(text.contains("only one `apply` or `run`"), "{text}");
         drop(first);
         StoreLock::try_acquire(&store, "listwarden apply").expect("free once dropped");
+    }
+
+    #[test]
+    fn neither_a_symlink_nor_a_deleted_note_sidesteps_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("real/state.db");
+        let _first = StoreLock::try_acquire(&store, "listwarden run").unwrap();
+        let alias = dir.path().join("alias.db");
+        std::os::unix::fs::symlink(&store, &alias).unwrap();
+        let err = StoreLock::try_acquire(&alias, "listwarden apply").unwrap_err();
+        assert!(err.to_string().contains("listwarden run (pid"), "{err}");
+        std::fs::remove_file(lock_path(&store)).unwrap();
+        assert!(StoreLock::try_acquire(&store, "listwarden apply").is_err());
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl Store {
     /// Opens (creating it and its directory if needed) and migrates the store, holding its
     /// lock for as long as it is open: a second writer is refused, naming the holder.
     pub fn open(path: &Path, command: &str) -> Result<Store, StoreError> {
+        check_openable(path)?;
         let lock = StoreLock::try_acquire(path, command)?;
         Store::open_locked(path, lock)
     }

@@ -78,8 +78,25 @@ pub struct ListInfo {
     pub name: String,
     #[serde(rename = "type", default = "default_list_type")]
     pub kind: String,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    pub contact_count: u64,
+    /// `None` when the answer does not say (missing or null): an unknown size is never taken
+    /// for an empty list.
+    #[serde(default, deserialize_with = "optional_count")]
+    pub contact_count: Option<u64>,
+}
+
+/// A count that may be missing or null: `None` then.
+fn optional_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Value::deserialize(d)?;
+    count_of(&v).map_err(serde::de::Error::custom)
+}
+
+/// A count that must be there: null is an error, never 0 (a search page whose `total` is
+/// null says nothing about the list, and an empty list would confirm everything absent).
+fn required_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = Value::deserialize(d)?;
+    count_of(&v)
+        .map_err(serde::de::Error::custom)?
+        .ok_or_else(|| serde::de::Error::custom("null is not a count"))
 }
 
 /// A count sent as a number or as a numeric string (`"6"`): reading it strictly would fail a
@@ -178,7 +195,7 @@ pub struct Pagination {
     pub page: u64,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub limit: u64,
-    #[serde(deserialize_with = "lenient_u64")]
+    #[serde(deserialize_with = "required_count")]
     pub total: u64,
     #[serde(default, deserialize_with = "lenient_u64")]
     pub pages: u64,
