@@ -34,8 +34,11 @@ pub struct StatusDocument {
 pub fn status_document(store: &Store, show_contacts: bool) -> Result<StatusDocument, StoreError> {
     let mut policies = store.policies()?;
     let mut lists = store.lists(FAILING_PER_LIST)?;
-    let manifests = store.last_load()?;
+    let mut manifests = store.last_load()?;
     if !show_contacts {
+        if let Some(m) = &mut manifests {
+            m.first_error = m.first_error.as_deref().map(mask_emails);
+        }
         for p in &mut policies {
             p.condition.message = mask_emails(&p.condition.message);
             p.last_error = p.last_error.as_deref().map(mask_emails);

@@ -27,6 +27,11 @@ fn a_truncated_export_is_held_until_approved() {
     r.code(1);
     assert_eq!(env.fake().counters().requests, 0);
     assert!(
+        r.stdout.contains("list-a: held (pa, see below);"),
+        "{}",
+        r.stdout
+    );
+    assert!(
         r.last_stderr_line()
             .starts_with("error: policy pa would forget 8 of its 10 contacts (80%)"),
         "{}",

@@ -177,11 +177,15 @@ fn status_masks_contact_addresses_unless_exposed() {
         f.contact_errors.insert(bad.clone());
     });
     h.write("p.yaml", &policy("p", L1, std::slice::from_ref(&bad)));
+    // A manifest error quoting an address: the load's first error is masked too.
+    h.write("typo.yaml", &policy("typo", L2, &["leak.me@localhost"]));
     h.start();
     h.wait_reason("p", "PartiallyFailed", CONVERGE);
     let (_, body) = h.get("/status").unwrap();
     assert!(!body.contains("secret.person"), "{body}");
     assert!(body.contains("s***@example.com"), "{body}");
+    assert!(!body.contains("leak.me"), "{body}");
+    assert!(body.contains("l***@localhost"), "{body}");
     assert!(!h.metrics().contains("secret.person"));
     drop(h.take_daemon());
     h.start_with(Opts {

@@ -169,7 +169,7 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     if let Some(bar) = &progress.bar {
         bar.finish_and_clear();
     }
-    print!("{}", summary(&report));
+    print!("{}", summary(&report, &plan, &manifests));
     let code = exit_code(&manifests, &plan, &report);
     if code != EXIT_OK {
         eprintln!(
@@ -257,18 +257,35 @@ fn stop_on_signals(stop: tokio_util::sync::CancellationToken) -> tokio::task::Jo
     })
 }
 
-pub fn summary(report: &SyncReport) -> String {
+pub fn summary(report: &SyncReport, plan: &Plan, manifests: &Manifests) -> String {
     let mut out = String::from("\nSummary:\n");
     for o in &report.outcomes {
+        // A list whose policy is held is not converged, whatever its other policies did.
+        let list_plan = plan.lists.iter().find(|l| l.list == o.list);
+        let held: Vec<&str> = list_plan
+            .into_iter()
+            .flat_map(|l| l.held.iter().map(|&i| manifests.policies[i].name.as_str()))
+            .collect();
+        let result = match (
+            held.is_empty(),
+            list_plan.is_some_and(|l| l.policies.is_empty()),
+        ) {
+            (true, _) => o.result.to_string(),
+            (false, true) => format!("held ({}, see below)", held.join(", ")),
+            (false, false) => format!(
+                "held ({}, see below); its other policies: {}",
+                held.join(", "),
+                o.result
+            ),
+        };
         let unaccounted = if o.unaccounted > 0 {
             format!(", not accounted for {}", thousands(o.unaccounted as usize))
         } else {
             String::new()
         };
         out.push_str(&format!(
-            "  {}: {}; removed {}, not in list {}, failed {}{unaccounted}; {} request(s), {} rate-limited, {:.1}s{}\n",
+            "  {}: {result}; removed {}, not in list {}, failed {}{unaccounted}; {} request(s), {} rate-limited, {:.1}s{}\n",
             o.list,
-            o.result,
             thousands(o.removed as usize),
             thousands((o.not_in_list + o.observed_absent) as usize),
             thousands(o.failed as usize),
@@ -283,6 +300,9 @@ pub fn summary(report: &SyncReport) -> String {
         for (contact, message) in &o.first_errors {
             out.push_str(&format!("      {contact}: {message}\n"));
         }
+    }
+    for h in &plan.holds {
+        out.push_str(&format!("  HELD {h}\n"));
     }
     out
 }

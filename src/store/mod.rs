@@ -174,6 +174,14 @@ impl Store {
     /// lock for as long as it is open: a second writer is refused, naming the holder.
     pub fn open(path: &Path, command: &str) -> Result<Store, StoreError> {
         check_openable(path)?;
+        // A file that is not a store (a typo in --state) is refused before anything touches
+        // it: no lock note beside it, no change of its mode.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            let conn =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| sql(path, e))?;
+            schema_version(&conn, path)?;
+        }
         let lock = StoreLock::try_acquire(path, command)?;
         Store::open_locked(path, lock)
     }

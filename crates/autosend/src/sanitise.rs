@@ -5,6 +5,13 @@
 /// and a 10 MB message can no longer fill logs, the state store and `/status`.
 const MAX_SERVER_TEXT: usize = 300;
 
+/// How a URL component percent-encodes (RFC 3986's unreserved characters are kept).
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// What replaces the key, or a bearer token, in server text.
 const REDACTED: &str = "[REDACTED]";
 
@@ -29,11 +36,18 @@ pub(crate) fn without_userinfo(url: &str) -> String {
 ///
 /// Redaction comes first, so that a cut cannot leave a prefix of the key behind.
 pub(crate) fn sanitise(text: &str, key: &str) -> String {
-    let redacted = if key.is_empty() {
-        redact_bearer(text)
-    } else {
-        redact_bearer(&text.replace(key, REDACTED))
-    };
+    let mut redacted = text.to_string();
+    if !key.is_empty() {
+        // The key as it may come back: as sent, JSON-escaped (`/` as `\/`, as PHP's
+        // json_encode writes it; a body excerpt is raw JSON), or percent-encoded.
+        let escaped = key.replace('/', "\\/");
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(key, UNRESERVED_KEPT).to_string();
+        for form in [key, escaped.as_str(), encoded.as_str()] {
+            redacted = redacted.replace(form, REDACTED);
+        }
+    }
+    let redacted = redact_bearer(&redacted);
     let mut out = String::with_capacity(redacted.len().min(MAX_SERVER_TEXT + 3));
     for c in redacted.chars() {
         let c = if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
@@ -56,7 +70,9 @@ pub(crate) fn sanitise(text: &str, key: &str) -> String {
 pub(crate) fn redact_bearer(text: &str) -> String {
     // ASCII lowercasing keeps every byte offset, so positions found in `lower` fit `text`.
     let lower = text.to_ascii_lowercase();
-    let ends_token = |c: char| c.is_whitespace() || "\"'`,;()<>[]{}\\".contains(c);
+    // A backslash is part of the token: a JSON-escaped token (`abc\/def`) must be redacted
+    // whole, not up to its first escape.
+    let ends_token = |c: char| c.is_whitespace() || "\"'`,;()<>[]{}".contains(c);
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     let mut from = 0;
@@ -87,6 +103,16 @@ pub(crate) fn redact_bearer(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitise_redacts_the_key_json_escaped_or_percent_encoded() {
+        let key = "AS_live/9f8e7d6c5b4a";
+        let body = r#"{"auth":"Bearer AS_live\/9f8e7d6c5b4a","key":"AS_live\/9f8e7d6c5b4a","q":"AS_live%2F9f8e7d6c5b4a"}"#;
+        let clean = sanitise(body, key);
+        assert!(!clean.contains("9f8e7d6c5b4a"), "{clean}");
+        let other = sanitise(r#"{"auth":"Bearer abc\/def"}"#, "unrelated");
+        assert!(!other.contains("def"), "{other}");
+    }
 
     #[test]
     fn sanitise_redacts_the_key_and_bearer_tokens() {
