@@ -275,6 +275,58 @@ fn a_dangling_manifest_symlink_fails_only_itself_and_never_looks_green() {
     );
 }
 
+/// While `on` is set, answers every remove with a 429 asking for a minute.
+fn removes_rate_limited(
+    router: axum::Router,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> axum::Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let on = on.clone();
+            async move {
+                if req.uri().path().ends_with("/contacts/remove")
+                    && on.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    return axum::response::IntoResponse::into_response((
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "60")],
+                        "{\"success\": false, \"error\": {\"message\": \"slow down\", \"code\": \"RATE_LIMIT_EXCEEDED\"}}",
+                    ));
+                }
+                next.run(req).await
+            }
+        },
+    ))
+}
+
+#[test]
+fn an_edit_waiting_to_be_applied_is_progressing_not_converged() {
+    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let layer_on = on.clone();
+    let mut h = Harness::with_env(Env::wrapped(fake_config(KEY), move |r| {
+        removes_rate_limited(r, layer_on)
+    }));
+    let first = emails("e", 2);
+    h.fake().add_contacts(L1, &first);
+    h.write("p.yaml", &policy("p", L1, &first));
+    h.start_with(Opts {
+        extra: vec!["--strategy".into(), "assert".into()],
+        ..Opts::default()
+    });
+    h.wait_reason("p", "Converged", CONVERGE);
+    on.store(true, std::sync::atomic::Ordering::SeqCst);
+    let more = [first.clone(), emails("f", 1)].concat();
+    h.fake().add_contacts(L1, &more);
+    h.write("p.yaml", &policy("p", L1, &more));
+    let (ready, _, message) = h.wait_reason("p", "Progressing", CONVERGE);
+    assert_eq!(ready, "Unknown");
+    assert!(message.contains("the manifests changed"), "{message}");
+    // Still not green a little later: the remove is waiting out its 429.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(h.condition("p").unwrap().1, "Progressing");
+    assert_eq!(h.status()["ready"], false);
+}
+
 /// Answers the first remove with a 429 asking for 3 s (long enough to edit the manifests
 /// meanwhile), without passing it to the fake; everything else goes through.
 fn first_remove_rate_limited(router: axum::Router) -> axum::Router {

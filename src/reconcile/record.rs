@@ -223,6 +223,7 @@ pub fn record_manifests(
                 file: &p.origin.file,
                 document: p.origin.document,
                 contacts: (p.emails.len() + p.contact_ids.len()) as u64,
+                revision: &p.revision,
             }),
         }
     }

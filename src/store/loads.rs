@@ -32,6 +32,9 @@ pub struct Accepted<'a> {
     pub file: &'a Path,
     pub document: usize,
     pub contacts: u64,
+    /// What the policy asks for now: when it differs from what was last reconciled, the
+    /// policy is `Progressing` until its list is (a change is never shown as converged).
+    pub revision: &'a str,
 }
 
 /// A policy whose load is held by the forget threshold.
@@ -131,6 +134,16 @@ impl Store {
                     a.document as i64,
                     load.now,
                     a.contacts.min(i64::MAX as u64) as i64
+                ])?;
+                tx.prepare_cached(
+                    "UPDATE policies SET ready = 'Unknown', reason = 'Progressing', message = ?3,
+                       revision = ?2
+                     WHERE name = ?1 AND (revision IS NULL OR revision != ?2)",
+                )?
+                .execute(params![
+                    a.name,
+                    a.revision,
+                    "the manifests changed; the list is being reconciled"
                 ])?;
             }
             for h in &load.held {
@@ -320,6 +333,7 @@ mod tests {
                 file: Path::new("p.yaml"),
                 document: 1,
                 contacts: 1000,
+                revision: "sha256:old",
             }],
             ..LoadRecord::default()
         };
