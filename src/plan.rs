@@ -168,15 +168,14 @@ impl Plan {
         options: PlanOptions,
     ) -> Result<Plan, E> {
         let holds = crate::hold::check(
-            &manifests.policies,
+            manifests,
             baselines,
             options.max_forget_percent,
             options.force,
         );
-        let held: Vec<bool> = holds.iter().map(Option::is_some).collect();
-        let desired = DesiredState::build_holding(&manifests.policies, &held);
+        let desired = DesiredState::build_holding(&manifests.policies, &holds.mask());
         let mut plan = Plan::try_build(&manifests.policies, &desired, records, options)?;
-        plan.holds = holds.into_iter().flatten().collect();
+        plan.holds = holds.all();
         Ok(plan)
     }
 

@@ -553,8 +553,22 @@ fn contacts_dropped_from_manifests_are_forgotten_without_any_api_call() {
     env.manifest("b.yaml", &policy("pb", "list-b", &emails("b", 4)));
     env.apply(&[]).code(0);
     assert_eq!(list_status(&env.status_json(), "list-b")["confirmed"], 4);
+    // A deleted manifest looks like a partial checkout: held until approved, like any policy
+    // that would lose more than half its contacts; nothing is forgotten meanwhile.
     env.remove_manifest("b.yaml");
     env.fake().reset_counters();
+    let held = env.apply(&[]);
+    held.code(1);
+    assert!(
+        held.stderr
+            .contains("policy pb is no longer in the manifests"),
+        "{}",
+        held.stderr
+    );
+    assert_eq!(list_status(&env.status_json(), "list-b")["confirmed"], 4);
+    let state = env.state();
+    env.run(&["approve", "pb", "--state", state.to_str().unwrap()])
+        .code(0);
     env.apply(&[]).code(0);
     assert_eq!(env.fake().counters().requests, 0);
     let doc = env.status_json();

@@ -79,6 +79,26 @@ fn a_truncated_export_is_held_until_approved() {
 }
 
 #[test]
+fn renaming_a_policy_while_cutting_it_short_holds_the_old_name() {
+    let env = Env::plain();
+    let all = emails("n", 10);
+    env.fake().add_contacts("list-a", &all);
+    env.manifest("a.yaml", &policy("pa", "list-a", &all));
+    env.apply(&[]).code(0);
+    env.remove_manifest("a.yaml");
+    env.manifest("a2.yaml", &policy("pa-renamed", "list-a", &all[..1]));
+    let r = env.apply(&[]);
+    r.code(1);
+    assert!(
+        r.last_stderr_line()
+            .contains("policy pa is no longer in the manifests (it named 10"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(list_status(&env.status_json(), "list-a")["confirmed"], 10);
+}
+
+#[test]
 fn raising_max_forget_percent_in_the_manifest_lets_a_shrink_through() {
     let env = Env::plain();
     let all = emails("g", 10);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use autosend_fake::{FakeConfig, Faults};
 use support::daemon::{Harness, L1, L2, Opts, metric_sum, parse_sample};
 use support::fake::fake_config;
-use support::{KEY, Policy, emails, policy, write_atomic};
+use support::{KEY, Policy, emails, listwarden, output, policy, write_atomic};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -192,8 +192,13 @@ fn an_invalid_manifest_is_reported_and_the_others_keep_converging() {
         (h.metric_sum("listwarden_manifest_errors", &[]) == 0.0).then_some(())
     });
 
-    // A deleted manifest's policy leaves /status.
+    // A deleted manifest's policy is held (a partial checkout looks the same), then leaves
+    // /status once the deletion is approved.
     h.remove_manifest("pb.yaml");
+    let (_, _, message) = h.wait_reason("pb", "ThresholdExceeded", CONVERGE);
+    assert!(message.contains("no longer in the manifests"), "{message}");
+    let state = h.state();
+    output(listwarden().args(["approve", "pb", "--state"]).arg(&state)).code(0);
     h.wait("pb to leave /status", CONVERGE, || {
         h.policy_status("pb").is_none().then_some(())
     });

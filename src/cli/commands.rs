@@ -416,7 +416,7 @@ pub fn approve(args: &ApproveArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    match store.approve(&args.policy) {
+    match store.approve(&args.policy, args.revision.as_deref()) {
         Ok(Ok(a)) => {
             println!(
                 "approved: policy {} may go from {} to {} contacts (revision {}); a running \

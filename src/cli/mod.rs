@@ -66,6 +66,10 @@ pub enum Command {
 pub struct ApproveArgs {
     /// The policy's metadata.name (`listwarden status` shows which are ThresholdExceeded).
     pub policy: String,
+    /// Approve only this revision of the change (the one `plan` or `status` showed you): if
+    /// the export was cut further since, nothing is approved and you are told.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// The SQLite state store written by apply / run.
     #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
     pub state: PathBuf,

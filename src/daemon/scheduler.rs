@@ -240,13 +240,13 @@ impl Scheduler {
             let manifests = manifest::load(&path);
             let baselines = store.baselines()?;
             let holds = crate::hold::check(
-                &manifests.policies,
+                &manifests,
                 &baselines,
                 options.max_forget_percent,
                 options.force,
             );
-            let held: Vec<bool> = holds.iter().map(Option::is_some).collect();
-            let holds: Vec<crate::hold::Hold> = holds.into_iter().flatten().collect();
+            let held = holds.mask();
+            let holds = holds.all();
             reconcile::record_manifests(&store, &manifests, &holds, crate::clock::now_unix())?;
             let desired = DesiredState::build_holding(&manifests.policies, &held);
             let revision = crate::revision::git_commit(&path);

@@ -190,7 +190,29 @@ pub fn record_manifests(
             Condition::new(Ready::False, Reason::ManifestInvalid, first),
         ));
     }
-    let held_names: HashMap<&str, &Hold> = holds.iter().map(|h| (h.policy.as_str(), h)).collect();
+    let held_names: HashMap<&str, &Hold> = holds
+        .iter()
+        .filter(|h| !h.gone)
+        .map(|h| (h.policy.as_str(), h))
+        .collect();
+    // Policies gone from the manifests but held: their rows and their lists' contacts stay.
+    let gone_lists: Vec<ContactListId> = holds
+        .iter()
+        .filter(|h| h.gone)
+        .filter_map(|h| h.list.as_deref().and_then(|l| ContactListId::parse(l).ok()))
+        .collect();
+    for h in holds.iter().filter(|h| h.gone) {
+        load.gone.push((
+            h.policy.as_str(),
+            Condition::new(Ready::False, Reason::ThresholdExceeded, h.to_string()),
+        ));
+        load.held.push(Held {
+            name: h.policy.as_str(),
+            revision: &h.revision,
+            contacts: 0,
+        });
+    }
+    load.spare.extend(gone_lists.iter());
     for p in &manifests.policies {
         match held_names.get(p.name.as_str()) {
             Some(hold) => {
@@ -242,6 +264,7 @@ pub fn record_manifests(
                 .iter()
                 .map(|p| p.name.as_str())
                 .chain(manifests.invalid.iter().filter_map(|p| p.name.as_deref()))
+                .chain(holds.iter().filter(|h| h.gone).map(|h| h.policy.as_str()))
                 .collect(),
         );
         load.forget = Some(

@@ -21,6 +21,8 @@ pub struct Baseline {
     pub contacts: Option<u64>,
     pub held_revision: Option<String>,
     pub approved_revision: Option<String>,
+    /// The list the policy targeted.
+    pub list: Option<String>,
 }
 
 /// A policy whose load is accepted: its size becomes the new baseline (its row is created
@@ -69,6 +71,8 @@ pub struct LoadRecord<'a> {
     pub keep: Option<Vec<&'a str>>,
     pub accepted: Vec<Accepted<'a>>,
     pub held: Vec<Held<'a>>,
+    /// Policies gone from the manifests but held: their rows stay, with this condition.
+    pub gone: Vec<(&'a str, Condition)>,
     /// Contacts to keep per list when forgetting (`None`: forget nothing). Lists not named
     /// are forgotten whole, except those in `spare`.
     pub forget: Option<Vec<(&'a ContactListId, &'a Keep<'a>)>>,
@@ -146,6 +150,20 @@ impl Store {
                     "the manifests changed; the list is being reconciled"
                 ])?;
             }
+            for (name, condition) in &load.gone {
+                tx.prepare_cached(
+                    "UPDATE policies SET ready = ?2, reason = ?3, message = ?4, last_error = ?4,
+                       updated_at = ?5
+                     WHERE name = ?1",
+                )?
+                .execute(params![
+                    name,
+                    condition.ready.as_str(),
+                    condition.reason.as_str(),
+                    stored_text(&condition.message),
+                    load.now
+                ])?;
+            }
             for h in &load.held {
                 tx.execute(
                     "UPDATE policies SET held_revision = ?2, held_contacts = ?3 WHERE name = ?1",
@@ -199,8 +217,10 @@ impl Store {
     /// The forget-threshold state of every policy the store knows.
     pub fn baselines(&self) -> Result<HashMap<String, Baseline>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT name, contacts, held_revision, approved_revision FROM policies")?;
+            let mut stmt = conn.prepare(
+                "SELECT name, contacts, held_revision, approved_revision, contact_list_id
+                 FROM policies",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -208,6 +228,7 @@ impl Store {
                         contacts: r.get::<_, Option<i64>>(1)?.map(|n| n.max(0) as u64),
                         held_revision: r.get(2)?,
                         approved_revision: r.get(3)?,
+                        list: r.get(4)?,
                     },
                 ))
             })?;
@@ -218,7 +239,15 @@ impl Store {
     /// Approves the change held back for `policy` by its forget threshold. Returns the
     /// (revision, contacts before, contacts after) approved, or an error saying why there is
     /// nothing to approve.
-    pub fn approve(&self, policy: &str) -> Result<Result<Approval, String>, StoreError> {
+    ///
+    /// With `expected`, only that exact change is approved: the export may have been cut
+    /// further between reading the hold and approving it, and that worse change must be
+    /// looked at again, not approved by surprise.
+    pub fn approve(
+        &self,
+        policy: &str,
+        expected: Option<&str>,
+    ) -> Result<Result<Approval, String>, StoreError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(Option<String>, Option<i64>, Option<i64>)> = tx
@@ -235,6 +264,17 @@ impl Store {
                 Some((None, _, _)) => Err(format!(
                     "policy {policy:?} has no change waiting for approval"
                 )),
+                Some((Some(revision), before, after))
+                    if expected.is_some_and(|e| e != revision) =>
+                {
+                    Err(format!(
+                        "policy {policy:?} now waits with revision {revision} ({} -> {} \
+                         contacts), not {}: the change moved since it was checked; check it again",
+                        before.unwrap_or(0),
+                        after.unwrap_or(0),
+                        expected.unwrap_or_default()
+                    ))
+                }
                 Some((Some(revision), before, after)) => {
                     tx.execute(
                         "UPDATE policies SET approved_revision = ?2 WHERE name = ?1",
@@ -315,13 +355,13 @@ mod tests {
         };
         s.write_policies(&[update], 1).unwrap();
         assert!(
-            s.approve("nope")
+            s.approve("nope", None)
                 .unwrap()
                 .unwrap_err()
                 .contains("no policy")
         );
         assert!(
-            s.approve("p")
+            s.approve("p", None)
                 .unwrap()
                 .unwrap_err()
                 .contains("no change waiting")
@@ -347,7 +387,12 @@ mod tests {
             ..LoadRecord::default()
         };
         s.record_load(&load).unwrap();
-        let approval = s.approve("p").unwrap().unwrap();
+        let moved = s.approve("p", Some("sha256:older")).unwrap().unwrap_err();
+        assert!(
+            moved.contains("now waits with revision sha256:new"),
+            "{moved}"
+        );
+        let approval = s.approve("p", Some("sha256:new")).unwrap().unwrap();
         assert_eq!((approval.before, approval.after), (1000, 10));
         let b = &s.baselines().unwrap()["p"];
         assert_eq!(b.approved_revision.as_deref(), Some("sha256:new"));
