@@ -6,12 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet -p listwarden --bin listwarden -p autosend-fake --bin autosend-fake
-bin=target/debug/listwarden
+echo "== building listwarden and the fake AutoSend server (the first build takes 5 to 10 minutes on 2 cores)"
+cargo build -p listwarden --bin listwarden -p autosend-fake --bin autosend-fake
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/debug/listwarden"
 work=$(mktemp -d)
 log="$work/fake.log"
 
-target/debug/autosend-fake --listen 127.0.0.1:0 --seed examples/demo-seed.json \
+"$target/debug/autosend-fake" --listen 127.0.0.1:0 --seed examples/demo-seed.json \
   --api-key demo-key >"$log" 2>&1 &
 fake=$!
 trap 'kill $fake 2>/dev/null || true; rm -rf "$work"' EXIT
