@@ -424,3 +424,24 @@ fn a_full_disk_is_named_as_such_and_fails_the_apply() {
         "{stderr}"
     );
 }
+
+#[test]
+fn with_json_logs_every_line_of_stderr_is_json() {
+    let env = Env::plain();
+    env.fake().add_contacts("list-a", emails("j", 3));
+    // One policy with a warning (a duplicate entry), one list to converge.
+    let mut dup = emails("j", 3);
+    dup.push("j0@example.com".into());
+    env.manifest("a.yaml", &policy("pa", "list-a", &dup));
+    let r = env.apply(&["--log-format", "json"]);
+    r.code(0);
+    assert!(!r.stderr.trim().is_empty());
+    for line in r.stderr.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}\n{}",
+            r.stderr
+        );
+    }
+    assert!(r.stderr.contains("duplicate"), "{}", r.stderr);
+}

@@ -29,8 +29,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Builds the client from the environment and flags; the error never holds the key.
 pub fn client(api: &ApiFlags, rate_limits: &autosend::RateLimits) -> Result<Client, String> {
-    let mut config =
-        ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| e.to_string())?;
+    let mut config = ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| match e {
+        autosend::ConfigError::MissingKey => "no API key: set AUTOSEND_API_KEY or pass \
+            --api-key-file PATH (validate, status, approve and plan without --refresh need none)"
+            .to_string(),
+        other => other.to_string(),
+    })?;
     warn_exposure(api, &config.base_url);
     config.rate_limits = rate_limits.clone();
     config.max_retries = api.max_retries;
@@ -102,16 +106,17 @@ impl ApplyProgress {
     }
 }
 
+/// Without a terminal, progress goes through the log, so `--log-format json` stays JSON.
 impl Progress for ApplyProgress {
     fn list_started(&self, list: &ContactListId, contacts: usize) {
         if self.bar.is_none() {
-            eprintln!("list {list}: asserting {contacts} contact(s)");
+            tracing::info!(%list, contacts, "asserting contacts");
         }
     }
     fn batch_done(&self, list: &ContactListId, contacts: usize) {
         match &self.bar {
             Some(bar) => bar.inc(contacts as u64),
-            None => eprintln!("list {list}: batch of {contacts} done"),
+            None => tracing::info!(%list, contacts, "batch done"),
         }
     }
 }
@@ -149,7 +154,19 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    print_diagnostics(&manifests);
+    let json_logs = args.sync.log_format == super::LogFormat::Json;
+    if json_logs {
+        // Log shippers read stderr line by line: every line stays JSON.
+        for d in &manifests.diagnostics {
+            if d.is_error() {
+                tracing::error!(diagnostic = %d, "manifest error");
+            } else {
+                tracing::warn!(diagnostic = %d, "manifest warning");
+            }
+        }
+    } else {
+        print_diagnostics(&manifests);
+    }
     print!("{}", render::plan_text(&manifests, &plan, false));
     let progress = Arc::new(ApplyProgress::new(plan.to_assert()));
     let base_url = client.base_url().to_string();
@@ -172,10 +189,12 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     print!("{}", summary(&report, &plan, &manifests));
     let code = exit_code(&manifests, &plan, &report);
     if code != EXIT_OK {
-        eprintln!(
-            "error: {}",
-            failure_line(&manifests, &plan, &report, &base_url)
-        );
+        let failure = failure_line(&manifests, &plan, &report, &base_url);
+        if json_logs {
+            tracing::error!(error = %failure, "apply failed");
+        } else {
+            eprintln!("error: {failure}");
+        }
     }
     code
 }

@@ -44,9 +44,7 @@ impl fmt::Debug for ApiKey {
 /// Why a key could not be read. Messages never contain the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "no API key: set AUTOSEND_API_KEY or pass --api-key-file PATH (plan and status need none)"
-    )]
+    #[error("no API key: set AUTOSEND_API_KEY, or give a file holding the key")]
     MissingKey,
     #[error("cannot read the API key file {path}: {reason}")]
     KeyFile { path: String, reason: String },
@@ -56,7 +54,7 @@ pub enum ConfigError {
     BadUrl(String),
     #[error(
         "the API key contains characters that cannot be sent in an HTTP header (a line break \
-         or a control character inside the key?); check AUTOSEND_API_KEY / --api-key-file"
+         or a control character inside the key?); check AUTOSEND_API_KEY or the key file"
     )]
     BadKey,
 }
