@@ -6,10 +6,13 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::daemon::{Harness, L1, L2, Opts};
 use support::fake::{Env, fake_config};
+use support::scripted;
 use support::{KEY, Policy, emails, listwarden, output, policy, write_atomic};
 
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -275,36 +278,13 @@ fn a_dangling_manifest_symlink_fails_only_itself_and_never_looks_green() {
     );
 }
 
-/// While `on` is set, answers every remove with a 429 asking for a minute.
-fn removes_rate_limited(
-    router: axum::Router,
-    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> axum::Router {
-    router.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let on = on.clone();
-            async move {
-                if req.uri().path().ends_with("/contacts/remove")
-                    && on.load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    return axum::response::IntoResponse::into_response((
-                        axum::http::StatusCode::TOO_MANY_REQUESTS,
-                        [("retry-after", "60")],
-                        "{\"success\": false, \"error\": {\"message\": \"slow down\", \"code\": \"RATE_LIMIT_EXCEEDED\"}}",
-                    ));
-                }
-                next.run(req).await
-            }
-        },
-    ))
-}
-
 #[test]
 fn an_edit_waiting_to_be_applied_is_progressing_not_converged() {
-    let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let layer_on = on.clone();
+    // Once `on`, every remove is answered 429, asking for a minute.
+    let on = Arc::new(AtomicBool::new(false));
+    let limit = on.clone();
     let mut h = Harness::with_env(Env::wrapped(fake_config(KEY), move |r| {
-        removes_rate_limited(r, layer_on)
+        scripted::removes_rate_limited(r, 60, move || limit.load(Ordering::SeqCst))
     }));
     let first = emails("e", 2);
     h.fake().add_contacts(L1, &first);
@@ -314,7 +294,7 @@ fn an_edit_waiting_to_be_applied_is_progressing_not_converged() {
         ..Opts::default()
     });
     h.wait_reason("p", "Converged", CONVERGE);
-    on.store(true, std::sync::atomic::Ordering::SeqCst);
+    on.store(true, Ordering::SeqCst);
     let more = [first.clone(), emails("f", 1)].concat();
     h.fake().add_contacts(L1, &more);
     h.write("p.yaml", &policy("p", L1, &more));
@@ -327,33 +307,13 @@ fn an_edit_waiting_to_be_applied_is_progressing_not_converged() {
     assert_eq!(h.status()["ready"], false);
 }
 
-/// Answers the first remove with a 429 asking for 3 s (long enough to edit the manifests
-/// meanwhile), without passing it to the fake; everything else goes through.
-fn first_remove_rate_limited(router: axum::Router) -> axum::Router {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let done = Arc::new(AtomicBool::new(false));
-    router.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let done = done.clone();
-            async move {
-                if req.uri().path().ends_with("/contacts/remove") && !done.swap(true, Ordering::SeqCst)
-                {
-                    return axum::response::IntoResponse::into_response((
-                        axum::http::StatusCode::TOO_MANY_REQUESTS,
-                        [("retry-after", "3")],
-                        "{\"success\": false, \"error\": {\"message\": \"slow down\", \"code\": \"RATE_LIMIT_EXCEEDED\"}}",
-                    ));
-                }
-                next.run(req).await
-            }
-        },
-    ))
-}
-
 #[test]
 fn a_retry_waiting_out_a_429_is_withdrawn_when_the_manifests_drop_its_contacts() {
-    let mut h = Harness::with_env(Env::wrapped(fake_config(KEY), first_remove_rate_limited));
+    // The first remove is answered 429, asking for 3 s: long enough to edit meanwhile.
+    let first = Arc::new(AtomicBool::new(true));
+    let mut h = Harness::with_env(Env::wrapped(fake_config(KEY), move |r| {
+        scripted::removes_rate_limited(r, 3, move || first.swap(false, Ordering::SeqCst))
+    }));
     let wanted = emails("w", 3);
     h.fake().add_contacts(L1, &wanted);
     h.write("p.yaml", &policy("p", L1, &wanted));

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 /// A router served on 127.0.0.1 in the background; stops when dropped.
@@ -156,4 +156,27 @@ async fn rewrite_429(
         .headers
         .insert("retry-after", HeaderValue::from(retry_after_secs));
     Response::from_parts(parts, Body::from(serde_json::to_vec(&v).unwrap()))
+}
+
+/// Answers a remove with a 429 asking for `retry_after_secs` (by header only) whenever
+/// `limit()` says so, without passing it on; everything else goes through to `router`.
+pub fn removes_rate_limited(
+    router: axum::Router,
+    retry_after_secs: u64,
+    limit: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> axum::Router {
+    router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+        let limit = limit.clone();
+        async move {
+            if req.uri().path().ends_with("/contacts/remove") && limit() {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", retry_after_secs.to_string())],
+                    r#"{"success": false, "error": {"message": "slow down", "code": "RATE_LIMIT_EXCEEDED"}}"#,
+                )
+                    .into_response();
+            }
+            next.run(req).await
+        }
+    }))
 }
