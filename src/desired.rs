@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
 use crate::contact::{ContactId, ContactListId, Email};
@@ -87,32 +86,21 @@ impl DesiredState {
                 );
                 // Settings count too: raising a threshold to unblock a refused list, or
                 // switching strategy, must make the daemon reconcile it now.
-                let mut h = Sha256::new();
+                let mut text = String::new();
                 for &i in active.iter().chain(&suspended).chain(&held) {
                     let p = &policies[i];
-                    h.update(
-                        format!(
-                            "{}={} suspend={} held={} max={:?} forget={:?} strategy={:?}\n",
-                            p.name,
-                            p.revision,
-                            p.suspend,
-                            held.contains(&i),
-                            p.max_removals_per_sync,
-                            p.max_forget_percent,
-                            p.strategy
-                        )
-                        .as_bytes(),
-                    );
+                    text.push_str(&format!(
+                        "{}={} suspend={} held={} max={:?} forget={:?} strategy={:?}\n",
+                        p.name,
+                        p.revision,
+                        p.suspend,
+                        held.contains(&i),
+                        p.max_removals_per_sync,
+                        p.max_forget_percent,
+                        p.strategy
+                    ));
                 }
-                let digest = h.finalize();
-                let revision = format!(
-                    "sha256:{}",
-                    digest
-                        .iter()
-                        .take(8)
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                );
+                let revision = crate::manifest::digest(text.as_bytes());
                 std::sync::Arc::new(DesiredList {
                     list: list.clone(),
                     policies: active,

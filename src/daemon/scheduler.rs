@@ -521,12 +521,14 @@ impl Scheduler {
         // A reconcile that planned from an older load may have written a condition the newer
         // load contradicts (a policy since made invalid, held, or deleted): state it again.
         if done.generation != generation
-            && let Err(e) = reconcile::record_manifests(
-                &self.store,
-                &self.manifests,
-                &self.holds,
-                crate::clock::now_unix(),
-            )
+            && let Err(e) = self.store.reset_forget(&done.list).and_then(|()| {
+                reconcile::record_manifests(
+                    &self.store,
+                    &self.manifests,
+                    &self.holds,
+                    crate::clock::now_unix(),
+                )
+            })
         {
             tracing::error!(error = %e, "cannot record manifest state");
         }

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::contact::{ContactId, ContactListId, Email, PolicyName, clipped, quoted};
 pub use diag::{Diagnostic, Severity};
 use file::load_file;
-pub use validate::revision;
+pub use validate::{digest, revision};
 
 pub const API_VERSION: &str = "listwarden.dev/v1";
 pub const KIND: &str = "ListPolicy";

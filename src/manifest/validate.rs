@@ -354,7 +354,15 @@ pub fn revision(list: &ContactListId, emails: &[Email], contact_ids: &[ContactId
         h.update(c.as_str().as_bytes());
         h.update([b'\n']);
     }
-    let digest = h.finalize();
+    short(&h.finalize())
+}
+
+/// A short digest (`sha256:` and 16 hex digits) of `bytes`: how revisions are written.
+pub fn digest(bytes: &[u8]) -> String {
+    short(&Sha256::digest(bytes))
+}
+
+fn short(digest: &[u8]) -> String {
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }

@@ -10,7 +10,7 @@ use crate::hold::Hold;
 use crate::manifest::{Manifests, Policy};
 use crate::plan::ListPlan;
 use crate::store::{
-    Accepted, Held, Keep, ListSync, LoadRecord, LoadSummary, PolicyCounts, PolicyUpdate,
+    Accepted, Held, Keep, Keeper, ListSync, LoadRecord, LoadSummary, PolicyCounts, PolicyUpdate,
     StatusWrite, Store, StoreError,
 };
 
@@ -270,7 +270,11 @@ pub fn record_manifests(
         load.forget = Some(
             keepers
                 .iter()
-                .map(|(l, k)| (*l, k.as_ref() as &Keep<'_>))
+                .map(|(list, keep, revision)| Keeper {
+                    list,
+                    keep: keep.as_ref(),
+                    revision: Some(revision),
+                })
                 .collect(),
         );
     }
@@ -285,7 +289,7 @@ pub fn record_manifests(
 }
 
 /// Per list, who a policy of it still asks for.
-fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>)> {
+fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>, String)> {
     let mut by_list: std::collections::BTreeMap<&ContactListId, Vec<&Policy>> =
         std::collections::BTreeMap::new();
     for p in policies {
@@ -294,6 +298,13 @@ fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>)> {
     by_list
         .into_iter()
         .map(|(list, ps)| {
+            // The digest of what the list's policies ask for: equal digests, equal keep-sets.
+            let mut revisions: Vec<String> = ps
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.revision))
+                .collect();
+            revisions.sort();
+            let revision = crate::manifest::digest(revisions.join("\n").as_bytes());
             let keep: Box<Keep<'_>> = Box::new(move |kind: ContactKind, contact: &str| {
                 ps.iter().any(|p| match kind {
                     ContactKind::Email => p
@@ -306,7 +317,7 @@ fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>)> {
                         .is_ok(),
                 })
             });
-            (list, keep)
+            (list, keep, revision)
         })
         .collect()
 }

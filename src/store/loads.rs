@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::contacts::{Keep, forget_in};
+use super::contacts::{Keeper, forget_in};
 use super::status::{PolicyUpdate, write_policy};
 use super::{Store, StoreError, stored_text};
 use crate::condition::Condition;
@@ -75,7 +75,7 @@ pub struct LoadRecord<'a> {
     pub gone: Vec<(&'a str, Condition)>,
     /// Contacts to keep per list when forgetting (`None`: forget nothing). Lists not named
     /// are forgotten whole, except those in `spare`.
-    pub forget: Option<Vec<(&'a ContactListId, &'a Keep<'a>)>>,
+    pub forget: Option<Vec<Keeper<'a>>>,
     /// Lists whose contacts are never forgotten by this load (a policy on them is held).
     pub spare: Vec<&'a ContactListId>,
     pub now: i64,
@@ -306,7 +306,7 @@ mod tests {
     use super::*;
     use crate::condition::{Ready, Reason};
     use crate::contact::ContactKind;
-    use crate::store::ContactOutcome;
+    use crate::store::{ContactOutcome, Keeper};
 
     fn list() -> ContactListId {
         ContactListId::parse("l1").unwrap()
@@ -327,8 +327,13 @@ mod tests {
             .unwrap();
         }
         let keep_none = |_: ContactKind, _: &str| false;
+        let keeper = |list| Keeper {
+            list,
+            keep: &keep_none,
+            revision: None,
+        };
         let load = LoadRecord {
-            forget: Some(vec![(&l1, &keep_none), (&l2, &keep_none)]),
+            forget: Some(vec![keeper(&l1), keeper(&l2)]),
             spare: vec![&l2],
             ..LoadRecord::default()
         };

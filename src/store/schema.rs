@@ -69,6 +69,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         errors      INTEGER NOT NULL,
         first_error TEXT
      );",
+    // 2 -> 3: the keep-set each list was last forgotten against, so that a load that changes
+    // nothing of a list does not read every row of it again.
+    "ALTER TABLE lists ADD COLUMN forget_revision TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
