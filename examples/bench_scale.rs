@@ -257,7 +257,11 @@ fn main() {
                 requests = out
                     .lines()
                     .filter(|l| l.contains("request(s)"))
-                    .map(|l| l.split("; ").nth(1).unwrap_or("").to_string())
+                    .filter_map(|l| {
+                        l.split("; ")
+                            .find(|p| p.contains("request(s)"))
+                            .map(str::to_string)
+                    })
                     .collect::<Vec<_>>()
                     .join(" | ");
                 (t, rss)

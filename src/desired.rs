@@ -117,36 +117,33 @@ impl DesiredState {
 }
 
 /// Unions sorted, duplicate-free sets, keeping for each contact the policies that hold it.
-/// Sorting (contact, policy) pairs once is simpler than a k-way merge and measured fast
-/// enough (see BENCHMARKS.md); the contacts themselves are shared, never copied.
+/// A k-way merge: each set is already sorted, so a heap of the k heads costs `log k`
+/// comparisons per contact, where sorting every (contact, policy) pair again cost `log n`.
+/// The contacts themselves are shared, never copied.
 fn union<'a, K: Ord + Clone + 'a>(sets: impl Iterator<Item = (u32, &'a [K])>) -> Vec<Member<K>> {
-    let mut pairs: Vec<(&K, u32)> = Vec::new();
-    let mut single: Option<(u32, &[K])> = None;
-    let mut count = 0;
-    for (policy, set) in sets {
-        count += 1;
-        if count == 1 {
-            single = Some((policy, set));
-            continue;
-        }
-        if let Some((p0, s0)) = single.take() {
-            pairs.extend(s0.iter().map(|k| (k, p0)));
-        }
-        pairs.extend(set.iter().map(|k| (k, policy)));
-    }
-    if let Some((policy, set)) = single {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let sets: Vec<(u32, &[K])> = sets.filter(|(_, s)| !s.is_empty()).collect();
+    if let [(policy, set)] = sets.as_slice() {
         // One policy: already sorted and unique.
         return set
             .iter()
             .map(|k| Member {
                 contact: k.clone(),
-                policies: SmallVec::from_slice(&[policy]),
+                policies: SmallVec::from_slice(&[*policy]),
             })
             .collect();
     }
-    pairs.sort_unstable();
-    let mut out: Vec<Member<K>> = Vec::with_capacity(pairs.len());
-    for (contact, policy) in pairs {
+    let total: usize = sets.iter().map(|(_, s)| s.len()).sum();
+    let mut out: Vec<Member<K>> = Vec::with_capacity(total);
+    // (head, policy, index of the set, position of the head in it); ties between equal
+    // contacts pop in policy order, so each contact's policies come out sorted.
+    let mut heads: BinaryHeap<Reverse<(&K, u32, usize, usize)>> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, (policy, set))| Reverse((&set[0], *policy, i, 0)))
+        .collect();
+    while let Some(Reverse((contact, policy, i, pos))) = heads.pop() {
         match out.last_mut() {
             Some(last) if &last.contact == contact => {
                 if last.policies.last() != Some(&policy) {
@@ -157,6 +154,10 @@ fn union<'a, K: Ord + Clone + 'a>(sets: impl Iterator<Item = (u32, &'a [K])>) ->
                 contact: contact.clone(),
                 policies: SmallVec::from_slice(&[policy]),
             }),
+        }
+        let set = sets[i].1;
+        if pos + 1 < set.len() {
+            heads.push(Reverse((&set[pos + 1], policy, i, pos + 1)));
         }
     }
     out

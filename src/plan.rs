@@ -30,7 +30,7 @@ pub const DEFAULT_RESYNC_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Largest page the search endpoint serves (used by the observe strategy).
 pub const SEARCH_PAGE_LIMIT: usize = 100;
 
-pub use crate::store::{ListRecords, Record};
+pub use crate::store::{ListRecords, Record, Records};
 
 /// Why a contact is asserted in this run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -264,9 +264,11 @@ fn classify(record: Option<&Record>, options: &PlanOptions) -> Option<Reason> {
     }
 }
 
+/// Classifies each desired contact by its record: one walk over the two sorted sequences
+/// (desired members, the store's records), no lookup per contact.
 fn plan_kind<K: Clone + AsRef<str>>(
     members: &[Member<K>],
-    records: &HashMap<Box<str>, Record>,
+    records: &Records,
     options: &PlanOptions,
 ) -> (Vec<Assertion<K>>, Counts) {
     let mut counts = Counts {
@@ -274,8 +276,12 @@ fn plan_kind<K: Clone + AsRef<str>>(
         ..Counts::default()
     };
     let mut out = Vec::new();
+    let mut stored = records.iter().peekable();
     for m in members {
-        match classify(records.get(m.contact.as_ref()), options) {
+        let contact = m.contact.as_ref();
+        while stored.next_if(|(c, _)| *c < contact).is_some() {}
+        let record = stored.next_if(|(c, _)| *c == contact).map(|(_, r)| r);
+        match classify(record, options) {
             None => counts.confirmed += 1,
             Some(reason) => {
                 match reason {

@@ -28,8 +28,80 @@ pub struct Record {
 /// The store's records of one list, by contact.
 #[derive(Clone, Debug, Default)]
 pub struct ListRecords {
-    pub emails: HashMap<Box<str>, Record>,
-    pub contact_ids: HashMap<Box<str>, Record>,
+    pub emails: Records,
+    pub contact_ids: Records,
+}
+
+/// The records of one kind of contact of a list, sorted by contact, their text in one
+/// buffer: reading a list of a million rows allocates a few buffers, not a million strings,
+/// and planning walks it beside the sorted desired set instead of hashing every contact.
+#[derive(Clone, Debug, Default)]
+pub struct Records {
+    text: String,
+    /// (start, length) of the contact in `text`, and its record.
+    rows: Vec<(u32, u32, Record)>,
+    sorted: bool,
+}
+
+impl Records {
+    /// Adds a row. Rows come sorted from the store; out of order, [`Records::finish`] sorts.
+    pub fn push(&mut self, contact: &str, record: Record) {
+        let start = self.text.len() as u32;
+        if let Some(last) = self.rows.last()
+            && self.contact(last) >= contact
+        {
+            self.sorted = false;
+        } else if self.rows.is_empty() {
+            self.sorted = true;
+        }
+        self.text.push_str(contact);
+        self.rows.push((start, contact.len() as u32, record));
+    }
+
+    /// Sorts the rows if they came out of order.
+    pub fn finish(mut self) -> Records {
+        if !self.sorted && !self.rows.is_empty() {
+            let text = std::mem::take(&mut self.text);
+            let contact = |r: &(u32, u32, Record)| &text[r.0 as usize..(r.0 + r.1) as usize];
+            self.rows.sort_by(|a, b| contact(a).cmp(contact(b)));
+            self.text = text;
+            self.sorted = true;
+        }
+        self
+    }
+
+    fn contact(&self, row: &(u32, u32, Record)) -> &str {
+        &self.text[row.0 as usize..(row.0 + row.1) as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, contact: &str) -> Option<&Record> {
+        self.rows
+            .binary_search_by(|r| self.contact(r).cmp(contact))
+            .ok()
+            .map(|i| &self.rows[i].2)
+    }
+
+    /// (contact, record), sorted by contact.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Record)> {
+        self.rows.iter().map(|r| (self.contact(r), &r.2))
+    }
+}
+
+impl std::ops::Index<&str> for Records {
+    type Output = Record;
+
+    fn index(&self, contact: &str) -> &Record {
+        self.get(contact)
+            .unwrap_or_else(|| panic!("no record of {contact:?}"))
+    }
 }
 
 /// What one request established for one contact.
@@ -59,28 +131,32 @@ impl Store {
     /// Everything the store remembers of `list`, for planning.
     pub fn records(&self, list: &ContactListId) -> Result<ListRecords, StoreError> {
         self.with(|conn| {
+            // The primary key's order: no sort, and each kind comes out sorted by contact.
             let mut stmt = conn.prepare_cached(
                 "SELECT kind, contact, confirmed_at, failed_at, unaccounted FROM contacts
-                 WHERE list_id = ?1",
+                 WHERE list_id = ?1 ORDER BY kind, contact",
             )?;
             let mut out = ListRecords::default();
             let mut rows = stmt.query(params![list.as_str()])?;
             while let Some(row) = rows.next()? {
                 let kind: i64 = row.get(0)?;
-                let contact: String = row.get(1)?;
+                let contact = row.get_ref(1)?.as_str()?;
                 let record = Record {
                     confirmed_at: row.get(2)?,
                     failed_at: row.get(3)?,
                     unaccounted: row.get::<_, i64>(4)?.clamp(0, u8::MAX as i64) as u8,
                 };
-                let map = if kind == 0 {
+                let kind = if kind == 0 {
                     &mut out.emails
                 } else {
                     &mut out.contact_ids
                 };
-                map.insert(contact.into_boxed_str(), record);
+                kind.push(contact, record);
             }
-            Ok(out)
+            Ok(ListRecords {
+                emails: out.emails.finish(),
+                contact_ids: out.contact_ids.finish(),
+            })
         })
     }
 
@@ -313,6 +389,18 @@ mod tests {
 
     fn list() -> ContactListId {
         ContactListId::parse("l1").unwrap()
+    }
+
+    #[test]
+    fn records_read_in_any_order_are_found_by_contact() {
+        let mut r = Records::default();
+        for c in ["b@x.com", "a@x.com", "c@x.com"] {
+            r.push(c, Record::default());
+        }
+        let r = r.finish();
+        let order: Vec<&str> = r.iter().map(|(c, _)| c).collect();
+        assert_eq!(order, ["a@x.com", "b@x.com", "c@x.com"]);
+        assert!(r.get("b@x.com").is_some() && r.get("d@x.com").is_none());
     }
 
     #[test]

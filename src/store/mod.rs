@@ -34,7 +34,8 @@ use rusqlite::{Connection, ErrorCode};
 pub use crate::condition::{Condition, Ready, Reason};
 use crate::contact::ContactKind;
 pub use contacts::{
-    ContactOutcome, Keep, Keeper, ListRecords, Record, UNACCOUNTED_LIMIT, unaccounted_message,
+    ContactOutcome, Keep, Keeper, ListRecords, Record, Records, UNACCOUNTED_LIMIT,
+    unaccounted_message,
 };
 pub use loads::{Accepted, Approval, Baseline, Held, LoadRecord, LoadSummary};
 pub use lock::{LockError, StoreLock, create_private_dir, lock_path};
