@@ -350,8 +350,9 @@ pub(super) fn forget_in(
         }
         let mut stale = Vec::new();
         {
-            let mut stmt =
-                tx.prepare_cached("SELECT kind, contact FROM contacts WHERE list_id = ?1")?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT kind, contact FROM contacts WHERE list_id = ?1 ORDER BY kind, contact",
+            )?;
             let mut rows = stmt.query(params![list_id])?;
             while let Some(row) = rows.next()? {
                 let kind: i64 = row.get(0)?;
