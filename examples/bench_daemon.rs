@@ -16,7 +16,9 @@
 //!    file and measure from just before the write to the first remove request the fake
 //!    receives that contains it (the fake's remove log polled every 2 ms).
 //!
-//! Environment: `BENCH_IDLE_SECS` (default 60), `BENCH_TRIALS` (default 20).
+//! Environment: `BENCH_IDLE_SECS` (default 60), `BENCH_TRIALS` (default 20),
+//! `BENCH_PER_POLICY` (addresses per policy, default 1,000: 100,000 contacts; 10,000 makes
+//! a million).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,6 @@ use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
 
 const LISTS: usize = 20;
 const POLICIES_PER_LIST: usize = 5;
-const PER_POLICY: usize = 1000;
 
 struct Guard(Child);
 
@@ -163,12 +164,16 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(manifests.join("data")).unwrap();
+    let per_policy: usize = std::env::var("BENCH_PER_POLICY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     for l in 0..LISTS {
         let list = list_id(l);
         let mut members = Vec::new();
         for p in 0..POLICIES_PER_LIST {
             let name = policy_name(l, p);
-            let emails: Vec<String> = (0..PER_POLICY)
+            let emails: Vec<String> = (0..per_policy)
                 .map(|i| format!("user{i}.{name}@example.com"))
                 .collect();
             members.extend(emails.iter().step_by(2).cloned());
@@ -235,7 +240,7 @@ fn main() {
     println!(
         "converged: {LISTS} lists, {} policies, {} contacts, in {:.2} s ({} requests, {} removed, {} not in list, {} x 429)",
         LISTS * POLICIES_PER_LIST,
-        LISTS * POLICIES_PER_LIST * PER_POLICY,
+        LISTS * POLICIES_PER_LIST * per_policy,
         converge.as_secs_f64(),
         c.requests,
         c.contacts_removed,
