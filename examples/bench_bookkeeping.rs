@@ -19,6 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{FakeProcess, release_dir};
+
 const FILES: usize = 100;
 const RUNS: usize = 3;
 
@@ -63,28 +68,16 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// fsync + fdatasync calls of one command, if strace is installed.
 fn fsyncs(cmd: Command) -> Option<u64> {
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let out = Command::new("strace")
-        .args([
-            "-f",
-            "-c",
-            "-e",
-            "trace=fsync,fdatasync",
-            "-o",
-            "/dev/stdout",
-            "--",
-        ])
+    // strace's table goes to its own file: the program's stdout must not mix into it.
+    let table = tempfile::NamedTempFile::new().ok()?;
+    let ok = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(table.path())
+        .arg("--")
         .arg(program)
         .args(args)
         .envs(
@@ -92,10 +85,15 @@ fn fsyncs(cmd: Command) -> Option<u64> {
                 .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
         )
         .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")))
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    let text = std::fs::read_to_string(table.path()).ok()?;
     let calls = text
         .lines()
         .filter(|l| l.contains("fsync") || l.contains("fdatasync"))
@@ -115,12 +113,9 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let here = std::env::current_exe().unwrap();
-    let release = here.parent().unwrap().parent().unwrap().to_path_buf();
     if bins.is_empty() {
-        bins.push(release.join("listwarden"));
+        bins.push(release_dir().join("listwarden"));
     }
-    let fake = release.join("autosend-fake");
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), lists);
     println!("{lists} lists, one policy and one email each, {FILES} files");
@@ -141,23 +136,7 @@ fn main() {
         };
         let (json, text) = (plan("json"), plan("text"));
 
-        let port = free_port();
-        let mut server = Command::new(&fake)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--rate-limit",
-                "none",
-            ])
-            .arg("--seed")
-            .arg(dir.path().join("seed.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the fake (cargo build --release -p autosend-fake)");
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let fake = FakeProcess::start(&dir.path().join("seed.json"));
         let state = dir.path().join(format!(
             "state-{}.db",
             bins.iter().position(|b| b == bin).unwrap()
@@ -165,7 +144,7 @@ fn main() {
         let apply = || {
             let mut c = Command::new(bin);
             c.current_dir(dir.path())
-                .env("AUTOSEND_API_URL", format!("http://127.0.0.1:{port}/v1"))
+                .env("AUTOSEND_API_URL", fake.url())
                 .env("AUTOSEND_API_KEY", "test-key")
                 .env("RUST_LOG", "warn")
                 .arg("apply")
@@ -178,8 +157,7 @@ fn main() {
         let first = timed(&mut apply());
         let noop = median((0..RUNS).map(|_| timed(&mut apply())).collect());
         let syncs = fsyncs(apply());
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(fake);
         println!("\n{}", bin.display());
         println!(
             "  plan --output json: {:.2} s (text: {:.2} s)",

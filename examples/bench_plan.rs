@@ -26,6 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{email, list_id};
 use listwarden::load::load_and_plan;
 use listwarden::plan::{ListRecords, PlanOptions};
 
@@ -37,31 +41,6 @@ const PER_POLICY: usize = 10_000;
 /// Extra entries per policy that repeat addresses of other policies on the same list.
 const DUPLICATES_PER_POLICY: usize = PER_POLICY / 5;
 const INLINE: usize = 100_000;
-
-fn email(n: usize) -> String {
-    // Realistic lengths and shapes (~30 bytes), mixed case so normalisation does work.
-    const FIRST: [&str; 8] = [
-        "Jane", "john", "maria", "Wei", "olu", "priya", "sven", "Ana",
-    ];
-    const DOMAINS: [&str; 6] = [
-        "example.com",
-        "mail.example.org",
-        "Example.net",
-        "corp.example.io",
-        "example.co.uk",
-        "inbox.example.de",
-    ];
-    format!(
-        "{}.user{}@{}",
-        FIRST[n % FIRST.len()],
-        n,
-        DOMAINS[(n / 7) % DOMAINS.len()]
-    )
-}
-
-fn list_id(l: usize) -> String {
-    format!("60d5ec49f1b2c72d9c8b{l:04}")
-}
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

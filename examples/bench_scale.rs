@@ -22,32 +22,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{FakeProcess, email, list_id, release_dir};
+
 const LISTS: usize = 10;
 const POLICIES: usize = 100;
-
-fn email(n: usize) -> String {
-    const FIRST: [&str; 8] = [
-        "Jane", "john", "maria", "Wei", "olu", "priya", "sven", "Ana",
-    ];
-    const DOMAINS: [&str; 6] = [
-        "example.com",
-        "mail.example.org",
-        "Example.net",
-        "corp.example.io",
-        "example.co.uk",
-        "inbox.example.de",
-    ];
-    format!(
-        "{}.user{}@{}",
-        FIRST[n % FIRST.len()],
-        n,
-        DOMAINS[(n / 7) % DOMAINS.len()]
-    )
-}
-
-fn list_id(l: usize) -> String {
-    format!("60d5ec49f1b2c72d9c8b{l:04}")
-}
 
 fn generate(dir: &Path, contacts: usize) {
     let per_policy = contacts / POLICIES;
@@ -159,15 +140,7 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let release = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let bin = bin.unwrap_or_else(|| release.join("listwarden"));
-    let fake = release.join("autosend-fake");
+    let bin = bin.unwrap_or_else(|| release_dir().join("listwarden"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let started = Instant::now();
@@ -208,30 +181,10 @@ fn main() {
         python.0.as_secs_f64() / cold.0.as_secs_f64()
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new(&fake)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--rate-limit",
-            "none",
-        ])
-        .arg("--seed")
-        .arg(d.join("seed.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start autosend-fake (cargo build --release -p autosend-fake)");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let fake = FakeProcess::start(&d.join("seed.json"));
     let apply = || {
         let mut c = lw();
-        c.env("AUTOSEND_API_URL", format!("http://127.0.0.1:{port}/v1"))
+        c.env("AUTOSEND_API_URL", fake.url())
             .env("AUTOSEND_API_KEY", "test-key")
             .args(["apply", "m", "--state", "s.db", "--rate-limit", "unlimited"])
             .args(["--strategy", "assert"]);
@@ -276,8 +229,7 @@ fn main() {
     std::fs::write(&first, text).unwrap();
     let (t, rss, _) = measure(&mut apply());
     row("apply after adding one address", (t, rss));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(fake);
 
     let size = ["s.db", "s.db-wal"]
         .iter()

@@ -14,6 +14,23 @@ use crate::store::{
     StatusWrite, Store, StoreError,
 };
 
+/// A policy's row with `condition` and nothing else changed (its revision included: the
+/// callers that record a sync set it).
+fn row(p: &Policy, condition: Condition) -> PolicyUpdate<'_> {
+    PolicyUpdate {
+        name: p.name.as_str(),
+        list: Some(p.contact_list_id.as_str()),
+        file: &p.origin.file,
+        document: p.origin.document,
+        revision: None,
+        attempt: None,
+        success: None,
+        counts: None,
+        record_error: false,
+        condition,
+    }
+}
+
 /// Each policy's condition and counts, and the list's row, as one write.
 pub(super) fn status_write<'a>(
     ctx: &'a Context,
@@ -72,35 +89,26 @@ pub(super) fn status_write<'a>(
         let rev = ctx.source_revision.as_deref().unwrap_or(&p.revision);
         let converged = condition.reason == Reason::Converged;
         updates.push(PolicyUpdate {
-            name: p.name.as_str(),
-            list: Some(p.contact_list_id.as_str()),
-            file: &p.origin.file,
-            document: p.origin.document,
             revision: Some(&p.revision),
             attempt: Some((now, rev)),
             success: converged.then_some((now, rev)),
             counts: Some(counts),
             record_error: !converged,
-            condition,
+            ..row(p, condition)
         });
     }
     for &pi in &plan.suspended {
         let p = &policies[pi];
         updates.push(PolicyUpdate {
-            name: p.name.as_str(),
-            list: Some(p.contact_list_id.as_str()),
-            file: &p.origin.file,
-            document: p.origin.document,
             revision: Some(&p.revision),
-            attempt: None,
-            success: None,
-            counts: None,
-            condition: Condition::new(
-                Ready::False,
-                Reason::Suspended,
-                "spec.suspend is true: loaded and validated, never applied",
-            ),
-            record_error: false,
+            ..row(
+                p,
+                Condition::new(
+                    Ready::False,
+                    Reason::Suspended,
+                    "spec.suspend is true: loaded and validated, never applied",
+                ),
+            )
         });
     }
     StatusWrite {
@@ -222,20 +230,11 @@ pub fn record_manifests(
                     contacts: hold.after,
                 });
                 load.policies.push(PolicyUpdate {
-                    name: p.name.as_str(),
-                    list: Some(p.contact_list_id.as_str()),
-                    file: &p.origin.file,
-                    document: p.origin.document,
-                    revision: None,
-                    attempt: None,
-                    success: None,
-                    counts: None,
-                    condition: Condition::new(
-                        Ready::False,
-                        Reason::ThresholdExceeded,
-                        hold.to_string(),
-                    ),
                     record_error: true,
+                    ..row(
+                        p,
+                        Condition::new(Ready::False, Reason::ThresholdExceeded, hold.to_string()),
+                    )
                 });
                 load.spare.push(&p.contact_list_id);
             }
@@ -386,16 +385,10 @@ pub fn mark_policies<'a>(
 ) {
     let updates: Vec<PolicyUpdate<'_>> = policies
         .map(|p| PolicyUpdate {
-            name: p.name.as_str(),
-            list: Some(p.contact_list_id.as_str()),
-            file: &p.origin.file,
-            document: p.origin.document,
             revision: Some(&p.revision),
             attempt: Some((now, source_revision.unwrap_or(&p.revision))),
-            success: None,
-            counts: None,
-            condition: condition.clone(),
             record_error: true,
+            ..row(p, condition.clone())
         })
         .collect();
     if let Err(e) = store.write_policies(&updates, now) {

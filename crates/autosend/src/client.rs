@@ -332,29 +332,18 @@ impl Client {
                 }
                 Err(Failure::Transport(message)) => {
                     failures += 1;
-                    match backoff.next() {
-                        Some(bound) => {
-                            tally.retries.fetch_add(1, Ordering::Relaxed);
-                            // Full jitter: a uniform wait up to the exponential bound, so that
-                            // clients that failed together do not retry together.
-                            let wait = full_jitter(bound);
-                            tracing::info!(
-                                endpoint,
-                                "cannot reach AutoSend at {shown} (attempt {failures} of \
-                                 {max_attempts}): {message}; retrying in {} ms",
-                                wait.as_millis()
-                            );
-                            self.sleep(wait).await?;
-                            continue;
-                        }
-                        None => {
-                            return Err(ApiError::Transport {
-                                url: shown,
-                                message,
-                                attempts: failures,
-                            });
-                        }
+                    let what = format!(
+                        "cannot reach AutoSend at {shown} (attempt {failures} of \
+                         {max_attempts}): {message}"
+                    );
+                    if self.back_off(&mut backoff, tally, endpoint, &what).await? {
+                        continue;
                     }
+                    return Err(ApiError::Transport {
+                        url: shown,
+                        message,
+                        attempts: failures,
+                    });
                 }
             };
             self.honour_remaining(&headers);
@@ -409,28 +398,17 @@ impl Client {
                 }
                 s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
                     failures += 1;
-                    match backoff.next() {
-                        Some(bound) => {
-                            tally.retries.fetch_add(1, Ordering::Relaxed);
-                            let wait = full_jitter(bound);
-                            tracing::info!(
-                                endpoint,
-                                status = s.as_u16(),
-                                "AutoSend at {shown} answered {s} (attempt {failures} of \
-                                 {max_attempts}); retrying in {} ms",
-                                wait.as_millis()
-                            );
-                            self.sleep(wait).await?;
-                        }
-                        None => {
-                            let (_, message) = self.error_text(envelope.as_ref(), &bytes);
-                            return Err(ApiError::Server {
-                                status: s.as_u16(),
-                                url: shown,
-                                message,
-                                attempts: failures,
-                            });
-                        }
+                    let what = format!(
+                        "AutoSend at {shown} answered {s} (attempt {failures} of {max_attempts})"
+                    );
+                    if !self.back_off(&mut backoff, tally, endpoint, &what).await? {
+                        let (_, message) = self.error_text(envelope.as_ref(), &bytes);
+                        return Err(ApiError::Server {
+                            status: s.as_u16(),
+                            url: shown,
+                            message,
+                            attempts: failures,
+                        });
                     }
                 }
                 s => {
@@ -564,6 +542,27 @@ impl Client {
             headers,
             body,
         })
+    }
+
+    /// After a failure worth retrying (transport, 5xx): waits the next step of the backoff,
+    /// saying why, and returns `true`; `false` when the retries are spent.
+    async fn back_off(
+        &self,
+        backoff: &mut impl Iterator<Item = Duration>,
+        tally: &Tally,
+        endpoint: &'static str,
+        what: &str,
+    ) -> Result<bool, ApiError> {
+        let Some(bound) = backoff.next() else {
+            return Ok(false);
+        };
+        tally.retries.fetch_add(1, Ordering::Relaxed);
+        // Full jitter: a uniform wait up to the exponential bound, so that clients that
+        // failed together do not retry together.
+        let wait = full_jitter(bound);
+        tracing::info!(endpoint, "{what}; retrying in {} ms", wait.as_millis());
+        self.sleep(wait).await?;
+        Ok(true)
     }
 
     async fn sleep(&self, d: Duration) -> Result<(), ApiError> {
