@@ -154,7 +154,7 @@ pub fn status_text(doc: &StatusDocument) -> String {
         );
         let _ = writeln!(
             out,
-            "      last sync: removed {}, not in list {}, failed {}, pending {}",
+            "      in that sync: removed {}, not in list {}, failed {}, pending {}",
             thousands(p.counts.removed as usize),
             thousands(p.counts.not_in_list as usize),
             thousands(p.counts.failed as usize),
