@@ -272,7 +272,7 @@ fn commit_cost(dir: &Path, memory: bool) -> (Duration, Duration) {
             .collect();
         let t = Instant::now();
         store
-            .record_batch(&list, ContactKind::Email, &outcomes, "rev", 1)
+            .record_batch(&list, ContactKind::Email, &outcomes, 1)
             .unwrap();
         times.push(t.elapsed());
     }

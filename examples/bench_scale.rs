@@ -131,18 +131,29 @@ fn main() {
     let mut contacts = 1_000_000usize;
     let mut runs = 5usize;
     let mut bin: Option<PathBuf> = None;
+    let mut keep: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--contacts" => contacts = args.next().unwrap().parse().unwrap(),
             "--runs" => runs = args.next().unwrap().parse().unwrap(),
             "--bin" => bin = Some(args.next().unwrap().into()),
+            "--keep" => keep = Some(PathBuf::from(args.next().unwrap())),
             other => panic!("unknown argument {other}"),
         }
     }
     let bin = bin.unwrap_or_else(|| release_dir().join("listwarden"));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // `--keep DIR` leaves the data and the store behind, for profiling one command by hand.
+    let d = match &keep {
+        Some(k) => {
+            let _ = std::fs::remove_dir_all(k);
+            std::fs::create_dir_all(k).unwrap();
+            k.as_path()
+        }
+        None => d,
+    };
     let started = Instant::now();
     generate(d, contacts);
     println!(

@@ -44,6 +44,7 @@ pub mod load;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;
+pub mod parallel;
 pub mod plan;
 pub mod reconcile;
 pub mod refresh;

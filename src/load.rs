@@ -14,11 +14,11 @@ use crate::store::Baseline;
 /// `baselines`, what the store keeps of each policy), builds the desired state and plans
 /// it, with `records` telling what the store remembers of each list. A store that cannot be
 /// read fails the plan: planning its contacts as new would re-send confirmed work.
-pub fn load_and_plan<E>(
+pub fn load_and_plan<E: Send>(
     path: &std::path::Path,
     options: PlanOptions,
     baselines: &HashMap<String, Baseline>,
-    records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
+    records: impl Fn(&ContactListId) -> Result<ListRecords, E> + Sync,
 ) -> Result<(Manifests, Plan), E> {
     let manifests = crate::manifest::load(path);
     let plan = Plan::for_manifests(&manifests, baselines, records, options)?;

@@ -161,10 +161,10 @@ pub struct Plan {
 impl Plan {
     /// Holds what the forget threshold stops, builds the desired state and plans it: the one
     /// path `plan`, `apply` and the daemon share.
-    pub fn for_manifests<E>(
+    pub fn for_manifests<E: Send>(
         manifests: &crate::manifest::Manifests,
         baselines: &HashMap<String, crate::store::Baseline>,
-        records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
+        records: impl Fn(&ContactListId) -> Result<ListRecords, E> + Sync,
         options: PlanOptions,
     ) -> Result<Plan, E> {
         let holds = crate::hold::check(
@@ -184,7 +184,7 @@ impl Plan {
     pub fn build(
         policies: &[Policy],
         desired: &DesiredState,
-        mut records: impl FnMut(&ContactListId) -> ListRecords,
+        records: impl Fn(&ContactListId) -> ListRecords + Sync,
         options: PlanOptions,
     ) -> Plan {
         match Plan::try_build(
@@ -200,17 +200,17 @@ impl Plan {
 
     /// Like [`Plan::build`], for records that can fail to be read. A store that cannot be
     /// read fails the plan: planning its contacts as new would re-send confirmed work.
-    pub fn try_build<E>(
+    pub fn try_build<E: Send>(
         policies: &[Policy],
         desired: &DesiredState,
-        mut records: impl FnMut(&ContactListId) -> Result<ListRecords, E>,
+        records: impl Fn(&ContactListId) -> Result<ListRecords, E> + Sync,
         options: PlanOptions,
     ) -> Result<Plan, E> {
-        let lists = desired
-            .lists
-            .iter()
-            .map(|d| Ok(plan_list(policies, d, &records(&d.list)?, &options)))
-            .collect::<Result<_, E>>()?;
+        // Lists on every core: one worker reads a list's records (the store serialises its
+        // reads) while the other plans the list it has read.
+        let lists = crate::parallel::try_map(&desired.lists, |d| {
+            Ok(plan_list(policies, d, &records(&d.list)?, &options))
+        })?;
         Ok(Plan {
             lists,
             holds: Vec::new(),

@@ -196,6 +196,7 @@ pub fn apply(args: &ApplyArgs) -> u8 {
             eprintln!("error: {failure}");
         }
     }
+    super::leave_to_exit((manifests, plan));
     code
 }
 

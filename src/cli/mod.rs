@@ -399,10 +399,20 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    if args.refresh {
-        return commands::refresh(args, &manifests, &plan);
-    }
-    emit_plan(args, &manifests, &plan)
+    let code = if args.refresh {
+        commands::refresh(args, &manifests, &plan)
+    } else {
+        emit_plan(args, &manifests, &plan)
+    };
+    leave_to_exit((manifests, plan));
+    code
+}
+
+/// Leaves a command's load and plan to the operating system, which takes back a process's
+/// memory at once when it exits: freeing a million addresses one by one cost 6% of a plan.
+/// Only for what a command is done with right before it returns to `main`.
+pub(crate) fn leave_to_exit<T>(done: T) {
+    std::mem::forget(done);
 }
 
 pub fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {

@@ -88,10 +88,11 @@ pub struct Policy {
     pub max_forget_percent: Option<u8>,
     pub strategy: Option<Strategy>,
     pub origin: Origin,
+    /// Sorted, without duplicates. Shared: the daemon keeps a load's policies between
+    /// reloads and hands them to every reconcile, so a copy must not copy a million entries.
+    pub emails: std::sync::Arc<[Email]>,
     /// Sorted, without duplicates.
-    pub emails: Vec<Email>,
-    /// Sorted, without duplicates.
-    pub contact_ids: Vec<ContactId>,
+    pub contact_ids: std::sync::Arc<[ContactId]>,
     /// The file sources read (canonical paths): an edit of one of them concerns this policy.
     pub sources: Vec<PathBuf>,
     /// Digest of the list id and the desired-absent set: changes exactly when what the
@@ -200,48 +201,14 @@ pub fn load(path: &Path) -> Manifests {
 /// a load), each file on its own, and returns their results in the order of `files`, so a
 /// load is the same whatever the threads did.
 fn load_files(files: &[PathBuf], root: &Path) -> Vec<Manifests> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(files.len())
-        .max(1);
-    let one = |file: &PathBuf| {
+    crate::parallel::map(files, |file| {
         let mut part = Manifests {
             root: root.to_path_buf(),
             ..Manifests::default()
         };
         load_file(file, &mut part);
         part
-    };
-    if threads == 1 {
-        return files.iter().map(one).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, Manifests)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(file) = files.get(i) else {
-                            return mine;
-                        };
-                        mine.push((i, one(file)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| {
-                w.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, part)| part).collect()
+    })
 }
 
 fn is_manifest(p: &Path) -> bool {

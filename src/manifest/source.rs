@@ -102,7 +102,9 @@ pub fn text_entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
         if content.starts_with('#') || content.is_empty() {
             return None;
         }
-        if let Some(pos) = content.find([' ', '\t']).and_then(|p| {
+        // Bytes, not chars: a space or a tab is one byte in UTF-8, and this runs per line.
+        let blank = content.bytes().position(|b| b == b' ' || b == b'\t');
+        if let Some(pos) = blank.and_then(|p| {
             content[p..]
                 .find('#')
                 .map(|h| p + h)

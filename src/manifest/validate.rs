@@ -198,9 +198,11 @@ pub(super) fn validate(
     let list = list.expect("a valid document has a valid list id");
 
     let before = emails.len() + contact_ids.len();
-    emails.sort_unstable();
+    // A stable sort finds the runs already in order (exports are often sorted, or made of a
+    // few sorted parts) and merges them: on such files it costs a fraction of a quicksort.
+    emails.sort();
     emails.dedup();
-    contact_ids.sort_unstable();
+    contact_ids.sort();
     contact_ids.dedup();
     let duplicates = before - emails.len() - contact_ids.len();
     let warn = |message: String| {
@@ -231,8 +233,8 @@ pub(super) fn validate(
         max_forget_percent: spec.max_forget_percent.map(|n| n.clamp(0, 100) as u8),
         strategy: spec.strategy,
         origin,
-        emails,
-        contact_ids,
+        emails: emails.into(),
+        contact_ids: contact_ids.into(),
         sources,
         revision,
     })

@@ -122,8 +122,7 @@ pub(super) async fn send_all(
                     }
                 }
                 let records = account(plan, kind, batch, &outcome, acc);
-                ctx.store
-                    .record_batch(&plan.list, kind, &records, &plan.revision, now)?;
+                ctx.store.record_batch(&plan.list, kind, &records, now)?;
                 ctx.progress.batch_done(&plan.list, batch.len());
             }
             Err(ApiError::Rejected {
@@ -158,7 +157,6 @@ pub(super) async fn send_all(
                         &plan.list,
                         kind,
                         &[(p.key, ContactOutcome::Failed(msg))],
-                        &plan.revision,
                         now,
                     )?;
                     ctx.progress.batch_done(&plan.list, 1);

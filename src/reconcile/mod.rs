@@ -499,14 +499,9 @@ fn record_observed_absent(
     }
     acc.outcome.observed_absent += (emails.len() + ids.len()) as u64;
     ctx.store
-        .record_batch(&plan.list, ContactKind::Email, &emails, &plan.revision, now)?;
-    ctx.store.record_batch(
-        &plan.list,
-        ContactKind::ContactId,
-        &ids,
-        &plan.revision,
-        now,
-    )?;
+        .record_batch(&plan.list, ContactKind::Email, &emails, now)?;
+    ctx.store
+        .record_batch(&plan.list, ContactKind::ContactId, &ids, now)?;
     Ok(())
 }
 

@@ -44,6 +44,15 @@ pub struct Records {
 }
 
 impl Records {
+    /// Room for `rows` records of addresses of a typical length.
+    pub fn with_capacity(rows: usize) -> Records {
+        Records {
+            text: String::with_capacity(rows.saturating_mul(24)),
+            rows: Vec::with_capacity(rows),
+            sorted: true,
+        }
+    }
+
     /// Adds a row. Rows come sorted from the store; out of order, [`Records::finish`] sorts.
     pub fn push(&mut self, contact: &str, record: Record) {
         let start = self.text.len() as u32;
@@ -67,6 +76,9 @@ impl Records {
             self.text = text;
             self.sorted = true;
         }
+        // The capacity was a guess from the list's counts.
+        self.text.shrink_to_fit();
+        self.rows.shrink_to_fit();
         self
     }
 
@@ -130,32 +142,43 @@ impl Store {
 
     /// Everything the store remembers of `list`, for planning.
     pub fn records(&self, list: &ContactListId) -> Result<ListRecords, StoreError> {
-        self.with(|conn| {
-            // The primary key's order: no sort, and each kind comes out sorted by contact.
+        self.read(|conn| {
+            let Some((key, rows)) = conn
+                .prepare_cached(
+                    "SELECT id, confirmed + failed + unaccounted FROM lists WHERE list_id = ?1",
+                )?
+                .query_row(params![list.as_str()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?
+            else {
+                return Ok(ListRecords::default());
+            };
+            // The primary key's order: no sort, each kind sorted by contact. The list's
+            // counts size the buffers once (rows no outcome counts are few: grown as needed).
             let mut stmt = conn.prepare_cached(
-                "SELECT kind, contact, confirmed_at, failed_at, unaccounted FROM contacts
-                 WHERE list_id = ?1 ORDER BY kind, contact",
+                "SELECT contact, confirmed_at, failed_at, unaccounted FROM contacts
+                 WHERE list = ?1 AND kind = ?2 ORDER BY contact",
             )?;
-            let mut out = ListRecords::default();
-            let mut rows = stmt.query(params![list.as_str()])?;
-            while let Some(row) = rows.next()? {
-                let kind: i64 = row.get(0)?;
-                let contact = row.get_ref(1)?.as_str()?;
-                let record = Record {
-                    confirmed_at: row.get(2)?,
-                    failed_at: row.get(3)?,
-                    unaccounted: row.get::<_, i64>(4)?.clamp(0, u8::MAX as i64) as u8,
-                };
-                let kind = if kind == 0 {
-                    &mut out.emails
-                } else {
-                    &mut out.contact_ids
-                };
-                kind.push(contact, record);
-            }
+            let mut read = |kind: ContactKind, capacity: usize| -> rusqlite::Result<Records> {
+                let mut out = Records::with_capacity(capacity);
+                let mut rows = stmt.query(params![key, kind_code(kind)])?;
+                while let Some(row) = rows.next()? {
+                    let record = Record {
+                        confirmed_at: row.get(1)?,
+                        failed_at: row.get(2)?,
+                        unaccounted: row.get::<_, i64>(3)?.clamp(0, u8::MAX as i64) as u8,
+                    };
+                    out.push(row.get_ref(0)?.as_str()?, record);
+                }
+                Ok(out.finish())
+            };
+            let rows = rows.max(0) as usize;
+            let emails = read(ContactKind::Email, rows)?;
+            let contact_ids = read(ContactKind::ContactId, rows.saturating_sub(emails.len()))?;
             Ok(ListRecords {
-                emails: out.emails.finish(),
-                contact_ids: out.contact_ids.finish(),
+                emails,
+                contact_ids,
             })
         })
     }
@@ -166,74 +189,57 @@ impl Store {
         list: &ContactListId,
         kind: ContactKind,
         outcomes: &[(&str, ContactOutcome)],
-        revision: &str,
         now: i64,
     ) -> Result<(), StoreError> {
         self.check_file()?;
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
+                let key = list_key(&tx, list.as_str())?;
                 let mut confirm = tx.prepare_cached(
-                    "INSERT INTO contacts (list_id, kind, contact, confirmed_at, revision, attempts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1)
-                     ON CONFLICT (list_id, kind, contact) DO UPDATE SET
-                       confirmed_at = excluded.confirmed_at, revision = excluded.revision,
+                    "INSERT INTO contacts (list, kind, contact, confirmed_at, attempts)
+                     VALUES (?1, ?2, ?3, ?4, 1)
+                     ON CONFLICT (list, kind, contact) DO UPDATE SET
+                       confirmed_at = excluded.confirmed_at,
                        failed_at = NULL, last_error = NULL, unaccounted = 0,
                        attempts = attempts + 1",
                 )?;
                 let mut fail = tx.prepare_cached(
-                    "INSERT INTO contacts (list_id, kind, contact, failed_at, last_error, revision, attempts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
-                     ON CONFLICT (list_id, kind, contact) DO UPDATE SET
+                    "INSERT INTO contacts (list, kind, contact, failed_at, last_error, attempts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 1)
+                     ON CONFLICT (list, kind, contact) DO UPDATE SET
                        failed_at = excluded.failed_at, last_error = excluded.last_error,
-                       revision = excluded.revision, unaccounted = 0, attempts = attempts + 1",
+                       unaccounted = 0, attempts = attempts + 1",
                 )?;
                 // The streak grows; at the limit the contact is failed with that reason (and
                 // the streak starts again, so a failed contact keeps being retried).
                 let mut unaccounted = tx.prepare_cached(
-                    "INSERT INTO contacts (list_id, kind, contact, revision, attempts, unaccounted)
-                     VALUES (?1, ?2, ?3, ?4, 1, 1)
-                     ON CONFLICT (list_id, kind, contact) DO UPDATE SET
-                       revision = excluded.revision, attempts = attempts + 1,
-                       unaccounted = unaccounted + 1
+                    "INSERT INTO contacts (list, kind, contact, attempts, unaccounted)
+                     VALUES (?1, ?2, ?3, 1, 1)
+                     ON CONFLICT (list, kind, contact) DO UPDATE SET
+                       attempts = attempts + 1, unaccounted = unaccounted + 1
                      RETURNING unaccounted",
                 )?;
                 for (contact, outcome) in outcomes {
                     match outcome {
                         ContactOutcome::Confirmed => {
-                            confirm.execute(params![
-                                list.as_str(),
-                                kind_code(kind),
-                                contact,
-                                now,
-                                revision
-                            ])?;
+                            confirm.execute(params![key, kind_code(kind), contact, now])?;
                         }
                         ContactOutcome::Failed(msg) => {
                             fail.execute(params![
-                                list.as_str(),
+                                key,
                                 kind_code(kind),
                                 contact,
                                 now,
-                                stored_text(msg),
-                                revision
+                                stored_text(msg)
                             ])?;
                         }
                         ContactOutcome::Unaccounted => {
-                            let streak: i64 = unaccounted.query_row(
-                                params![list.as_str(), kind_code(kind), contact, revision],
-                                |r| r.get(0),
-                            )?;
+                            let streak: i64 = unaccounted
+                                .query_row(params![key, kind_code(kind), contact], |r| r.get(0))?;
                             if streak >= UNACCOUNTED_LIMIT {
                                 let msg = unaccounted_message(streak);
-                                fail.execute(params![
-                                    list.as_str(),
-                                    kind_code(kind),
-                                    contact,
-                                    now,
-                                    msg,
-                                    revision
-                                ])?;
+                                fail.execute(params![key, kind_code(kind), contact, now, msg])?;
                             }
                         }
                     }
@@ -278,7 +284,8 @@ impl Store {
             Ok(conn
                 .query_row(
                     "SELECT last_error FROM contacts
-                     WHERE list_id = ?1 AND kind = ?2 AND contact = ?3",
+                     WHERE list = (SELECT id FROM lists WHERE list_id = ?1) AND kind = ?2
+                       AND contact = ?3",
                     params![list, kind_code(kind), contact],
                     |r| r.get::<_, Option<String>>(0),
                 )
@@ -305,6 +312,17 @@ pub struct Keeper<'a> {
     pub revision: Option<&'a str>,
 }
 
+/// The store's integer key of `list`, created on first use: contact rows carry it instead
+/// of the list id's text.
+pub(super) fn list_key(tx: &Connection, list: &str) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO lists (list_id) VALUES (?1)
+         ON CONFLICT (list_id) DO UPDATE SET list_id = excluded.list_id
+         RETURNING id",
+    )?
+    .query_row(params![list], |r| r.get(0))
+}
+
 pub(super) fn forget_in(
     tx: &Connection,
     lists: &[Keeper<'_>],
@@ -312,48 +330,43 @@ pub(super) fn forget_in(
 ) -> rusqlite::Result<u64> {
     let mut forgotten = 0u64;
     // Each list with contacts, one index seek apiece: `SELECT DISTINCT` would walk every row.
-    let mut known: Vec<String> = Vec::new();
+    let mut known: Vec<(i64, String, Option<String>)> = Vec::new();
     {
-        let mut next = tx.prepare_cached(
-            "SELECT list_id FROM contacts WHERE list_id > ?1 ORDER BY list_id LIMIT 1",
-        )?;
-        let mut after = String::new();
-        while let Some(list) = next
-            .query_row(params![after], |r| r.get::<_, String>(0))
+        let mut next =
+            tx.prepare_cached("SELECT list FROM contacts WHERE list > ?1 ORDER BY list LIMIT 1")?;
+        let mut about =
+            tx.prepare_cached("SELECT list_id, forget_revision FROM lists WHERE id = ?1")?;
+        let mut after = i64::MIN;
+        while let Some(key) = next
+            .query_row(params![after], |r| r.get::<_, i64>(0))
             .optional()?
         {
-            after.clone_from(&list);
-            known.push(list);
+            after = key;
+            let (list_id, forgotten_at) =
+                about.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            known.push((key, list_id, forgotten_at));
         }
     }
     // Lookups by list, not scans: a load with 100,000 lists must stay linear.
     let keepers: HashMap<&str, &Keeper<'_>> = lists.iter().map(|k| (k.list.as_str(), k)).collect();
     let spare: std::collections::HashSet<&str> = spare.iter().map(|l| l.as_str()).collect();
-    let mut last = tx.prepare_cached("SELECT forget_revision FROM lists WHERE list_id = ?1")?;
-    for list_id in known {
+    for (key, list_id, forgotten_at) in known {
         if spare.contains(list_id.as_str()) {
             continue;
         }
         let Some(keeper) = keepers.get(list_id.as_str()) else {
-            forgotten +=
-                tx.execute("DELETE FROM contacts WHERE list_id = ?1", params![list_id])? as u64;
+            forgotten += tx.execute("DELETE FROM contacts WHERE list = ?1", params![key])? as u64;
             continue;
         };
-        if let Some(revision) = keeper.revision {
-            let before: Option<String> = last
-                .query_row(params![list_id], |r| r.get(0))
-                .optional()?
-                .flatten();
-            if before.as_deref() == Some(revision) {
-                continue;
-            }
+        if keeper.revision.is_some() && forgotten_at.as_deref() == keeper.revision {
+            continue;
         }
         let mut stale = Vec::new();
         {
             let mut stmt = tx.prepare_cached(
-                "SELECT kind, contact FROM contacts WHERE list_id = ?1 ORDER BY kind, contact",
+                "SELECT kind, contact FROM contacts WHERE list = ?1 ORDER BY kind, contact",
             )?;
-            let mut rows = stmt.query(params![list_id])?;
+            let mut rows = stmt.query(params![key])?;
             while let Some(row) = rows.next()? {
                 let kind: i64 = row.get(0)?;
                 let contact = row.get_ref(1)?.as_str()?;
@@ -368,17 +381,14 @@ pub(super) fn forget_in(
             }
         }
         let mut del = tx.prepare_cached(
-            "DELETE FROM contacts WHERE list_id = ?1 AND kind = ?2 AND contact = ?3",
+            "DELETE FROM contacts WHERE list = ?1 AND kind = ?2 AND contact = ?3",
         )?;
         for (kind, contact) in stale {
-            forgotten += del.execute(params![list_id, kind, contact])? as u64;
+            forgotten += del.execute(params![key, kind, contact])? as u64;
         }
         if let Some(revision) = keeper.revision {
-            tx.prepare_cached(
-                "INSERT INTO lists (list_id, forget_revision) VALUES (?1, ?2)
-                 ON CONFLICT (list_id) DO UPDATE SET forget_revision = excluded.forget_revision",
-            )?
-            .execute(params![list_id, revision])?;
+            tx.prepare_cached("UPDATE lists SET forget_revision = ?2 WHERE id = ?1")?
+                .execute(params![key, revision])?;
         }
     }
     Ok(forgotten)
@@ -414,7 +424,6 @@ mod tests {
                 ("a@x.com", ContactOutcome::Confirmed),
                 ("b@x.com", ContactOutcome::Failed("locked".into())),
             ],
-            "rev1",
             100,
         )
         .unwrap();
@@ -426,7 +435,6 @@ mod tests {
             &list(),
             ContactKind::Email,
             &[("b@x.com", ContactOutcome::Confirmed)],
-            "rev1",
             200,
         )
         .unwrap();
@@ -440,13 +448,13 @@ mod tests {
         let s = Store::in_memory().unwrap();
         let unaccounted = [("a@x.com", ContactOutcome::Unaccounted)];
         for round in 1..=2 {
-            s.record_batch(&list(), ContactKind::Email, &unaccounted, "r", round)
+            s.record_batch(&list(), ContactKind::Email, &unaccounted, round)
                 .unwrap();
             let r = s.records(&list()).unwrap().emails["a@x.com"];
             assert_eq!(r.unaccounted, round as u8);
             assert_eq!((r.confirmed_at, r.failed_at), (None, None), "still pending");
         }
-        s.record_batch(&list(), ContactKind::Email, &unaccounted, "r", 3)
+        s.record_batch(&list(), ContactKind::Email, &unaccounted, 3)
             .unwrap();
         let r = s.records(&list()).unwrap().emails["a@x.com"];
         assert_eq!(r.failed_at, Some(3));
@@ -463,7 +471,6 @@ mod tests {
             &list(),
             ContactKind::Email,
             &[("a@x.com", ContactOutcome::Confirmed)],
-            "r",
             4,
         )
         .unwrap();
@@ -483,7 +490,6 @@ mod tests {
                     ("a@x.com", ContactOutcome::Confirmed),
                     ("b@x.com", ContactOutcome::Confirmed),
                 ],
-                "r",
                 1,
             )
             .unwrap();
@@ -505,7 +511,6 @@ mod tests {
                 &l1,
                 ContactKind::Email,
                 &[(contact, ContactOutcome::Confirmed)],
-                "r",
                 1,
             )
             .unwrap()

@@ -321,7 +321,6 @@ mod tests {
                 l,
                 ContactKind::Email,
                 &[("a@x.com", ContactOutcome::Confirmed)],
-                "r",
                 1,
             )
             .unwrap();
