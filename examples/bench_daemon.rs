@@ -18,7 +18,9 @@
 //!
 //! Environment: `BENCH_IDLE_SECS` (default 60), `BENCH_TRIALS` (default 20),
 //! `BENCH_PER_POLICY` (addresses per policy, default 1,000: 100,000 contacts; 10,000 makes
-//! a million).
+//! a million), `BENCH_LISTS` (default 20) and `BENCH_POLICIES_PER_LIST` (default 5),
+//! `BENCH_UNLIMITED=1` (no rate limit at the fake, `--rate-limit unlimited` for the daemon).
+//! Each trial also reports the daemon's CPU time from the write until it is quiet again.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,8 +29,12 @@ use std::time::{Duration, Instant};
 
 use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit};
 
-const LISTS: usize = 20;
-const POLICIES_PER_LIST: usize = 5;
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 struct Guard(Child);
 
@@ -148,6 +154,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    let lists: usize = env_or("BENCH_LISTS", 20);
+    let policies_per_list: usize = env_or("BENCH_POLICIES_PER_LIST", 5);
+    let unlimited = std::env::var("BENCH_UNLIMITED").is_ok_and(|v| v == "1");
     println!("machine: {}", machine());
     println!("binary: {}", bin.display());
 
@@ -158,7 +167,11 @@ fn main() {
         .unwrap();
     let fake = FakeAutoSend::new(FakeConfig {
         api_key: "bench-key".into(),
-        rate_limits: vec![RateLimit::per_second(200)],
+        rate_limits: if unlimited {
+            vec![]
+        } else {
+            vec![RateLimit::per_second(200)]
+        },
         faults: Faults::default(),
     });
     let dir = tempfile::tempdir().unwrap();
@@ -168,10 +181,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    for l in 0..LISTS {
+    for l in 0..lists {
         let list = list_id(l);
         let mut members = Vec::new();
-        for p in 0..POLICIES_PER_LIST {
+        for p in 0..policies_per_list {
             let name = policy_name(l, p);
             let emails: Vec<String> = (0..per_policy)
                 .map(|i| format!("user{i}.{name}@example.com"))
@@ -208,7 +221,10 @@ fn main() {
         .arg("--state")
         .arg(dir.path().join("state.db"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--rate-limit", "200/s"])
+        .args([
+            "--rate-limit",
+            if unlimited { "unlimited" } else { "200/s" },
+        ])
         .env("AUTOSEND_API_URL", served.base_url())
         .env("AUTOSEND_API_KEY", "bench-key")
         .env_remove("LISTWARDEN_RATE_LIMIT")
@@ -238,9 +254,9 @@ fn main() {
     let converge = started.elapsed();
     let c = fake.counters();
     println!(
-        "converged: {LISTS} lists, {} policies, {} contacts, in {:.2} s ({} requests, {} removed, {} not in list, {} x 429)",
-        LISTS * POLICIES_PER_LIST,
-        LISTS * POLICIES_PER_LIST * per_policy,
+        "converged: {lists} lists, {} policies, {} contacts, in {:.2} s ({} requests, {} removed, {} not in list, {} x 429)",
+        lists * policies_per_list,
+        lists * policies_per_list * per_policy,
         converge.as_secs_f64(),
         c.requests,
         c.contacts_removed,
@@ -275,14 +291,16 @@ fn main() {
 
     // 2. Reaction time.
     let mut latencies = Vec::new();
+    let mut cpu_per_edit = Vec::new();
     for t in 0..trials {
-        let l = (t * 7) % LISTS;
-        let p = t % POLICIES_PER_LIST;
+        let l = (t * 7) % lists;
+        let p = t % policies_per_list;
         let name = policy_name(l, p);
         let email = format!("late{t}.{name}@example.com");
         fake.add_contacts(&list_id(l), [&email]);
         fake.reset_counters();
         let path = manifests.join(format!("data/{name}.txt"));
+        let cpu_before = cpu_ticks(pid);
         let before = Instant::now();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -310,7 +328,15 @@ fn main() {
         latencies.push(ms);
         // Let the reconcile finish and the daemon go quiet before the next trial.
         std::thread::sleep(Duration::from_millis(400));
+        cpu_per_edit.push((cpu_ticks(pid) - cpu_before) as f64 * 1000.0 / tck as f64);
     }
+    cpu_per_edit.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "daemon CPU per edit (ms, write to quiet, {} ms ticks): median {:.0}, max {:.0}",
+        1000 / tck,
+        percentile(&cpu_per_edit, 0.5),
+        cpu_per_edit[cpu_per_edit.len() - 1]
+    );
     let mut sorted = latencies.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(

@@ -5,7 +5,8 @@
 //! validated, never applied. Held policies (a change waiting for approval, see
 //! [`crate::hold`]) likewise contribute nothing until the change is approved.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -63,6 +64,18 @@ impl DesiredState {
 
     /// Like [`DesiredState::build`], with `held[i]` true for each policy whose load is held.
     pub fn build_holding(policies: &[Policy], held: &[bool]) -> DesiredState {
+        DesiredState::build_reusing(policies, held, &DesiredState::default())
+    }
+
+    /// Like [`DesiredState::build_holding`], taking from `previous` each list whose policies
+    /// (the same ones, at the same places in `policies`, with the same revisions and
+    /// settings) are unchanged: the daemon's reload after an edit of one file unions only
+    /// the lists that file feeds.
+    pub fn build_reusing(
+        policies: &[Policy],
+        held: &[bool],
+        previous: &DesiredState,
+    ) -> DesiredState {
         type Groups = (Vec<usize>, Vec<usize>, Vec<usize>);
         let mut by_list: BTreeMap<&ContactListId, Groups> = BTreeMap::new();
         for (i, p) in policies.iter().enumerate() {
@@ -75,44 +88,54 @@ impl DesiredState {
                 entry.0.push(i);
             }
         }
+        let before: HashMap<&ContactListId, &Arc<DesiredList>> =
+            previous.lists.iter().map(|l| (&l.list, l)).collect();
         // Each list's union on its own core: with a million contacts over ten lists, the
         // merge is most of a plan after the load.
         let groups: Vec<(&ContactListId, Groups)> = by_list.into_iter().collect();
         let lists = crate::parallel::map(&groups, |(list, (active, suspended, held))| {
-            {
-                let emails = union(active.iter().map(|&i| (i as u32, &policies[i].emails[..])));
-                let contact_ids = union(
-                    active
-                        .iter()
-                        .map(|&i| (i as u32, &policies[i].contact_ids[..])),
-                );
-                // Settings count too: raising a threshold to unblock a refused list, or
-                // switching strategy, must make the daemon reconcile it now.
-                let mut text = String::new();
-                for &i in active.iter().chain(suspended).chain(held) {
-                    let p = &policies[i];
-                    text.push_str(&format!(
-                        "{}={} suspend={} held={} max={:?} forget={:?} strategy={:?}\n",
-                        p.name,
-                        p.revision,
-                        p.suspend,
-                        held.contains(&i),
-                        p.max_removals_per_sync,
-                        p.max_forget_percent,
-                        p.strategy
-                    ));
-                }
-                let revision = crate::manifest::digest(text.as_bytes());
-                std::sync::Arc::new(DesiredList {
-                    list: (*list).clone(),
-                    policies: active.clone(),
-                    suspended: suspended.clone(),
-                    held: held.clone(),
-                    emails,
-                    contact_ids,
-                    revision,
-                })
+            // Settings count too: raising a threshold to unblock a refused list, or switching
+            // strategy, must make the daemon reconcile it now.
+            let mut text = String::new();
+            for &i in active.iter().chain(suspended).chain(held) {
+                let p = &policies[i];
+                text.push_str(&format!(
+                    "{}={} suspend={} held={} max={:?} forget={:?} strategy={:?}\n",
+                    p.name,
+                    p.revision,
+                    p.suspend,
+                    held.contains(&i),
+                    p.max_removals_per_sync,
+                    p.max_forget_percent,
+                    p.strategy
+                ));
             }
+            let revision = crate::manifest::digest(text.as_bytes());
+            // Members name their policies by index: a list is reused only when its policies
+            // sit at the same indices, not merely when its revision is the same.
+            if let Some(old) = before.get(list)
+                && old.revision == revision
+                && old.policies == *active
+                && old.suspended == *suspended
+                && old.held == *held
+            {
+                return Arc::clone(old);
+            }
+            let emails = union(active.iter().map(|&i| (i as u32, &policies[i].emails[..])));
+            let contact_ids = union(
+                active
+                    .iter()
+                    .map(|&i| (i as u32, &policies[i].contact_ids[..])),
+            );
+            Arc::new(DesiredList {
+                list: (*list).clone(),
+                policies: active.clone(),
+                suspended: suspended.clone(),
+                held: held.clone(),
+                emails,
+                contact_ids,
+                revision,
+            })
         });
         DesiredState { lists }
     }

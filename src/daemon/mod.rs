@@ -34,7 +34,7 @@ mod requeue;
 mod scheduler;
 pub mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ use crate::metrics::Metrics;
 use crate::plan::PlanOptions;
 use crate::store::Store;
 use scheduler::{Done, Scheduler, Snapshot};
-use watch::Watch;
+use watch::{Changed, Watch};
 
 /// Longest a reload waits for changes to settle.
 const MAX_RELOAD_DELAY: Duration = Duration::from_secs(2);
@@ -181,6 +181,8 @@ pub async fn run(
         lists: BTreeMap::new(),
         gates: Arc::new(Gates::new()),
         concerns: HashMap::new(),
+        cache: crate::manifest::Cache::default(),
+        readers: HashMap::new(),
         holds: Vec::new(),
         auth_paused_until: None,
         auth_backoff: None,
@@ -195,6 +197,9 @@ pub async fn run(
     // been quiet for `debounce` (a git checkout touching files for a second is one reload),
     // but never more than `MAX_RELOAD_DELAY` after the first change.
     let mut reload_at: Option<(Instant, Instant)> = None;
+    // What changed since the last load: the paths the watcher named, or `None` once it could
+    // not say (then everything is read again).
+    let mut changed: Option<HashSet<PathBuf>> = Some(HashSet::new());
     // Whether the manifests path existed at the last load; the first load happens on the
     // first housekeeping tick, at once.
     let mut root_seen: Option<bool> = None;
@@ -206,8 +211,12 @@ pub async fn run(
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(changed) = watch_rx.recv() => {
-                d.hold_changed(&changed);
+            Some(change) = watch_rx.recv() => {
+                d.hold_changed(&change);
+                match (change, changed.as_mut()) {
+                    (Changed::Paths(paths), Some(set)) => set.extend(paths),
+                    _ => changed = None,
+                }
                 let now = Instant::now();
                 let first = reload_at.map_or(now, |(_, first)| first);
                 let at = (now + d.config.debounce / 2).min(first + MAX_RELOAD_DELAY);
@@ -216,15 +225,19 @@ pub async fn run(
             _ = tokio::time::sleep_until(reload_at.map_or(wake, |(at, _)| at)), if reload_at.is_some() => {
                 reload_at = None;
                 tracing::info!("manifests changed; reloading");
+                let mut since = changed.replace(HashSet::new());
                 if watch.as_ref().is_some_and(Watch::moved) {
-                    // A symlink on the path now points to a new checkout (git-sync): follow it.
+                    // A symlink on the path now points to a new checkout (git-sync): follow it,
+                    // and read everything from the new checkout.
                     watch = d.start_watch(&watched, &watch_tx);
+                    since = None;
                 }
-                d.reload(false).await;
+                d.reload(false, since).await;
             }
             _ = hangup(&mut sighup) => {
                 tracing::info!("SIGHUP: reloading and re-asserting every list");
-                d.reload(true).await;
+                changed = Some(HashSet::new());
+                d.reload(true, None).await;
             }
             Some(done) = done_rx.recv() => d.finished(done),
             _ = housekeeping.tick() => {
@@ -242,7 +255,8 @@ pub async fn run(
                     if !present {
                         d.gates.close_all();
                     }
-                    d.reload(false).await;
+                    changed = Some(HashSet::new());
+                    d.reload(false, None).await;
                 }
                 d.check_store();
             }

@@ -117,6 +117,33 @@ fn comparable(path: &Path) -> PathBuf {
     }
 }
 
+/// The manifest files (canonical) to read again for a change of `changed` (as the watcher
+/// named them), given which manifests read each file source (`readers`); `None` for all of
+/// them. Whenever a path cannot be tied to the manifests that read it (a new data file, a
+/// directory, a file no valid policy reads), everything is loaded again, so a stale cached
+/// part can never keep asserting what the manifests dropped.
+fn stale_manifests(
+    readers: &HashMap<PathBuf, Vec<PathBuf>>,
+    changed: &HashSet<PathBuf>,
+) -> Option<HashSet<PathBuf>> {
+    let mut stale = HashSet::new();
+    for path in changed {
+        let c = comparable(path);
+        if manifest::is_manifest_name(&c) {
+            stale.insert(c);
+        } else if let Some(files) = readers.get(&c) {
+            stale.extend(files.iter().cloned());
+        } else if !c.exists() && !readers.keys().any(|s| s.starts_with(&c)) {
+            // A temporary file renamed away (an editor's or `sed -i`'s) that no policy read:
+            // where it went, if that matters, is named as well.
+            continue;
+        } else {
+            return None;
+        }
+    }
+    Some(stale)
+}
+
 pub(super) struct Scheduler {
     pub(super) config: DaemonConfig,
     pub(super) client: Client,
@@ -130,6 +157,10 @@ pub(super) struct Scheduler {
     pub(super) gates: Arc<Gates>,
     /// Which lists each file source (comparable path) feeds.
     pub(super) concerns: HashMap<PathBuf, Vec<ContactListId>>,
+    /// What each manifest yielded at the last load, so a reload reads only what changed.
+    pub(super) cache: manifest::Cache,
+    /// Which manifests (canonical) read each file source (canonical), from the last load.
+    pub(super) readers: HashMap<PathBuf, Vec<PathBuf>>,
     /// Policies the forget threshold holds in the current load.
     pub(super) holds: Vec<crate::hold::Hold>,
     pub(super) auth_paused_until: Option<Instant>,
@@ -228,7 +259,10 @@ impl Scheduler {
     }
 
     /// Loads the manifests again and schedules the lists whose desired state changed.
-    pub(super) async fn reload(&mut self, resync_all: bool) {
+    /// `changed`: the paths the watcher named since the last load, or `None` to read
+    /// everything again (SIGHUP, a watcher error, a failed reload, the first load).
+    pub(super) async fn reload(&mut self, resync_all: bool, changed: Option<HashSet<PathBuf>>) {
+        let stale = changed.and_then(|c| stale_manifests(&self.readers, &c));
         // Loading (possibly millions of lines), the store writes and `git rev-parse` block:
         // off the async workers, so pacing timers and the HTTP endpoints stay responsive.
         let (path, store, options) = (
@@ -236,8 +270,16 @@ impl Scheduler {
             self.store.clone(),
             self.config.plan.clone(),
         );
+        // Taken out while the load runs: if it panics, the next load starts from nothing.
+        let mut cache = std::mem::take(&mut self.cache);
+        let previous = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .desired
+            .clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let manifests = manifest::load(&path);
+            let manifests = manifest::load_cached(&path, &mut cache, stale.as_ref());
             let baselines = store.baselines()?;
             let holds = crate::hold::check(
                 &manifests,
@@ -248,12 +290,12 @@ impl Scheduler {
             let held = holds.mask();
             let holds = holds.all();
             reconcile::record_manifests(&store, &manifests, &holds, crate::clock::now_unix())?;
-            let desired = DesiredState::build_holding(&manifests.policies, &held);
+            let desired = DesiredState::build_reusing(&manifests.policies, &held, &previous);
             let revision = crate::revision::git_commit(&path);
-            Ok::<_, crate::store::StoreError>((manifests, desired, holds, revision))
+            Ok::<_, crate::store::StoreError>((manifests, desired, holds, revision, cache))
         })
         .await;
-        let (manifests, desired, holds, source_revision) = match loaded {
+        let (manifests, desired, holds, source_revision, cache) = match loaded {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 // Without the store's baselines the forget threshold cannot be checked:
@@ -273,6 +315,8 @@ impl Scheduler {
             }
         };
         self.reload_failed = false;
+        self.readers = cache.readers_of_sources();
+        self.cache = cache;
         let errors = manifests.errors().count();
         for d in manifests.errors() {
             tracing::warn!(diagnostic = %d, "manifest error");
@@ -661,5 +705,62 @@ impl Scheduler {
                     .set(drift as i64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_reads_again_the_manifests_it_concerns_or_everything_when_unsure() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        for f in ["a.yaml", "a.txt", "shared.txt", "b.yaml", "orphan.txt"] {
+            std::fs::write(d.join(f), "").unwrap();
+        }
+        std::fs::create_dir(d.join("sub")).unwrap();
+        let readers: HashMap<PathBuf, Vec<PathBuf>> = [
+            (d.join("a.txt"), vec![d.join("a.yaml")]),
+            (
+                d.join("shared.txt"),
+                vec![d.join("a.yaml"), d.join("b.yaml")],
+            ),
+        ]
+        .into();
+        let set =
+            |names: &[&str]| -> HashSet<PathBuf> { names.iter().map(|n| d.join(n)).collect() };
+        // A data file: the manifests that read it; a manifest: itself.
+        assert_eq!(
+            stale_manifests(&readers, &set(&["a.txt"])),
+            Some(set(&["a.yaml"]))
+        );
+        assert_eq!(
+            stale_manifests(&readers, &set(&["shared.txt", "b.yaml"])),
+            Some(set(&["a.yaml", "b.yaml"]))
+        );
+        // A new manifest is found by the walk, and named.
+        assert_eq!(
+            stale_manifests(&readers, &set(&["new.yml"])),
+            Some(set(&["new.yml"]))
+        );
+        // A temporary file that is gone, that nothing read: nothing to read again.
+        assert_eq!(
+            stale_manifests(&readers, &set(&["a.txt.tmp123"])),
+            Some(set(&[]))
+        );
+        // A file no valid policy reads (an invalid policy may be waiting for it), or a
+        // directory: everything.
+        assert_eq!(
+            stale_manifests(&readers, &set(&["a.txt", "orphan.txt"])),
+            None
+        );
+        assert_eq!(stale_manifests(&readers, &set(&["sub"])), None);
+        // A directory that is gone, under which sources were read: everything.
+        std::fs::create_dir(d.join("gone")).unwrap();
+        let readers_below: HashMap<PathBuf, Vec<PathBuf>> =
+            [(d.join("gone/x.txt"), vec![d.join("a.yaml")])].into();
+        std::fs::remove_dir(d.join("gone")).unwrap();
+        assert_eq!(stale_manifests(&readers_below, &set(&["gone"])), None);
     }
 }

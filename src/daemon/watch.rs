@@ -66,6 +66,12 @@ pub fn watch(
             debounce,
             None,
             move |result: DebounceEventResult| match result {
+                Ok(events) if events.iter().any(|e| e.need_rescan()) => {
+                    // The kernel's queue overflowed (or the backend lost track): changes went
+                    // unnamed, so every file may have changed.
+                    tracing::warn!("file watcher lost events; reloading everything");
+                    let _ = tx.send(Changed::Unknown);
+                }
                 Ok(events) => {
                     let relevant: Vec<PathBuf> = events
                         .iter()

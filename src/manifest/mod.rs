@@ -17,7 +17,7 @@ pub mod source;
 mod validate;
 mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -121,7 +121,7 @@ pub struct ManifestFile {
 }
 
 /// Everything a load produced.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Manifests {
     /// Canonical root: file sources must resolve inside it.
     pub root: PathBuf,
@@ -148,6 +148,43 @@ impl Manifests {
 /// Loads every manifest under `path` (a file, or a directory searched recursively, hidden
 /// entries skipped, in sorted order). Never fails: problems are diagnostics.
 pub fn load(path: &Path) -> Manifests {
+    load_cached(path, &mut Cache::default(), None)
+}
+
+/// What each manifest file yielded at the last load (its policies, with their file sources
+/// read): the daemon keeps it so that a change re-reads only the manifests it concerns.
+#[derive(Clone, Debug, Default)]
+pub struct Cache {
+    root: PathBuf,
+    /// By path of the manifest file, as the walk found it.
+    parts: HashMap<PathBuf, Manifests>,
+}
+
+impl Cache {
+    /// The manifests (canonical paths) whose policies read each file source (canonical), as
+    /// the cached load found them.
+    pub fn readers_of_sources(&self) -> HashMap<PathBuf, Vec<PathBuf>> {
+        let mut out: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+        for (file, part) in &self.parts {
+            let file = file.canonicalize().unwrap_or_else(|_| file.clone());
+            for source in part.policies.iter().flat_map(|p| &p.sources) {
+                let readers = out.entry(source.clone()).or_default();
+                if !readers.contains(&file) {
+                    readers.push(file.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Like [`load`], reading again only the manifest files in `stale` (canonical paths; all of
+/// them when `None`) and taking the others' results from `cache`, which is then updated.
+/// The directory is walked every time, so a manifest added or removed is always seen; the
+/// checks across files (unique policy names) run on the whole result. The result is the
+/// same as a full load's as long as every file not in `stale` is unchanged since it was
+/// cached: the caller must pass `None` whenever it cannot vouch for that.
+pub fn load_cached(path: &Path, cache: &mut Cache, stale: Option<&HashSet<PathBuf>>) -> Manifests {
     let mut out = Manifests::default();
     let root = if path.is_dir() {
         path.to_path_buf()
@@ -185,7 +222,26 @@ pub fn load(path: &Path) -> Manifests {
             "no *.yaml or *.yml manifest found here: nothing to check or apply; is this the right path?",
         ));
     }
-    for part in load_files(&files, &out.root) {
+    if cache.root != out.root || stale.is_none() {
+        cache.parts.clear();
+        cache.root = out.root.clone();
+    }
+    let is_stale = |f: &PathBuf| {
+        stale.is_some_and(|stale| stale.contains(&f.canonicalize().unwrap_or_else(|_| f.clone())))
+    };
+    let read: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| !cache.parts.contains_key(*f) || is_stale(f))
+        .cloned()
+        .collect();
+    for (file, part) in read.iter().zip(load_files(&read, &out.root)) {
+        cache.parts.insert(file.clone(), part);
+    }
+    let found: HashSet<&PathBuf> = files.iter().collect();
+    cache.parts.retain(|file, _| found.contains(file));
+    for file in &files {
+        // Cheap: a policy's sets are shared, not copied.
+        let part = cache.parts[file].clone();
         out.files.extend(part.files);
         out.policies.extend(part.policies);
         out.invalid.extend(part.invalid);
@@ -211,7 +267,8 @@ fn load_files(files: &[PathBuf], root: &Path) -> Vec<Manifests> {
     })
 }
 
-fn is_manifest(p: &Path) -> bool {
+/// Whether `p` is named like a manifest (`*.yaml`, `*.yml`).
+pub fn is_manifest_name(p: &Path) -> bool {
     matches!(
         p.extension().and_then(|e| e.to_str()),
         Some("yaml") | Some("yml")
@@ -252,7 +309,7 @@ fn manifest_files(path: &Path, out: &mut Manifests) -> Option<Vec<PathBuf>> {
         .filter_entry(|e| e.depth() == 0 || !hidden(e.file_name()));
     for entry in walker {
         match entry {
-            Ok(e) if e.file_type().is_file() && is_manifest(e.path()) => {
+            Ok(e) if e.file_type().is_file() && is_manifest_name(e.path()) => {
                 files.push(e.into_path());
             }
             Ok(_) => {}
@@ -298,7 +355,7 @@ fn unreadable_entry(entry: &Path, e: &walkdir::Error, out: &mut Manifests) {
                  (fix its permissions, or move them elsewhere)"
             ),
         ));
-    } else if is_manifest(entry) {
+    } else if is_manifest_name(entry) {
         out.diagnostics.push(Diagnostic::error(
             entry,
             format!(
@@ -389,5 +446,84 @@ fn reject_duplicate_names(out: &mut Manifests) {
             }
         }
         out.policies = kept;
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn policy(name: &str, list: &str, data: &str) -> String {
+        format!(
+            "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata: {{name: {name}}}\n\
+             spec:\n  contactListId: {list}\n  exclude:\n    files:\n      - path: {data}\n"
+        )
+    }
+
+    /// What a load says, in a comparable form.
+    fn said(m: &Manifests) -> Vec<String> {
+        let mut out: Vec<String> = m
+            .policies
+            .iter()
+            .map(|p| format!("{} {} {}", p.name, p.revision, p.origin.file.display()))
+            .collect();
+        out.extend(m.invalid.iter().map(|p| format!("invalid {:?}", p.name)));
+        out.extend(m.diagnostics.iter().map(|d| d.to_string()));
+        out
+    }
+
+    fn canonical(p: &Path) -> PathBuf {
+        p.canonicalize().unwrap()
+    }
+
+    #[test]
+    fn a_cached_load_reads_only_the_stale_manifests_and_sees_added_and_removed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.yaml"), policy("a", "l1", "a.txt")).unwrap();
+        std::fs::write(d.join("b.yaml"), policy("b", "l2", "b.txt")).unwrap();
+        std::fs::write(d.join("a.txt"), "one@example.com\n").unwrap();
+        std::fs::write(d.join("b.txt"), "two@example.com\n").unwrap();
+        let mut cache = Cache::default();
+        let first = load_cached(d, &mut cache, None);
+        assert_eq!(said(&first), said(&load(d)));
+        assert_eq!(
+            cache.readers_of_sources()[&canonical(&d.join("b.txt"))],
+            vec![canonical(&d.join("b.yaml"))]
+        );
+
+        // b's data changes, but only a is named stale: b's cached part is kept (this is why
+        // the daemon names every manifest that reads a changed file, or asks for a full load).
+        std::fs::write(d.join("b.txt"), "three@example.com\n").unwrap();
+        let stale: HashSet<PathBuf> = [canonical(&d.join("a.yaml"))].into();
+        let kept = load_cached(d, &mut cache, Some(&stale));
+        assert_eq!(said(&kept), said(&first));
+
+        // Named stale, it is read again; a new manifest is read though nobody named it, and
+        // a removed one is gone.
+        std::fs::write(d.join("c.yaml"), policy("c", "l3", "b.txt")).unwrap();
+        std::fs::remove_file(d.join("a.yaml")).unwrap();
+        let stale: HashSet<PathBuf> = [canonical(&d.join("b.yaml"))].into();
+        let next = load_cached(d, &mut cache, Some(&stale));
+        assert_eq!(said(&next), said(&load(d)));
+        assert_eq!(next.policies.len(), 2);
+        assert_eq!(
+            cache.readers_of_sources()[&canonical(&d.join("b.txt"))].len(),
+            2
+        );
+    }
+
+    #[test]
+    fn names_duplicated_across_a_cached_and_a_fresh_file_are_still_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.txt"), "one@example.com\n").unwrap();
+        std::fs::write(d.join("a.yaml"), policy("same", "l1", "a.txt")).unwrap();
+        let mut cache = Cache::default();
+        load_cached(d, &mut cache, None);
+        std::fs::write(d.join("b.yaml"), policy("same", "l2", "a.txt")).unwrap();
+        let next = load_cached(d, &mut cache, Some(&HashSet::new()));
+        assert!(next.policies.is_empty(), "{:?}", said(&next));
+        assert_eq!(said(&next), said(&load(d)));
     }
 }
