@@ -292,6 +292,7 @@ fn main() {
     // 2. Reaction time.
     let mut latencies = Vec::new();
     let mut cpu_per_edit = Vec::new();
+    let mut rss_per_trial = Vec::new();
     for t in 0..trials {
         let l = (t * 7) % lists;
         let p = t % policies_per_list;
@@ -329,7 +330,9 @@ fn main() {
         // Let the reconcile finish and the daemon go quiet before the next trial.
         std::thread::sleep(Duration::from_millis(400));
         cpu_per_edit.push((cpu_ticks(pid) - cpu_before) as f64 * 1000.0 / tck as f64);
+        rss_per_trial.push(status_kib(pid, "VmRSS:") / 1024);
     }
+    println!("VmRSS after each reload (MiB): {rss_per_trial:?}");
     cpu_per_edit.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "daemon CPU per edit (ms, write to quiet, {} ms ticks): median {:.0}, max {:.0}",

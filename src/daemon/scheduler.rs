@@ -278,6 +278,7 @@ impl Scheduler {
             .unwrap_or_else(|p| p.into_inner())
             .desired
             .clone();
+        let before = self.manifests.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let manifests = manifest::load_cached(&path, &mut cache, stale.as_ref());
             let baselines = store.baselines()?;
@@ -289,7 +290,13 @@ impl Scheduler {
             );
             let held = holds.mask();
             let holds = holds.all();
-            reconcile::record_manifests(&store, &manifests, &holds, crate::clock::now_unix())?;
+            reconcile::record_manifests_since(
+                &store,
+                &manifests,
+                &holds,
+                crate::clock::now_unix(),
+                Some(&before.policies),
+            )?;
             let desired = DesiredState::build_reusing(&manifests.policies, &held, &previous);
             let revision = crate::revision::git_commit(&path);
             Ok::<_, crate::store::StoreError>((manifests, desired, holds, revision, cache))

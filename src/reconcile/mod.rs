@@ -46,7 +46,9 @@ use crate::store::{ContactOutcome, Store, StoreError};
 use batches::{pending, present, send_all};
 pub use pass::{SyncReport, sync_all};
 use record::status_write;
-pub use record::{mark_policies, mark_unauthorized, prepare, record_manifests};
+pub use record::{
+    mark_policies, mark_unauthorized, prepare, record_manifests, record_manifests_since,
+};
 
 /// How many failing contacts a summary quotes.
 const FIRST_ERRORS: usize = 5;

@@ -156,6 +156,18 @@ pub fn record_manifests(
     holds: &[Hold],
     now: i64,
 ) -> Result<(), StoreError> {
+    record_manifests_since(store, manifests, holds, now, None)
+}
+
+/// Like [`record_manifests`], knowing the policies of the load before (the daemon's): a list
+/// whose policies only gained contacts since then has nothing to forget, and is not read.
+pub fn record_manifests_since(
+    store: &Store,
+    manifests: &Manifests,
+    holds: &[Hold],
+    now: i64,
+    previous: Option<&[Policy]>,
+) -> Result<(), StoreError> {
     let mut load = LoadRecord {
         summary: LoadSummary {
             at: now,
@@ -250,7 +262,7 @@ pub fn record_manifests(
     }
     // A load that found no policy at all is far more often a missing mount or a failed
     // checkout than an intent: forgetting everything would re-send everything later.
-    let keepers = keepers(&manifests.policies);
+    let keepers = keepers(&manifests.policies, previous);
     // Only a load without errors says what is gone: a manifest that could not be read (or a
     // directory that could not be listed) may still hold policies, which must stay listed
     // and keep their contacts until it can be read again.
@@ -269,10 +281,11 @@ pub fn record_manifests(
         load.forget = Some(
             keepers
                 .iter()
-                .map(|(list, keep, revision)| Keeper {
+                .map(|(list, keep, revision, grown_from)| Keeper {
                     list,
                     keep: keep.as_ref(),
                     revision: Some(revision),
+                    grown_from: grown_from.as_deref(),
                 })
                 .collect(),
         );
@@ -287,27 +300,73 @@ pub fn record_manifests(
     Ok(())
 }
 
-/// Per list, who a policy of it still asks for.
-fn keepers(policies: &[Policy]) -> Vec<(&ContactListId, Box<Keep<'_>>, String)> {
-    let mut by_list: std::collections::BTreeMap<&ContactListId, Vec<&Policy>> =
-        std::collections::BTreeMap::new();
-    for p in policies {
-        by_list.entry(&p.contact_list_id).or_default().push(p);
-    }
-    by_list
+/// Per list, who a policy of it still asks for, the digest of that keep-set, and (given the
+/// policies of the load before) the digest the list had then if its keep-set only grew since.
+#[allow(clippy::type_complexity)]
+fn keepers<'p>(
+    policies: &'p [Policy],
+    previous: Option<&[Policy]>,
+) -> Vec<(&'p ContactListId, Box<Keep<'p>>, String, Option<String>)> {
+    let by_list = |policies: &'p [Policy]| {
+        let mut by_list: std::collections::BTreeMap<&'p ContactListId, Vec<&'p Policy>> =
+            std::collections::BTreeMap::new();
+        for p in policies {
+            by_list.entry(&p.contact_list_id).or_default().push(p);
+        }
+        by_list
+    };
+    let before: HashMap<&ContactListId, Vec<&Policy>> = previous
+        .map(|old| {
+            let mut m: HashMap<&ContactListId, Vec<&Policy>> = HashMap::new();
+            for p in old {
+                m.entry(&p.contact_list_id).or_default().push(p);
+            }
+            m
+        })
+        .unwrap_or_default();
+    by_list(policies)
         .into_iter()
         .map(|(list, ps)| {
-            // The digest of what the list's policies ask for: equal digests, equal keep-sets.
-            let mut revisions: Vec<String> = ps
-                .iter()
-                .map(|p| format!("{}={}", p.name, p.revision))
-                .collect();
-            revisions.sort();
-            let revision = crate::manifest::digest(revisions.join("\n").as_bytes());
+            let revision = keep_revision(&ps);
+            let grown_from = before
+                .get(list)
+                .filter(|old| only_grew(old, &ps))
+                .map(|old| keep_revision(old));
             let keep: Box<Keep<'_>> = Box::new(Walk::new(ps).into_keep());
-            (list, keep, revision)
+            (list, keep, revision, grown_from)
         })
         .collect()
+}
+
+/// The digest of what a list's policies ask for: equal digests, equal keep-sets.
+fn keep_revision(policies: &[&Policy]) -> String {
+    let mut revisions: Vec<String> = policies
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.revision))
+        .collect();
+    revisions.sort();
+    crate::manifest::digest(revisions.join("\n").as_bytes())
+}
+
+/// True when every policy of `old` is still in `new` and asks for all it asked for then.
+fn only_grew(old: &[&Policy], new: &[&Policy]) -> bool {
+    let new: HashMap<&str, &Policy> = new.iter().map(|p| (p.name.as_str(), *p)).collect();
+    old.iter().all(|o| {
+        new.get(o.name.as_str()).is_some_and(|n| {
+            contains_all(&n.emails, &o.emails) && contains_all(&n.contact_ids, &o.contact_ids)
+        })
+    })
+}
+
+/// Whether sorted, duplicate-free `big` holds every entry of sorted `small`: one walk.
+fn contains_all<T: Ord>(big: &std::sync::Arc<[T]>, small: &std::sync::Arc<[T]>) -> bool {
+    if std::sync::Arc::ptr_eq(big, small) {
+        return true;
+    }
+    let mut rest = big.iter();
+    small
+        .iter()
+        .all(|s| rest.by_ref().find(|b| *b >= s) == Some(s))
 }
 
 /// Who the policies of a list ask for, answered for contacts that come in sorted order (as
@@ -470,5 +529,72 @@ mod tests {
             "{}",
             from_x.condition.message
         );
+    }
+
+    proptest! {
+        #[test]
+        fn contains_all_answers_like_a_subset_check(
+            big in proptest::collection::btree_set(0u16..60, 0..40),
+            small in proptest::collection::btree_set(0u16..60, 0..20),
+        ) {
+            let b: std::sync::Arc<[u16]> = big.iter().copied().collect();
+            let s: std::sync::Arc<[u16]> = small.iter().copied().collect();
+            prop_assert_eq!(contains_all(&b, &s), small.is_subset(&big));
+        }
+    }
+
+    fn emails(name: &str, list: &str, emails: &[&str]) -> String {
+        format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\nmetadata: {{name: {name}}}\nspec: {{contactListId: {list}, exclude: {{emails: [{}]}}}}\n",
+            emails.join(", ")
+        )
+    }
+
+    #[test]
+    fn a_list_that_only_grew_forgets_nothing_and_a_later_shrink_or_reset_still_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        let store = Store::open(&dir.path().join("state.db"), "test").unwrap();
+        let list = ContactListId::parse("l1").unwrap();
+        let confirm = |contacts: &[&str]| {
+            let outcomes: Vec<(&str, crate::store::ContactOutcome)> = contacts
+                .iter()
+                .map(|c| (*c, crate::store::ContactOutcome::Confirmed))
+                .collect();
+            store
+                .record_batch(&list, crate::contact::ContactKind::Email, &outcomes, 1)
+                .unwrap();
+        };
+        let stored = || -> Vec<String> {
+            store
+                .records(&list)
+                .unwrap()
+                .emails
+                .iter()
+                .map(|(c, _)| c.to_string())
+                .collect()
+        };
+        let write = |e: &[&str]| {
+            std::fs::write(m.join("p.yaml"), emails("p", "l1", e)).unwrap();
+            load(&m)
+        };
+        let v1 = write(&["a@x.com", "b@x.com"]);
+        record_manifests(&store, &v1, &[], 1).unwrap();
+        confirm(&["a@x.com", "b@x.com"]);
+        let v2 = write(&["a@x.com", "b@x.com", "c@x.com"]);
+        record_manifests_since(&store, &v2, &[], 2, Some(&v1.policies)).unwrap();
+        assert_eq!(stored(), ["a@x.com", "b@x.com"]);
+        // It shrank: read and forgotten.
+        let v3 = write(&["a@x.com", "c@x.com"]);
+        record_manifests_since(&store, &v3, &[], 3, Some(&v2.policies)).unwrap();
+        assert_eq!(stored(), ["a@x.com"]);
+        // A reconcile from an older load recorded a contact the manifests dropped since, and
+        // the list was marked to be read again: growing does not skip that read.
+        confirm(&["z@x.com"]);
+        store.reset_forget(&list).unwrap();
+        let v4 = write(&["a@x.com", "c@x.com", "d@x.com"]);
+        record_manifests_since(&store, &v4, &[], 4, Some(&v3.policies)).unwrap();
+        assert_eq!(stored(), ["a@x.com"]);
     }
 }

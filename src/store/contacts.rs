@@ -263,6 +263,7 @@ impl Store {
                 list,
                 keep,
                 revision: None,
+                grown_from: None,
             })
             .collect();
         self.with(|conn| {
@@ -310,6 +311,9 @@ pub struct Keeper<'a> {
     pub keep: &'a Keep<'a>,
     /// `None`: always read the list.
     pub revision: Option<&'a str>,
+    /// The digest of the keep-set before, when the list's keep-set only grew since: a list
+    /// last forgotten against that one holds nothing to forget either.
+    pub grown_from: Option<&'a str>,
 }
 
 /// The store's integer key of `list`, created on first use: contact rows carry it instead
@@ -359,6 +363,13 @@ pub(super) fn forget_in(
             continue;
         };
         if keeper.revision.is_some() && forgotten_at.as_deref() == keeper.revision {
+            continue;
+        }
+        if let (Some(revision), Some(before)) = (keeper.revision, keeper.grown_from)
+            && forgotten_at.as_deref() == Some(before)
+        {
+            tx.prepare_cached("UPDATE lists SET forget_revision = ?2 WHERE id = ?1")?
+                .execute(params![key, revision])?;
             continue;
         }
         let mut stale = Vec::new();
@@ -523,6 +534,7 @@ mod tests {
                     list: &l1,
                     keep: &keep_a,
                     revision: Some(revision),
+                    grown_from: None,
                 };
                 forget_in(conn, &[keeper], &[])
             })

@@ -330,6 +330,7 @@ mod tests {
             list,
             keep: &keep_none,
             revision: None,
+            grown_from: None,
         };
         let load = LoadRecord {
             forget: Some(vec![keeper(&l1), keeper(&l2)]),
