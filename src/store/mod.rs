@@ -341,6 +341,9 @@ impl Store {
         let conn = match spare {
             Some(conn) => conn,
             None => {
+                // A new connection opens whatever file is at the path now: it must be the
+                // one this store opened, or records would come from another store.
+                self.check_file()?;
                 let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                     | rusqlite::OpenFlags::SQLITE_OPEN_URI
                     | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -556,6 +559,26 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Replaced { .. }), "{err}");
         assert!(err.is_write_failure());
+    }
+
+    #[test]
+    fn records_are_never_read_from_another_file_put_in_the_store_s_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let s = open(&path);
+        s.record_batch(
+            &list(),
+            ContactKind::Email,
+            &[("a@x.com", ContactOutcome::Confirmed)],
+            1,
+        )
+        .unwrap();
+        // Another (empty) store replaces the file: a fresh reader must not plan from it.
+        let other = dir.path().join("other.db");
+        drop(open(&other));
+        std::fs::rename(&other, &path).unwrap();
+        let err = s.records(&list()).unwrap_err();
+        assert!(matches!(err, StoreError::Replaced { .. }), "{err}");
     }
 
     #[test]
