@@ -15,7 +15,8 @@
 //!   script (read every file, one set per list, print the counts) in the same run: the ratio;
 //! - the store filled by a real `apply` against the fake (`--rate-limit unlimited`, batches
 //!   of 500), then: warm `plan`, `apply` with nothing to do (0 requests), `apply` after
-//!   adding one address (1 request), and the store's size per contact row.
+//!   adding one address (1 request), `status --output json`, and the store's size per
+//!   contact row.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -233,6 +234,16 @@ fn main() {
             .collect(),
     );
     row("apply with nothing to do", noop);
+    let status = median(
+        (0..runs.min(3))
+            .map(|_| {
+                let (t, rss, _) =
+                    measure(lw().args(["status", "--state", "s.db", "--output", "json"]));
+                (t, rss)
+            })
+            .collect(),
+    );
+    row("status --output json", status);
     println!("    its requests: {requests}");
     let first = d.join("m/data/policy-000.txt");
     let mut text = std::fs::read_to_string(&first).unwrap();
