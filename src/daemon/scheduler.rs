@@ -297,7 +297,12 @@ impl Scheduler {
                 crate::clock::now_unix(),
                 Some(&before.policies),
             )?;
-            let desired = DesiredState::build_reusing(&manifests.policies, &held, &previous);
+            let desired = DesiredState::build_reusing(
+                &manifests.policies,
+                &held,
+                &previous,
+                &before.policies,
+            );
             let revision = crate::revision::git_commit(&path);
             Ok::<_, crate::store::StoreError>((manifests, desired, holds, revision, cache))
         })
