@@ -300,13 +300,12 @@ pub fn record_manifests_since(
     Ok(())
 }
 
+/// A list, who its policies ask for, the digest of that, and the digest before if it only grew.
+type ListKeeper<'p> = (&'p ContactListId, Box<Keep<'p>>, String, Option<String>);
+
 /// Per list, who a policy of it still asks for, the digest of that keep-set, and (given the
 /// policies of the load before) the digest the list had then if its keep-set only grew since.
-#[allow(clippy::type_complexity)]
-fn keepers<'p>(
-    policies: &'p [Policy],
-    previous: Option<&[Policy]>,
-) -> Vec<(&'p ContactListId, Box<Keep<'p>>, String, Option<String>)> {
+fn keepers<'p>(policies: &'p [Policy], previous: Option<&[Policy]>) -> Vec<ListKeeper<'p>> {
     let by_list = |policies: &'p [Policy]| {
         let mut by_list: std::collections::BTreeMap<&'p ContactListId, Vec<&'p Policy>> =
             std::collections::BTreeMap::new();
