@@ -34,4 +34,4 @@ echo "== listwarden status"
 "$bin" status --state "$work/state.db"
 echo
 echo "== a second apply sends nothing: every contact is confirmed"
-"$bin" apply manifests/ --state "$work/state.db" | tail -n 3
+"$bin" apply manifests/ --state "$work/state.db" | sed -n '/^Plan:/,$p'

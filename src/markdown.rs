@@ -104,10 +104,10 @@ fn blocks(manifests: &Manifests, plan: &Plan, verbose: bool) -> Vec<String> {
             escape(&limits.to_string())
         ));
     } else {
-        blocks.push(
-            "**No changes.** Every contact the manifests name is already confirmed absent.\n\n"
-                .into(),
-        );
+        blocks.push(format!(
+            "**No changes**: nothing to assert in {}.\n\n",
+            plural(plan.lists.len() - refused.len(), "list")
+        ));
     }
     let mask = |text: &str| {
         if verbose {

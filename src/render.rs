@@ -77,6 +77,14 @@ pub struct ContactsDocument<'a> {
 
 #[derive(Serialize)]
 pub struct PolicyDocument<'a> {
+    #[serde(flatten)]
+    pub policy: PolicySummary<'a>,
+    pub to_assert: usize,
+}
+
+/// A valid policy as the plan and validate documents show it.
+#[derive(Serialize)]
+pub struct PolicySummary<'a> {
     pub name: &'a str,
     pub file: String,
     pub document: usize,
@@ -87,7 +95,23 @@ pub struct PolicyDocument<'a> {
     pub revision: &'a str,
     pub emails: usize,
     pub contact_ids: usize,
-    pub to_assert: usize,
+}
+
+impl<'a> PolicySummary<'a> {
+    pub fn of(p: &'a crate::manifest::Policy) -> PolicySummary<'a> {
+        PolicySummary {
+            name: p.name.as_str(),
+            file: p.origin.file.display().to_string(),
+            document: p.origin.document,
+            contact_list_id: p.contact_list_id.as_str(),
+            labels: &p.labels,
+            suspended: p.suspend,
+            max_removals_per_sync: p.max_removals_per_sync,
+            revision: &p.revision,
+            emails: p.emails.len(),
+            contact_ids: p.contact_ids.len(),
+        }
+    }
 }
 
 /// `validate --output json`: the load's verdict, every policy and every problem.
@@ -97,21 +121,10 @@ pub struct ValidateDocument<'a> {
     pub path: String,
     pub valid: bool,
     pub files: Vec<String>,
-    pub policies: Vec<ValidPolicy<'a>>,
+    pub policies: Vec<PolicySummary<'a>>,
     pub invalid_policies: &'a [crate::manifest::InvalidPolicy],
     pub errors: Vec<&'a Diagnostic>,
     pub warnings: Vec<&'a Diagnostic>,
-}
-
-#[derive(Serialize)]
-pub struct ValidPolicy<'a> {
-    pub name: &'a str,
-    pub file: String,
-    pub document: usize,
-    pub contact_list_id: &'a str,
-    pub suspended: bool,
-    pub emails: usize,
-    pub contact_ids: usize,
 }
 
 pub const VALIDATE_FORMAT_VERSION: u32 = 1;
@@ -126,19 +139,7 @@ pub fn validate_document<'a>(path: &Path, manifests: &'a Manifests) -> ValidateD
             .iter()
             .map(|f| f.path.display().to_string())
             .collect(),
-        policies: manifests
-            .policies
-            .iter()
-            .map(|p| ValidPolicy {
-                name: p.name.as_str(),
-                file: p.origin.file.display().to_string(),
-                document: p.origin.document,
-                contact_list_id: p.contact_list_id.as_str(),
-                suspended: p.suspend,
-                emails: p.emails.len(),
-                contact_ids: p.contact_ids.len(),
-            })
-            .collect(),
+        policies: manifests.policies.iter().map(PolicySummary::of).collect(),
         invalid_policies: &manifests.invalid,
         errors: manifests.errors().collect(),
         warnings: manifests.warnings().collect(),
@@ -210,16 +211,7 @@ pub fn plan_document<'a>(
         .iter()
         .enumerate()
         .map(|(i, p)| PolicyDocument {
-            name: p.name.as_str(),
-            file: p.origin.file.display().to_string(),
-            document: p.origin.document,
-            contact_list_id: p.contact_list_id.as_str(),
-            labels: &p.labels,
-            suspended: p.suspend,
-            max_removals_per_sync: p.max_removals_per_sync,
-            revision: &p.revision,
-            emails: p.emails.len(),
-            contact_ids: p.contact_ids.len(),
+            policy: PolicySummary::of(p),
             to_assert: to_assert_of[i],
         })
         .collect();
@@ -354,7 +346,7 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
     if changing == 0 {
         let _ = write!(
             out,
-            "Plan: no changes. Every contact the manifests name in {} is already confirmed absent.",
+            "Plan: no changes (nothing to assert in {}).",
             plural(plan.lists.len() - refused, "list"),
         );
     } else {

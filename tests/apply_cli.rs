@@ -90,7 +90,7 @@ fn second_apply_sends_no_request() {
     assert_eq!(c.requests, 0, "the second apply sent {c:?}");
     assert!(
         run.stdout
-            .contains("Plan: no changes. Every contact the manifests name in"),
+            .contains("Plan: no changes (nothing to assert in"),
         "{}",
         run.stdout
     );
@@ -636,7 +636,7 @@ fn plan_after_a_converged_apply_has_nothing_to_assert_and_detailed_exitcode_0() 
     assert!(
         after
             .stdout
-            .contains("Plan: no changes. Every contact the manifests name in"),
+            .contains("Plan: no changes (nothing to assert in"),
         "{}",
         after.stdout
     );

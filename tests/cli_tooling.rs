@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{listwarden, output, policy, run, run_in, write};
+use support::{HEADER, listwarden, output, policy, run, run_in, write};
 
 fn help(args: &[&str]) -> String {
     let out = output(listwarden().args(args).arg("--help"));
@@ -234,14 +234,19 @@ fn init_into_a_non_empty_folder_keeps_what_is_there_and_never_overwrites() {
     assert_eq!(ignore_after, ignore, "a refused init changed .gitignore");
 }
 
-#[test]
-fn a_near_miss_field_name_is_answered_with_the_field_meant() {
+/// A folder holding `m/p.yaml`: a policy `p` with these `spec` lines.
+fn one_policy(spec: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write(
         &dir.path().join("m/p.yaml"),
-        "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata: {name: p}\n\
-         spec:\n  contactListID: list-a\n  exclude: {emails: [a@example.com]}\n",
+        &format!("{HEADER}metadata: {{name: p}}\nspec:\n{spec}"),
     );
+    dir
+}
+
+#[test]
+fn a_near_miss_field_name_is_answered_with_the_field_meant() {
+    let dir = one_policy("  contactListID: list-a\n  exclude: {emails: [a@example.com]}\n");
     let out = run_in(dir.path(), &["validate", "m"]);
     out.code(1);
     out.line(
@@ -408,15 +413,14 @@ fn markdown_plan_calls_out_refusals_and_invalid_policies() {
 
 #[test]
 fn markdown_plan_without_changes_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("m/p.yaml"),
-        "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata: {name: p}\n\
-         spec:\n  contactListId: list-a\n",
-    );
+    let dir = one_policy("  contactListId: list-a\n");
     let out = run_in(dir.path(), &["plan", "m", "--output", "markdown"]);
     out.code(0);
-    assert!(out.stdout.contains("**No changes.**"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("**No changes**: nothing to assert in 1 list."),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
