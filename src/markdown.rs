@@ -91,7 +91,7 @@ fn blocks(manifests: &Manifests, plan: &Plan, verbose: bool) -> Vec<String> {
     let refused: Vec<&ListPlan> = plan.lists.iter().filter(|l| l.refused.is_some()).collect();
     let changing = plan.lists.iter().filter(|l| l.has_work()).count();
     let requests = plan_requests(plan);
-    if plan.has_work() {
+    if changing > 0 {
         blocks.push(format!(
             "**{} to assert absent in {}**, in {} ({} list read{} + {}), at least {} at {}.\n\n",
             plural(plan.to_assert(), "contact"),
@@ -103,11 +103,13 @@ fn blocks(manifests: &Manifests, plan: &Plan, verbose: bool) -> Vec<String> {
             duration(limits.least_time(requests)),
             escape(&limits.to_string())
         ));
-    } else {
+    } else if refused.is_empty() && plan.holds.is_empty() {
         blocks.push(format!(
             "**No changes**: nothing to assert in {}.\n\n",
-            plural(plan.lists.len() - refused.len(), "list")
+            plural(plan.lists.len(), "list")
         ));
+    } else {
+        blocks.push("**Nothing to send until the decisions below are made.**\n\n".to_string());
     }
     let mask = |text: &str| {
         if verbose {

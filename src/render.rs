@@ -343,12 +343,15 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
     }
     let refused = plan.lists.iter().filter(|l| l.refused.is_some()).count();
     let changing = plan.lists.iter().filter(|l| l.has_work()).count();
-    if changing == 0 {
+    if changing == 0 && refused == 0 && plan.holds.is_empty() {
         let _ = write!(
             out,
             "Plan: no changes (nothing to assert in {}).",
-            plural(plan.lists.len() - refused, "list"),
+            plural(plan.lists.len(), "list"),
         );
+    } else if changing == 0 {
+        // Refusals and holds follow on this line: they are what waits.
+        out.push_str("Plan: nothing to send now.");
     } else {
         let _ = write!(
             out,

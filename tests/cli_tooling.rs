@@ -411,15 +411,40 @@ fn markdown_plan_calls_out_refusals_and_invalid_policies() {
     );
 }
 
-#[test]
-fn markdown_plan_without_changes_says_so() {
-    let dir = one_policy("  contactListId: list-a\n");
+/// The markdown plan of the folder `m` in `dir`.
+fn markdown_of(dir: &tempfile::TempDir) -> String {
     let out = run_in(dir.path(), &["plan", "m", "--output", "markdown"]);
     out.code(0);
+    out.stdout.clone()
+}
+
+#[test]
+fn markdown_plan_without_changes_says_so() {
+    let md = markdown_of(&one_policy("  contactListId: list-a\n"));
     assert!(
-        out.stdout.contains("**No changes**: nothing to assert in 1 list."),
+        md.contains("**No changes**: nothing to assert in 1 list."),
+        "{md}"
+    );
+}
+
+#[test]
+fn a_plan_whose_only_change_is_refused_says_nothing_is_sent_not_no_changes() {
+    let dir = one_policy(
+        "  contactListId: list-a\n  maxRemovalsPerSync: 1\n  \
+         exclude: {emails: [a@example.com, b@example.com]}\n",
+    );
+    let md = markdown_of(&dir);
+    assert!(
+        md.contains("**Nothing to send until the decisions below are made.**"),
+        "{md}"
+    );
+    assert!(!md.contains("No changes"), "{md}");
+    let text = run_in(dir.path(), &["plan", "m"]);
+    assert!(
+        text.stdout
+            .contains("Plan: nothing to send now. 1 list(s) refused by a safety threshold."),
         "{}",
-        out.stdout
+        text.stdout
     );
 }
 
