@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building listwarden and the fake AutoSend server (the first build takes 5 to 10 minutes on 2 cores)"
+echo "== building listwarden and the fake AutoSend server (the first build takes 5 to 10 minutes on 2 cores; cargo shows its progress)"
 cargo build -p listwarden --bin listwarden -p autosend-fake --bin autosend-fake
 target="${CARGO_TARGET_DIR:-target}"
 bin="$target/debug/listwarden"
@@ -34,4 +34,4 @@ echo "== listwarden status"
 "$bin" status --state "$work/state.db"
 echo
 echo "== a second apply sends nothing: every contact is confirmed"
-"$bin" apply manifests/ --state "$work/state.db" | tail -n 3
+"$bin" apply manifests/ --state "$work/state.db" | sed -n '/^Plan:/,$p'

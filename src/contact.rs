@@ -16,6 +16,13 @@ pub const GLOBAL_CONTACT_LIST: &str = "GLOBAL_CONTACT_LIST";
 /// 24 hex characters), so the rule is "a short, safe path segment", not a fixed shape.
 const MAX_ID_LEN: usize = 64;
 
+/// The id rule of [`check_path_segment`] as a regular expression, for the JSON Schema.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// The rule of [`PolicyName::parse`] (less its length, which the schema says apart) as a
+/// regular expression, for the JSON Schema.
+pub const POLICY_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// At most this many bytes of one piece of user input are repeated in a message. A manifest
 /// or a file source can hold a value of any size (a 200 MB line, a runaway key): quoting it
 /// whole would flood stderr, the JSON plan and the state store, while its start and its

@@ -8,6 +8,11 @@ pub fn plural(n: usize, noun: &str) -> String {
     format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
 }
 
+/// `1 policy`, `2 policies`.
+pub fn policies(n: usize) -> String {
+    format!("{} polic{}", thousands(n), if n == 1 { "y" } else { "ies" })
+}
+
 /// `1234567` -> `1,234,567`: plans are read by people comparing large counts.
 pub fn thousands(n: usize) -> String {
     let s = n.to_string();
@@ -46,5 +51,7 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(100)), "1m 40s");
         assert_eq!(plural(1, "contact"), "1 contact");
         assert_eq!(plural(2000, "contact"), "2,000 contacts");
+        assert_eq!(policies(1), "1 policy");
+        assert_eq!(policies(3), "3 policies");
     }
 }

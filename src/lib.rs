@@ -17,6 +17,7 @@
 //! - [`load`]: manifests on disk + the store's baselines and records -> a plan (the seam
 //!   where planning meets the disk);
 //! - [`render`]: plans as text for people and as a versioned JSON document for CI bots;
+//!   [`markdown`]: plans as a pull request comment;
 //! - the AutoSend client lives in its own crate, [`autosend`] (pacing, retries, typed
 //!   errors; it knows nothing of listwarden);
 //! - [`observe`]: reading a list's members, and choosing assert or observe per list;
@@ -42,6 +43,7 @@ pub mod hold;
 pub mod human;
 pub mod load;
 pub mod manifest;
+pub mod markdown;
 pub mod metrics;
 pub mod observe;
 pub mod parallel;

@@ -7,7 +7,9 @@
 //! - `api_requests_total{endpoint,status}` (status `error` for transport errors),
 //!   `rate_limited_total`, `pacing_wait_seconds_total`;
 //! - `policy_ready{policy,reason}` (1 when Ready=True), `manifest_errors`,
-//!   `manifest_loads_total{result}`.
+//!   `manifest_loads_total{result}`;
+//! - `build_info{version,store_schema}`, always 1: which build is running, for dashboards
+//!   and for alerts that must tell an upgrade from a fault.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -55,6 +57,12 @@ pub struct RequestLabels {
 pub struct PolicyLabels {
     pub policy: String,
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub store_schema: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -174,6 +182,18 @@ impl Metrics {
             "Manifest loads by result (ok, error)",
             m.manifest_loads.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                store_schema: crate::store::SCHEMA_VERSION.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which listwarden build is running",
+            build_info,
+        );
         Metrics { registry, ..m }
     }
 
@@ -246,5 +266,21 @@ impl Observer for MetricsObserver {
         if status == Some(429) {
             self.0.rate_limited.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_names_the_running_version_from_the_start() {
+        let text = Metrics::new().encode();
+        let line = format!(
+            "listwarden_build_info{{version=\"{}\",store_schema=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::store::SCHEMA_VERSION
+        );
+        assert!(text.contains(&line), "{text}");
     }
 }

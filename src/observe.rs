@@ -94,10 +94,14 @@ pub fn choose(
         0
     };
     let observe_requests = pages(contact_count) + removes;
-    let time = |r: u64| crate::human::duration(limits.least_time(r as usize));
+    // One request waits for nothing: "at least 0.0s" would read as a measurement.
+    let time = |r: u64| match limits.least_time(r as usize) {
+        std::time::Duration::ZERO => "without waiting".to_string(),
+        d => format!("at least {}", crate::human::duration(d)),
+    };
     let costs = format!(
-        "assert = {assert_requests} remove request(s) for {} pending contact(s), at least {}; \
-         observe = {} search page(s) for {contact_count} member(s) + {removes} remove request(s) expected, at least {}",
+        "assert = {assert_requests} remove request(s) for {} pending contact(s), {}; \
+         observe = {} search page(s) for {contact_count} member(s) + {removes} remove request(s) expected, {}",
         plan.to_assert(),
         time(assert_requests),
         pages(contact_count),

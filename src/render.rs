@@ -38,6 +38,10 @@ pub struct PlanSummary {
     pub to_assert: usize,
     pub requests: usize,
     pub estimated_seconds: f64,
+    /// Every request, the pre-flight reads included ([`plan_requests`]); `requests` counts
+    /// remove requests only, as it always has.
+    pub api_requests: usize,
+    pub api_estimated_seconds: f64,
     pub refused_lists: usize,
     pub held_policies: usize,
     pub has_changes: bool,
@@ -55,6 +59,9 @@ pub struct ListDocument<'a> {
     pub to_assert: usize,
     pub requests: usize,
     pub estimated_seconds: f64,
+    /// As in [`PlanSummary::api_requests`].
+    pub api_requests: usize,
+    pub api_estimated_seconds: f64,
     pub strategy: String,
     pub refused: Option<&'a Refusal>,
     /// Only with `--verbose`.
@@ -70,6 +77,14 @@ pub struct ContactsDocument<'a> {
 
 #[derive(Serialize)]
 pub struct PolicyDocument<'a> {
+    #[serde(flatten)]
+    pub policy: PolicySummary<'a>,
+    pub to_assert: usize,
+}
+
+/// A valid policy as the plan and validate documents show it.
+#[derive(Serialize)]
+pub struct PolicySummary<'a> {
     pub name: &'a str,
     pub file: String,
     pub document: usize,
@@ -80,7 +95,68 @@ pub struct PolicyDocument<'a> {
     pub revision: &'a str,
     pub emails: usize,
     pub contact_ids: usize,
-    pub to_assert: usize,
+}
+
+impl<'a> PolicySummary<'a> {
+    pub fn of(p: &'a crate::manifest::Policy) -> PolicySummary<'a> {
+        PolicySummary {
+            name: p.name.as_str(),
+            file: p.origin.file.display().to_string(),
+            document: p.origin.document,
+            contact_list_id: p.contact_list_id.as_str(),
+            labels: &p.labels,
+            suspended: p.suspend,
+            max_removals_per_sync: p.max_removals_per_sync,
+            revision: &p.revision,
+            emails: p.emails.len(),
+            contact_ids: p.contact_ids.len(),
+        }
+    }
+}
+
+/// `validate --output json`: the load's verdict, every policy and every problem.
+#[derive(Serialize)]
+pub struct ValidateDocument<'a> {
+    pub format_version: u32,
+    pub path: String,
+    pub valid: bool,
+    pub files: Vec<String>,
+    pub policies: Vec<PolicySummary<'a>>,
+    pub invalid_policies: &'a [crate::manifest::InvalidPolicy],
+    pub errors: Vec<&'a Diagnostic>,
+    pub warnings: Vec<&'a Diagnostic>,
+}
+
+pub const VALIDATE_FORMAT_VERSION: u32 = 1;
+
+pub fn validate_document<'a>(path: &Path, manifests: &'a Manifests) -> ValidateDocument<'a> {
+    ValidateDocument {
+        format_version: VALIDATE_FORMAT_VERSION,
+        path: path.display().to_string(),
+        valid: !manifests.has_errors(),
+        files: manifests
+            .files
+            .iter()
+            .map(|f| f.path.display().to_string())
+            .collect(),
+        policies: manifests.policies.iter().map(PolicySummary::of).collect(),
+        invalid_policies: &manifests.invalid,
+        errors: manifests.errors().collect(),
+        warnings: manifests.warnings().collect(),
+    }
+}
+
+/// The requests a list's plan sends: the pre-flight read of the list (`GET
+/// /contact-lists/{id}`, made before its first batch) and its remove requests; none when it
+/// has nothing to send. `apply` and `status` count the same requests as they are sent, with
+/// retries and search pages on top. Every request count shown to people is this one.
+pub fn list_requests(l: &ListPlan) -> usize {
+    if l.has_work() { l.requests() + 1 } else { 0 }
+}
+
+/// [`list_requests`] over the whole plan.
+pub fn plan_requests(plan: &Plan) -> usize {
+    plan.lists.iter().map(list_requests).sum()
 }
 
 fn secs(d: Duration) -> f64 {
@@ -113,6 +189,8 @@ pub fn plan_document<'a>(
             to_assert: l.to_assert(),
             requests: l.requests(),
             estimated_seconds: secs(limits.least_time(l.requests())),
+            api_requests: list_requests(l),
+            api_estimated_seconds: secs(limits.least_time(list_requests(l))),
             strategy: l.strategy.to_string(),
             refused: l.refused.as_ref(),
             contacts: verbose.then(|| ContactsDocument {
@@ -133,16 +211,7 @@ pub fn plan_document<'a>(
         .iter()
         .enumerate()
         .map(|(i, p)| PolicyDocument {
-            name: p.name.as_str(),
-            file: p.origin.file.display().to_string(),
-            document: p.origin.document,
-            contact_list_id: p.contact_list_id.as_str(),
-            labels: &p.labels,
-            suspended: p.suspend,
-            max_removals_per_sync: p.max_removals_per_sync,
-            revision: &p.revision,
-            emails: p.emails.len(),
-            contact_ids: p.contact_ids.len(),
+            policy: PolicySummary::of(p),
             to_assert: to_assert_of[i],
         })
         .collect();
@@ -159,6 +228,8 @@ pub fn plan_document<'a>(
             to_assert: plan.to_assert(),
             requests: plan.requests(),
             estimated_seconds: secs(plan.least_time()),
+            api_requests: plan_requests(plan),
+            api_estimated_seconds: secs(limits.least_time(plan_requests(plan))),
             refused_lists: plan.lists.iter().filter(|l| l.refused.is_some()).count(),
             held_policies: plan.holds.len(),
             has_changes: plan.has_work(),
@@ -231,17 +302,21 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
         let _ = writeln!(out, "{}", counts_line("contact ids", &l.contact_id_counts));
         if let Some(r) = &l.refused {
             let _ = writeln!(out, "  REFUSED      {r}");
-        } else {
+        } else if l.has_work() {
             let _ = writeln!(
                 out,
-                "  requests     {} ({} emails + {} contactIds, batches of {}), at least {} at {}",
+                "  requests     {} (1 list read + {} remove: {} for emails, {} for contactIds, \
+                 batches of {}), at least {} at {}",
+                thousands(list_requests(l)),
                 thousands(l.requests()),
                 thousands(l.email_counts.requests),
                 thousands(l.contact_id_counts.requests),
                 plan.options.batch_size,
-                duration(limits.least_time(l.requests())),
+                duration(limits.least_time(list_requests(l))),
                 limits
             );
+        } else {
+            let _ = writeln!(out, "  requests     none: no changes");
         }
         if l.has_work() {
             let _ = writeln!(out, "  strategy     {}", strategy_note(l));
@@ -267,15 +342,30 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
         out.push('\n');
     }
     let refused = plan.lists.iter().filter(|l| l.refused.is_some()).count();
-    let _ = write!(
-        out,
-        "Plan: {} to assert absent in {} over {}, at least {} at {}.",
-        plural(plan.to_assert(), "contact"),
-        plural(plan.requests(), "remove request"),
-        plural(plan.lists.len() - refused, "list"),
-        duration(plan.least_time()),
-        limits
-    );
+    let changing = plan.lists.iter().filter(|l| l.has_work()).count();
+    if changing == 0 && refused == 0 && plan.holds.is_empty() {
+        let _ = write!(
+            out,
+            "Plan: no changes (nothing to assert in {}).",
+            plural(plan.lists.len(), "list"),
+        );
+    } else if changing == 0 {
+        // Refusals and holds follow on this line: they are what waits.
+        out.push_str("Plan: nothing to send now.");
+    } else {
+        let _ = write!(
+            out,
+            "Plan: {} to assert absent in {}, in {} ({} list read{} + {}), at least {} at {}.",
+            plural(plan.to_assert(), "contact"),
+            plural(changing, "list"),
+            plural(plan_requests(plan), "request"),
+            thousands(changing),
+            if changing == 1 { "" } else { "s" },
+            plural(plan.requests(), "remove"),
+            duration(limits.least_time(plan_requests(plan))),
+            limits
+        );
+    }
     if refused > 0 {
         let _ = write!(out, " {refused} list(s) refused by a safety threshold.");
     }
@@ -301,8 +391,9 @@ fn strategy_note(l: &ListPlan) -> String {
         }
         // Mirrors observe::choose: observe wins when pages + 1 remove < assert requests.
         Strategy::Auto if l.requests() <= 2 => format!(
-            "auto: assert ({} request(s); observing a list costs at least 2)",
-            l.requests()
+            "auto: assert ({}; observing the list instead costs at least a page read and a \
+             remove)",
+            plural(l.requests(), "remove")
         ),
         Strategy::Auto => format!(
             "auto: observe if the list has at most {} members, else assert (decided at apply \
@@ -312,7 +403,7 @@ fn strategy_note(l: &ListPlan) -> String {
     }
 }
 
-fn reason_and_policies(
+pub(crate) fn reason_and_policies(
     reason: crate::plan::Reason,
     policies: &crate::desired::PolicySet,
     manifests: &Manifests,

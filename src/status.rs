@@ -14,6 +14,8 @@ pub const STATUS_FORMAT_VERSION: u32 = 1;
 /// Failing contacts quoted per list.
 const FAILING_PER_LIST: usize = 20;
 
+/// Times are epoch seconds (`*_at`, as in format version 1 from the start) and, beside each,
+/// the same instant in RFC 3339 (`*_at_rfc3339`, added later: documents only gain fields).
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusDocument {
     pub format_version: u32,
@@ -22,10 +24,83 @@ pub struct StatusDocument {
     pub ready: bool,
     /// The last manifest load: a manifest with an error means some policy may not be
     /// enforced, even one no load ever saw, so `ready` is false while it lasts.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339::load"
+    )]
     pub manifests: Option<LoadSummary>,
+    #[serde(serialize_with = "rfc3339::policies")]
     pub policies: Vec<PolicyStatus>,
+    #[serde(serialize_with = "rfc3339::lists")]
     pub lists: Vec<ListStatus>,
+}
+
+/// The RFC 3339 twins of the store's epoch times, added beside them when serialised, so the
+/// store's row types stay as they are.
+mod rfc3339 {
+    use serde::{Serialize, Serializer};
+    use serde_json::{Map, Value};
+
+    use crate::store::{ListStatus, LoadSummary, PolicyStatus};
+
+    /// Adds `KEY_rfc3339` beside each epoch `KEY` of `object` (null when never).
+    fn twin(object: &mut Map<String, Value>, keys: &[&str]) {
+        for key in keys {
+            let t = object.get(*key).and_then(Value::as_i64).filter(|&s| s > 0);
+            let text = t.map(|s| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64),
+                )
+                .to_string()
+            });
+            object.insert(format!("{key}_rfc3339"), text.into());
+        }
+    }
+
+    /// `row` as JSON with the twins of `keys`, and of `inner_keys` in each object of its
+    /// array `nested`.
+    fn twinned<T: Serialize, E: serde::ser::Error>(
+        row: T,
+        keys: &[&str],
+        nested: Option<(&str, &[&str])>,
+    ) -> Result<Value, E> {
+        let mut value = serde_json::to_value(row).map_err(E::custom)?;
+        if let Some(object) = value.as_object_mut() {
+            twin(object, keys);
+            if let Some((field, inner_keys)) = nested
+                && let Some(Value::Array(items)) = object.get_mut(field)
+            {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    twin(item, inner_keys);
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    pub fn load<S: Serializer>(l: &Option<LoadSummary>, s: S) -> Result<S::Ok, S::Error> {
+        l.as_ref()
+            .map(|load| twinned::<_, S::Error>(load, &["at"], None))
+            .transpose()?
+            .serialize(s)
+    }
+
+    pub fn policies<S: Serializer>(p: &[PolicyStatus], s: S) -> Result<S::Ok, S::Error> {
+        let keys = ["last_attempt_at", "last_success_at"];
+        let rows: Result<Vec<Value>, S::Error> =
+            p.iter().map(|row| twinned(row, &keys, None)).collect();
+        rows?.serialize(s)
+    }
+
+    pub fn lists<S: Serializer>(l: &[ListStatus], s: S) -> Result<S::Ok, S::Error> {
+        let keys = ["last_attempt_at", "last_success_at", "last_observed_at"];
+        let failing: &[&str] = &["failed_at"];
+        let rows: Result<Vec<Value>, S::Error> = l
+            .iter()
+            .map(|row| twinned(row, &keys, Some(("failing", failing))))
+            .collect();
+        rows?.serialize(s)
+    }
 }
 
 /// The status of `store`. Without `show_contacts`, contact addresses are masked everywhere
@@ -219,5 +294,62 @@ mod tests {
             mask_emails("60d5ec49f1b2c72d9c8b1111"),
             "60d5ec49f1b2c72d9c8b1111"
         );
+    }
+
+    #[test]
+    fn json_times_gain_rfc3339_twins_and_keep_their_epoch_seconds() {
+        use crate::store::{FailingContact, PolicyCounts};
+        let policy = PolicyStatus {
+            name: "news".into(),
+            contact_list_id: Some("L1".into()),
+            file: "m.yaml".into(),
+            document: 1,
+            revision: None,
+            last_attempted_revision: None,
+            last_applied_revision: None,
+            last_attempt_at: Some(1_700_000_000),
+            last_success_at: None,
+            counts: PolicyCounts::default(),
+            condition: crate::condition::Condition::new(Ready::True, Reason::Converged, ""),
+            last_error: None,
+        };
+        let list = ListStatus {
+            contact_list_id: "L1".into(),
+            last_success_at: Some(1_700_000_060),
+            failing: vec![FailingContact {
+                kind: "email",
+                contact: "a@example.com".into(),
+                error: "refused".into(),
+                attempts: 1,
+                failed_at: 1_700_000_120,
+            }],
+            ..ListStatus::default()
+        };
+        let doc = StatusDocument {
+            format_version: STATUS_FORMAT_VERSION,
+            state: "s.db".into(),
+            generated_at: "2023-11-14T22:13:20Z".into(),
+            ready: true,
+            manifests: Some(LoadSummary {
+                at: 1_700_000_000,
+                ..LoadSummary::default()
+            }),
+            policies: vec![policy],
+            lists: vec![list],
+        };
+        let json = serde_json::to_value(&doc).unwrap();
+        let p = &json["policies"][0];
+        assert_eq!(p["last_attempt_at"], 1_700_000_000);
+        assert_eq!(p["last_attempt_at_rfc3339"], "2023-11-14T22:13:20Z");
+        assert_eq!(p["last_success_at"], serde_json::Value::Null);
+        assert_eq!(p["last_success_at_rfc3339"], serde_json::Value::Null);
+        assert_eq!(p["name"], "news");
+        let l = &json["lists"][0];
+        assert_eq!(l["last_success_at"], 1_700_000_060);
+        assert_eq!(l["last_success_at_rfc3339"], "2023-11-14T22:14:20Z");
+        assert_eq!(l["failing"][0]["failed_at"], 1_700_000_120);
+        assert_eq!(l["failing"][0]["failed_at_rfc3339"], "2023-11-14T22:15:20Z");
+        assert_eq!(json["manifests"]["at"], 1_700_000_000);
+        assert_eq!(json["manifests"]["at_rfc3339"], "2023-11-14T22:13:20Z");
     }
 }

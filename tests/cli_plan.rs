@@ -55,7 +55,7 @@ fn text_plan_shows_each_list_with_policies_counts_and_requests() {
         has_line(
             &news,
             &[
-                "requests     2 (1 emails + 1 contactIds, batches of 500)",
+                "requests     3 (1 list read + 2 remove: 1 for emails, 1 for contactIds, batches of 500)",
                 "2/s,50/m"
             ]
         ),
@@ -72,8 +72,9 @@ fn text_plan_shows_each_list_with_policies_counts_and_requests() {
         "{promo:#?}"
     );
     assert!(
-        r.stdout
-            .contains("Plan: 9 contacts to assert absent in 3 remove requests over 2 lists"),
+        r.stdout.contains(
+            "Plan: 9 contacts to assert absent in 2 lists, in 5 requests (2 list reads + 3 removes)"
+        ),
         "{}",
         r.stdout
     );
@@ -405,7 +406,9 @@ fn batch_size_sets_request_counts_with_emails_and_ids_in_separate_requests() {
     assert!(
         has_line(
             &b,
-            &["requests     4 (3 emails + 1 contactIds, batches of 500)"]
+            &[
+                "requests     5 (1 list read + 4 remove: 3 for emails, 1 for contactIds, batches of 500)"
+            ]
         ),
         "{b:#?}"
     );
@@ -466,10 +469,16 @@ fn max_removals_per_sync_exceeded_refuses_the_list_in_the_plan() {
     assert!(!has_line(&careful, &["requests"]), "{careful:#?}");
     // The other list is planned as usual; the refused one is not counted in the total.
     let free = block(&r, "list-free");
-    assert!(has_line(&free, &["requests     1 (1 emails"]), "{free:#?}");
+    assert!(
+        has_line(
+            &free,
+            &["requests     2 (1 list read + 1 remove: 1 for emails"]
+        ),
+        "{free:#?}"
+    );
     assert!(
         r.stdout.contains(
-            "Plan: 3 contacts to assert absent in 1 remove request over 1 list, at least"
+            "Plan: 3 contacts to assert absent in 1 list, in 2 requests (1 list read + 1 remove), at least"
         ),
         "{}",
         r.stdout

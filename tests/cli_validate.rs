@@ -17,7 +17,11 @@ fn unknown_field_is_an_error_naming_the_field_path() {
     r.code(1);
     r.line(
         "unknown_field/policy.yaml: document 1 (typo): spec.exlcude: error: ",
-        &["unknown field `exlcude`", "`exclude`", "fix its spelling"],
+        &[
+            "unknown field `exlcude`",
+            "`exclude`",
+            "did you mean `exclude`?",
+        ],
     );
     assert!(
         r.stderr.contains("0 valid policies, 1 invalid"),

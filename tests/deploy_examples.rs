@@ -6,6 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_yaml::Value;
 use support::{listwarden, output};
@@ -223,10 +224,16 @@ fn github_workflow_plans_pull_requests_and_applies_main() {
     let mut all_commands = Vec::new();
     let mut key_from_secrets = false;
     let mut uses = Vec::new();
+    let mut comment_scripts = Vec::new();
     for (_, job) in jobs {
         for step in job["steps"].as_sequence().expect("steps") {
             if let Some(u) = step["uses"].as_str() {
                 uses.push(u.to_string());
+                if u.starts_with("actions/github-script")
+                    && let Some(script) = str_at(step, &["with", "script"])
+                {
+                    comment_scripts.push(script.to_string());
+                }
             }
             let Some(script) = step["run"].as_str() else {
                 continue;
@@ -252,6 +259,17 @@ fn github_workflow_plans_pull_requests_and_applies_main() {
             s.contains("--detailed-exitcode") && s.contains("--output json")
         })
         .expect("a `plan --detailed-exitcode --output json` step");
+    let markdown = plan_lines
+        .iter()
+        .find(|c| c.join(" ").contains("--output markdown"))
+        .expect("a `plan --output markdown` step for the pull request comment");
+    let marker = listwarden::markdown::MARKER;
+    assert!(
+        comment_scripts
+            .iter()
+            .any(|s| s.contains(marker) && s.contains("updateComment")),
+        "the comment step must update the one comment holding {marker}: {comment_scripts:?}"
+    );
     assert!(!apply_lines.is_empty(), "no apply step");
     assert!(
         key_from_secrets,
@@ -286,6 +304,9 @@ fn github_workflow_plans_pull_requests_and_applies_main() {
     out.code(2);
     let doc = out.json();
     assert!(doc["format_version"].is_u64(), "{doc}");
+    let comment = run(markdown);
+    comment.code(0);
+    assert!(comment.stdout.starts_with(marker), "{}", comment.stdout);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -416,4 +437,132 @@ fn systemd_unit_is_hardened_takes_the_key_as_a_credential_and_verifies() {
         out.status.success() && !stderr.contains("listwarden.service:"),
         "systemd-analyze verify:\n{stderr}"
     );
+}
+
+/// The sample names listwarden exports, from the `# TYPE` lines of `/metrics` once every
+/// family has a sample (an empty family is not described): a counter `x` is sampled as
+/// `x_total`, a histogram as `x_bucket`, `x_sum` and `x_count`.
+fn exported_metric_names() -> Vec<String> {
+    use autosend::Observer as _;
+    use listwarden::metrics::{ListLabel, Metrics, MetricsObserver, PolicyLabels, ResultLabel};
+    use listwarden::reconcile::{ListOutcome, ListResult};
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let list = listwarden::contact::ContactListId::parse("list-a").unwrap();
+    metrics.reconciled(&ListOutcome::new(list, ListResult::Converged), 0);
+    metrics
+        .drift
+        .get_or_create(&ListLabel {
+            list: "list-a".into(),
+        })
+        .set(1);
+    metrics
+        .policy_ready
+        .get_or_create(&PolicyLabels {
+            policy: "p".into(),
+            reason: "Converged".into(),
+        })
+        .set(1);
+    metrics
+        .manifest_loads
+        .get_or_create(&ResultLabel {
+            result: "ok".into(),
+        })
+        .inc();
+    MetricsObserver(metrics.clone()).request("remove", Some(200), Duration::ZERO);
+    let text = metrics.encode();
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if parts.next() != Some("#") || parts.next() != Some("TYPE") {
+            continue;
+        }
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match kind {
+            "counter" => names.push(format!("{name}_total")),
+            "histogram" => names.extend(["bucket", "sum", "count"].map(|s| format!("{name}_{s}"))),
+            _ => names.push(name.to_string()),
+        }
+    }
+    names
+}
+
+/// The `listwarden_*` metric names a PromQL expression reads.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("listwarden_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        found.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    found
+}
+
+#[test]
+fn alert_rules_and_dashboard_queries_read_metrics_listwarden_exports() {
+    let exported = exported_metric_names();
+    assert!(
+        exported.contains(&"listwarden_build_info".to_string()),
+        "{exported:?}"
+    );
+    let check = |origin: &str, expr: &str| {
+        let used = metrics_in(expr);
+        assert!(
+            !used.is_empty(),
+            "{origin}: reads no listwarden metric: {expr}"
+        );
+        for m in used {
+            assert!(
+                exported.contains(&m),
+                "{origin}: {m} is not exported (exported: {exported:?})"
+            );
+        }
+    };
+
+    let rules = documents("prometheus-rules.yaml");
+    let mut alerts = Vec::new();
+    for group in rules[0]["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("an alert name");
+            check(name, rule["expr"].as_str().expect("expr"));
+            assert!(rule["annotations"]["summary"].is_string(), "{name}");
+            alerts.push(name.to_string());
+        }
+    }
+    for wanted in [
+        "ListwardenReconcileFailures",
+        "ListwardenPolicyNotReady",
+        "ListwardenDrift",
+        "ListwardenRateLimited",
+        "ListwardenNoSuccessfulSync",
+    ] {
+        assert!(
+            alerts.iter().any(|a| a == wanted),
+            "no {wanted}: {alerts:?}"
+        );
+    }
+    let day = rules[0]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["alert"] == "ListwardenNoSuccessfulSync")
+        .unwrap();
+    assert!(day["expr"].as_str().unwrap().contains("> 86400"));
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana-dashboard.json")).expect("the dashboard is JSON");
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or("?");
+        for target in panel["targets"].as_array().expect("targets") {
+            check(title, target["expr"].as_str().expect("expr"));
+            queries += 1;
+        }
+    }
+    assert!(queries >= 10, "{queries} queries");
 }

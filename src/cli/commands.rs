@@ -8,11 +8,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{
     ApiFlags, ApplyArgs, ApproveArgs, EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Output,
-    PlanArgs, RunArgs, StatusArgs, check_manifests_path, plan_options, print_diagnostics,
+    PlanArgs, PlanOutput, RunArgs, StatusArgs, check_manifests_path, plan_options,
+    print_diagnostics,
 };
 use autosend::{Client, ClientConfig};
 use listwarden::contact::ContactListId;
-use listwarden::human::thousands;
+use listwarden::human::{plural, thousands};
 use listwarden::manifest::Manifests;
 use listwarden::plan::Plan;
 use listwarden::reconcile::{self, Context, ListResult, Progress, SyncReport};
@@ -29,7 +30,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Builds the client from the environment and flags; the error never holds the key.
 pub fn client(api: &ApiFlags, rate_limits: &autosend::RateLimits) -> Result<Client, String> {
-    let mut config = ClientConfig::from_env(api.api_key_file.as_deref()).map_err(|e| match e {
+    let mut config = ClientConfig::from_settings(
+        api.api_key_file.as_deref(),
+        Some(&api.api_url),
+        api.project_id.as_deref(),
+    )
+    .map_err(|e| match e {
         autosend::ConfigError::MissingKey => "no API key: set AUTOSEND_API_KEY or pass \
             --api-key-file PATH (validate, status, approve and plan without --refresh need none)"
             .to_string(),
@@ -208,7 +214,7 @@ fn failure_line(manifests: &Manifests, plan: &Plan, report: &SyncReport, base_ur
     if report.all_not_found() {
         return format!(
             "every contact list answered 404 Not Found: is the API URL right? It is {base_url} \
-             (AutoSend's is {}, with /v1); set AUTOSEND_API_URL",
+             (AutoSend's is {}, with /v1); set AUTOSEND_API_URL or --api-url",
             autosend::DEFAULT_BASE_URL
         );
     }
@@ -278,7 +284,9 @@ fn stop_on_signals(stop: tokio_util::sync::CancellationToken) -> tokio::task::Jo
 }
 
 pub fn summary(report: &SyncReport, plan: &Plan, manifests: &Manifests) -> String {
-    let mut out = String::from("\nSummary:\n");
+    let mut out = String::from(
+        "\nSummary (requests: every one sent to AutoSend, list reads and retries included):\n",
+    );
     for o in &report.outcomes {
         // A list whose policy is held is not converged, whatever its other policies did.
         let list_plan = plan.lists.iter().find(|l| l.list == o.list);
@@ -304,12 +312,12 @@ pub fn summary(report: &SyncReport, plan: &Plan, manifests: &Manifests) -> Strin
             String::new()
         };
         out.push_str(&format!(
-            "  {}: {result}; removed {}, not in list {}, failed {}{unaccounted}; {} request(s), {} rate-limited, {:.1}s{}\n",
+            "  {}: {result}; removed {}, not in list {}, failed {}{unaccounted}; {} sent, {} rate-limited, {:.1}s{}\n",
             o.list,
             thousands(o.removed as usize),
             thousands((o.not_in_list + o.observed_absent) as usize),
             thousands(o.failed as usize),
-            o.requests,
+            plural(o.requests as usize, "request"),
             o.rate_limited,
             o.duration.as_secs_f64(),
             o.strategy
@@ -346,9 +354,7 @@ pub fn status(args: &StatusArgs) -> u8 {
     match listwarden::status::status_document(&store, true) {
         Ok(doc) => {
             match args.output {
-                Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
-                }
+                Output::Json => super::print_json(&doc),
                 Output::Text => print!("{}", listwarden::status::status_text(&doc)),
             }
             EXIT_OK
@@ -378,8 +384,8 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
         args.verbose,
     ));
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
-        Output::Text => {
+        PlanOutput::Json => super::print_json(&doc),
+        PlanOutput::Text | PlanOutput::Markdown => {
             print_diagnostics(manifests);
             print!("{}", listwarden::refresh::refresh_text(&doc));
         }

@@ -5,6 +5,10 @@
 //! - 1: error (invalid manifests, bad flags, API refused the key, a list failed);
 //! - 2: `plan --detailed-exitcode` only: there is something to do;
 //! - 3: `apply`: finished, but some contacts failed (they are retried next run).
+//!
+//! Help is grouped under the headings below, names every environment variable where it
+//! applies, and never renders an environment variable's value (`hide_env_values`): an unset
+//! one would read `[env: X=]`, a set one could be a path or URL the reader should not see.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +23,88 @@ use listwarden::plan::{self, ListRecords, Plan, PlanOptions};
 use listwarden::render;
 
 mod commands;
+mod generate;
+mod init;
+
+const MANIFESTS: &str = "Manifests and plan";
+const API: &str = "AutoSend API";
+const STATE: &str = "State store";
+const DAEMON: &str = "Daemon";
+const OUTPUT: &str = "Output";
+
+macro_rules! environment {
+    () => {
+        "\
+Environment:
+  AUTOSEND_API_KEY        the API key (or --api-key-file, env AUTOSEND_API_KEY_FILE)
+  AUTOSEND_API_URL        the API base URL (--api-url), default https://api.autosend.com/v1
+  AUTOSEND_PROJECT_ID     x-project-id for account-level keys (--project-id)
+  LISTWARDEN_STATE        the state store (--state), default .listwarden/state.db
+  LISTWARDEN_RATE_LIMIT   the key's request budget (--rate-limit), default 2/s,50/m
+  RUST_LOG                log filter, default listwarden=info,autosend=info,warn"
+    };
+}
+
+macro_rules! reference {
+    () => {
+        "\
+Manifests: the ListPolicy reference (every field and rule) is in the README, section
+\"Manifest reference\": https://github.com/listwarden/listwarden#manifest-reference-apiversion-listwardendevv1-kind-listpolicy
+Editors validate manifests with `listwarden schema` (JSON Schema); start a folder with
+`listwarden init`."
+    };
+}
+
+macro_rules! exit_validate {
+    () => {
+        "\
+Exit codes:
+  0  every manifest is valid
+  1  an error: an invalid manifest, no manifests found, a bad flag"
+    };
+}
+
+macro_rules! exit_plan {
+    () => {
+        "\
+Exit codes:
+  0  success (with --detailed-exitcode: nothing to do)
+  1  an error: invalid manifests (the valid policies are still planned), no manifests
+     found, a bad flag, an unreadable store; with --refresh, a list that could not be read
+  2  with --detailed-exitcode only: there is something to do (including lists a threshold
+     refuses and policies held); with --refresh, only when real drift exists"
+    };
+}
+
+macro_rules! exit_apply {
+    () => {
+        "\
+Exit codes:
+  0  every list converged
+  1  an error: invalid manifests (the valid policies were still applied), no manifests
+     found, a bad flag, the store in use, the key refused, a list not found or a segment, a
+     threshold refusal or hold, an API error after retries, a store that cannot be written
+  3  finished, but some contacts failed or were not accounted for (asserted again next run)"
+    };
+}
+
+macro_rules! exit_run {
+    () => {
+        "\
+Exit codes:
+  0  stopped by SIGTERM or SIGINT after finishing the request in flight
+  1  could not start: a bad flag, no API key, an HTTP listener that cannot bind"
+    };
+}
+
+macro_rules! exit_simple {
+    () => {
+        "\
+Exit codes:
+  0  success
+  1  an error (said on stderr)"
+    };
+}
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
@@ -35,7 +121,8 @@ pub const EXIT_PARTIAL: u8 = 3;
         be in which contact list. `validate` checks them, `plan` shows what would be done and \
         what it costs (offline), `apply` does it once, `run` keeps doing it as a daemon, and \
         `status` reports what the last syncs did.\n\n\
-        Start with: listwarden validate manifests/ && listwarden plan manifests/"
+        Start with: listwarden init && listwarden validate manifests/ && listwarden plan manifests/",
+    after_help = concat!(environment!(), "\n\n", reference!()),
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,21 +132,65 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check manifests and report every problem (exit 0 when valid, 1 on any error).
+    #[command(after_help = exit_validate!())]
     Validate(ValidateArgs),
     /// Show what would be asserted, per contact list, and what it costs. Needs no API key
     /// (unless --refresh, which reads the lists).
+    #[command(after_help = concat!(
+        "Requests are HTTP requests to AutoSend: per list with work, one read of the list \
+         (the pre-flight check) and its remove requests; retries come on top.\n\n",
+        exit_plan!(),
+        "\n\n",
+        environment!()
+    ))]
     Plan(PlanArgs),
     /// Plan, print the plan, and execute it once: converge every list, record the outcome.
+    #[command(after_help = concat!(exit_apply!(), "\n\n", environment!()))]
     Apply(ApplyArgs),
     /// Report what the last syncs did, per policy and per list. Needs no API key.
+    #[command(after_help = exit_simple!())]
     Status(StatusArgs),
     /// Run as a daemon: reconcile every list, then watch the manifests and keep every list
     /// converged; serves /healthz, /readyz, /metrics and /status.
+    #[command(after_help = concat!(exit_run!(), "\n\n", environment!()))]
     Run(RunArgs),
     /// Approve the change a policy's forget threshold (maxForgetPercent) holds back, after
     /// checking it: the policy's current manifests are then applied as they are. Needs no
     /// lock: a running daemon picks the approval up within seconds, as does the next apply.
+    #[command(after_help = exit_simple!())]
     Approve(ApproveArgs),
+    /// Scaffold a manifests folder: a commented sample policy, a suppression file, the
+    /// editor schema line and a .gitignore for .listwarden/. Never overwrites a file.
+    #[command(after_help = exit_simple!())]
+    Init(InitArgs),
+    /// Print the JSON Schema of a ListPolicy manifest, for editors (yaml-language-server)
+    /// and CI linters.
+    Schema,
+    /// Print a shell completion script (see the README for where to install it).
+    Completions(CompletionsArgs),
+    /// Write the man pages (listwarden.1 and one per command) into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The folder to create the manifests in (created if missing).
+    #[arg(default_value = "manifests/")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// The directory to write the pages into (created if missing), e.g.
+    /// /usr/local/share/man/man1 or ~/.local/share/man/man1.
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -71,7 +202,7 @@ pub struct ApproveArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// The SQLite state store written by apply / run.
-    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE", hide_env_values = true, help_heading = STATE)]
     pub state: PathBuf,
 }
 
@@ -80,19 +211,19 @@ pub struct RunArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
     /// Every list is re-checked this often (cheap when nothing is pending: no API call).
-    #[arg(long, default_value_t = Span(listwarden::daemon::DEFAULT_INTERVAL), value_parser = parse_span)]
+    #[arg(long, default_value_t = Span(listwarden::daemon::DEFAULT_INTERVAL), value_parser = parse_span, help_heading = DAEMON)]
     pub interval: Span,
     /// Address of the HTTP listener for /healthz, /readyz, /metrics and /status (an IP
     /// address and a port; 0.0.0.0:9464 for every interface, e.g. for Kubernetes probes).
-    #[arg(long, default_value = listwarden::daemon::DEFAULT_LISTEN, value_parser = parse_listen)]
+    #[arg(long, default_value = listwarden::daemon::DEFAULT_LISTEN, value_parser = parse_listen, help_heading = DAEMON)]
     pub listen: std::net::SocketAddr,
     /// How long file changes are gathered before a reload (one reload per burst of edits
     /// or git checkout).
-    #[arg(long, default_value_t = Span(listwarden::daemon::DEFAULT_DEBOUNCE), value_parser = parse_span)]
+    #[arg(long, default_value_t = Span(listwarden::daemon::DEFAULT_DEBOUNCE), value_parser = parse_span, help_heading = DAEMON)]
     pub debounce: Span,
     /// Show contact addresses in /status. Off by default: the endpoint is unauthenticated
     /// and addresses are personal data, so they are masked (j***@example.com).
-    #[arg(long)]
+    #[arg(long, help_heading = DAEMON)]
     pub expose_contacts: bool,
 }
 
@@ -110,22 +241,24 @@ pub struct SyncArgs {
     pub api: ApiFlags,
     /// Lists reconciled at the same time. They share one request budget (--rate-limit), so
     /// more concurrency helps only when requests wait on the network, not on the budget.
-    #[arg(long, default_value_t = listwarden::daemon::DEFAULT_CONCURRENCY)]
+    #[arg(long, default_value_t = listwarden::daemon::DEFAULT_CONCURRENCY, help_heading = API)]
     pub concurrency: usize,
-    /// Log format on stderr: `text` for people, `json` for log shippers.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr: `text` for people, `json` for log shippers. RUST_LOG sets the
+    /// filter (default listwarden=info,autosend=info,warn).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = OUTPUT)]
     pub log_format: LogFormat,
     /// Accept a manifests path that holds no manifest (by default that is an error: a wrong
     /// path in CI must not pass, and a daemon must not silently enforce nothing).
-    #[arg(long)]
+    #[arg(long, help_heading = MANIFESTS)]
     pub allow_empty: bool,
 }
 
 /// Where the state store lives and when confirmed contacts are asserted again.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = STATE)]
 pub struct StateFlags {
     /// The SQLite state store (created on first apply).
-    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE", hide_env_values = true)]
     pub state: PathBuf,
     /// Confirmed contacts are asserted again after this long, so a contact someone re-added
     /// gets removed again (e.g. 12h, 24h, 7d).
@@ -133,15 +266,22 @@ pub struct StateFlags {
     pub resync_after: Span,
 }
 
-/// How to reach AutoSend. The key comes from AUTOSEND_API_KEY or --api-key-file; the base
-/// URL from AUTOSEND_API_URL (default https://api.autosend.com/v1); AUTOSEND_PROJECT_ID adds
-/// the x-project-id header that account-level keys need.
+/// How to reach AutoSend. The key comes from AUTOSEND_API_KEY or --api-key-file, and never
+/// appears in help, output or logs.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = API)]
 pub struct ApiFlags {
     /// Read the API key from this file (e.g. a systemd credential or a mounted Secret)
-    /// instead of AUTOSEND_API_KEY.
-    #[arg(long, env = "AUTOSEND_API_KEY_FILE")]
+    /// instead of the environment variable AUTOSEND_API_KEY.
+    #[arg(long, env = "AUTOSEND_API_KEY_FILE", hide_env_values = true)]
     pub api_key_file: Option<PathBuf>,
+    /// The API's base URL, with its version (a staging server, or the fake AutoSend server
+    /// for tests and demos).
+    #[arg(long, env = "AUTOSEND_API_URL", hide_env_values = true, default_value = autosend::DEFAULT_BASE_URL)]
+    pub api_url: String,
+    /// Sent as the x-project-id header, which account-level keys (ASA_...) need.
+    #[arg(long, env = "AUTOSEND_PROJECT_ID", hide_env_values = true)]
+    pub project_id: Option<String>,
     /// Retries of one request after a 5xx, a timeout or a dropped connection, before the
     /// list fails (and, in the daemon, is requeued with its own backoff).
     #[arg(long, default_value_t = autosend::DEFAULT_MAX_RETRIES)]
@@ -157,20 +297,20 @@ pub struct ApplyArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
     /// Assert every confirmed contact again now, whatever its age (corrects drift at once).
-    #[arg(long)]
+    #[arg(long, help_heading = MANIFESTS)]
     pub resync: bool,
     /// Apply even where a safety threshold (maxRemovalsPerSync / --max-removals) refuses.
-    #[arg(long)]
+    #[arg(long, help_heading = MANIFESTS)]
     pub force: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// The SQLite state store written by apply / run.
-    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE")]
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE", hide_env_values = true, help_heading = STATE)]
     pub state: PathBuf,
     /// `text` for people, `json` for tools (the same document as the daemon's /status).
-    #[arg(long, value_enum, default_value_t = Output::Text)]
+    #[arg(long, value_enum, default_value_t = Output::Text, help_heading = OUTPUT)]
     pub output: Output,
 }
 
@@ -203,8 +343,12 @@ pub struct ValidateArgs {
     #[arg(default_value = "manifests/")]
     pub path: PathBuf,
     /// Accept a path that holds no manifest (by default an error: a wrong path must fail).
-    #[arg(long)]
+    #[arg(long, help_heading = MANIFESTS)]
     pub allow_empty: bool,
+    /// `text` for people (one line per problem on stderr), `json` for tools and editors (a
+    /// document with a `format_version` field on stdout, described in the README).
+    #[arg(long, value_enum, default_value_t = Output::Text, help_heading = OUTPUT)]
+    pub output: Output,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -213,8 +357,19 @@ pub enum Output {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    /// For people.
+    Text,
+    /// For CI bots: a stable document with a `format_version` field.
+    Json,
+    /// A pull request comment: counts per list, addresses only with --verbose.
+    Markdown,
+}
+
 /// Flags that shape a plan; shared by `plan`, `apply` and `run` so they compute the same.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = MANIFESTS)]
 pub struct PlanFlags {
     /// Contacts per remove request. AutoSend documents no maximum; 500 matches bulk-add's
     /// limit. A server that refuses a batch as too large makes listwarden split it.
@@ -222,7 +377,7 @@ pub struct PlanFlags {
     pub batch_size: usize,
     /// Request budget of the API key, shared by every request of the process, e.g.
     /// `2/s,50/m` (AutoSend's documented default) or `10/s,300/m` if yours was raised.
-    #[arg(long, default_value_t = RateLimits::default(), env = "LISTWARDEN_RATE_LIMIT")]
+    #[arg(long, default_value_t = RateLimits::default(), env = "LISTWARDEN_RATE_LIMIT", hide_env_values = true)]
     pub rate_limit: RateLimits,
     /// Default safety threshold for policies without `maxRemovalsPerSync`: a list where one
     /// policy would newly assert more contacts than this is refused.
@@ -247,16 +402,17 @@ pub struct PlanArgs {
     pub path: PathBuf,
     #[command(flatten)]
     pub flags: PlanFlags,
-    /// Output format: `text` for people, `json` for CI bots (a stable document with a
-    /// `format_version` field, described in the README).
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// `text` for people, `json` for CI bots (a stable document with a `format_version`
+    /// field, described in the README), `markdown` for a pull request comment.
+    #[arg(long, value_enum, default_value_t = PlanOutput::Text, help_heading = OUTPUT)]
+    pub output: PlanOutput,
     /// Exit 0 when there is nothing to do, 2 when there is, 1 on error (Terraform's
     /// convention). Without it, exit 0 unless there is an error.
-    #[arg(long)]
+    #[arg(long, help_heading = OUTPUT)]
     pub detailed_exitcode: bool,
-    /// List every contact that would be asserted, with the policies that ask for it.
-    #[arg(long, short)]
+    /// List every contact that would be asserted, with the policies that ask for it (in
+    /// markdown too: mind where the comment is published).
+    #[arg(long, short, help_heading = OUTPUT)]
     pub verbose: bool,
     /// Where the state store is: when it exists, contacts already confirmed are not planned
     /// again (until their resync is due). The plan never creates or writes it.
@@ -264,12 +420,12 @@ pub struct PlanArgs {
     pub state: StateFlags,
     /// Read-only: read each list's members from AutoSend and report exactly which
     /// desired-absent contacts are present now (the drift). Needs an API key; never removes.
-    #[arg(long)]
+    #[arg(long, help_heading = API)]
     pub refresh: bool,
     #[command(flatten)]
     pub api: ApiFlags,
     /// Accept a path that holds no manifest (by default an error: a wrong path must fail).
-    #[arg(long)]
+    #[arg(long, help_heading = MANIFESTS)]
     pub allow_empty: bool,
 }
 
@@ -290,6 +446,10 @@ pub fn main() -> ExitCode {
         Command::Status(args) => commands::status(&args),
         Command::Run(args) => commands::run(&args),
         Command::Approve(args) => commands::approve(&args),
+        Command::Init(args) => init::init(&args.dir),
+        Command::Schema => generate::schema(),
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man(&args.dir),
     };
     ExitCode::from(code)
 }
@@ -329,8 +489,12 @@ fn validate(args: &ValidateArgs) -> u8 {
         return EXIT_ERROR;
     }
     let m = manifest::load(&args.path);
-    print_diagnostics(&m);
     let errors = m.errors().count();
+    if args.output == Output::Json {
+        print_json(&render::validate_document(&args.path, &m));
+        return if errors > 0 { EXIT_ERROR } else { EXIT_OK };
+    }
+    print_diagnostics(&m);
     let warnings = m.warnings().count();
     if errors > 0 {
         eprintln!(
@@ -351,6 +515,14 @@ fn validate(args: &ValidateArgs) -> u8 {
         );
         EXIT_OK
     }
+}
+
+/// Pretty JSON and a newline on stdout.
+pub fn print_json(doc: &impl serde::Serialize) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = serde_json::to_writer_pretty(&mut out, doc);
+    let _ = writeln!(out);
 }
 
 pub fn plan_options(flags: &PlanFlags) -> PlanOptions {
@@ -399,6 +571,13 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
+    if args.refresh && args.output == PlanOutput::Markdown {
+        eprintln!(
+            "error: --output markdown shows the plan, not the drift; with --refresh use \
+             --output text or json"
+        );
+        return EXIT_ERROR;
+    }
     let code = if args.refresh {
         commands::refresh(args, &manifests, &plan)
     } else {
@@ -417,20 +596,27 @@ pub(crate) fn leave_to_exit<T>(done: T) {
 
 pub fn emit_plan(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
     match args.output {
-        Output::Json => {
-            let doc = render::plan_document(&args.path, manifests, plan, args.verbose);
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            let _ = serde_json::to_writer_pretty(&mut out, &doc);
-            let _ = writeln!(out);
+        PlanOutput::Json => {
+            print_json(&render::plan_document(
+                &args.path,
+                manifests,
+                plan,
+                args.verbose,
+            ));
         }
-        Output::Text => {
+        PlanOutput::Markdown => {
+            print!(
+                "{}",
+                listwarden::markdown::plan_markdown(manifests, plan, args.verbose)
+            );
+        }
+        PlanOutput::Text => {
             print_diagnostics(manifests);
             print!("{}", render::plan_text(manifests, plan, args.verbose));
         }
     }
     if manifests.has_errors() {
-        if args.output == Output::Text {
+        if args.output == PlanOutput::Text {
             eprintln!(
                 "error: {} manifest error(s): the policies concerned are left out of the plan",
                 manifests.errors().count()

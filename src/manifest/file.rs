@@ -253,8 +253,12 @@ fn fix_hint(message: &str) -> String {
     let message = diag::clip_echoed(message)
         .replace("expected i64", "expected a whole number")
         .replace("expected u64", "expected a positive whole number");
+    let suggestion;
     let hint = if message.starts_with("unknown field") {
-        "remove it or fix its spelling"
+        suggestion = did_you_mean(&message);
+        suggestion
+            .as_deref()
+            .unwrap_or("remove it or fix its spelling")
     } else if message.starts_with("unknown variant") {
         "use one of the listed values"
     } else if message.contains("cannot start any token") {
@@ -269,4 +273,54 @@ fn fix_hint(message: &str) -> String {
         return message;
     };
     format!("{message}; {hint}")
+}
+
+/// For serde's "unknown field `contactListID`, expected one of `contactListId`, ...": the
+/// expected field the typo is closest to, when it is close enough to be the one meant.
+fn did_you_mean(message: &str) -> Option<String> {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let unknown = quoted.next()?.to_ascii_lowercase();
+    quoted
+        .map(|field| {
+            let score = strsim::jaro_winkler(&unknown, &field.to_ascii_lowercase());
+            (score, field)
+        })
+        // 0.8 catches swapped, doubled, dropped letters and a wrong case; unrelated words
+        // of the same length score lower.
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, field)| format!("did you mean `{field}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_near_miss_field_name_gets_the_field_it_was_meant_to_be() {
+        let cases = [
+            ("contactListID", "`contactListId`"),
+            ("contactlistid", "`contactListId`"),
+            ("exlcude", "`exclude`"),
+            ("maxRemovalPerSync", "`maxRemovalsPerSync`"),
+        ];
+        for (typo, meant) in cases {
+            let message = format!(
+                "unknown field `{typo}`, expected one of `contactListId`, `suspend`, \
+                 `maxRemovalsPerSync`, `maxForgetPercent`, `strategy`, `exclude`"
+            );
+            let hint = fix_hint(&message);
+            assert!(hint.ends_with(&format!("did you mean {meant}?")), "{hint}");
+        }
+    }
+
+    #[test]
+    fn an_unrelated_unknown_field_is_told_to_be_removed() {
+        let message = "unknown field `owner`, expected one of `contactListId`, `exclude`";
+        assert!(
+            fix_hint(message).ends_with("remove it or fix its spelling"),
+            "{}",
+            fix_hint(message)
+        );
+    }
 }

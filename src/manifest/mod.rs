@@ -30,10 +30,32 @@ pub use validate::{digest, revision};
 pub const API_VERSION: &str = "listwarden.dev/v1";
 pub const KIND: &str = "ListPolicy";
 
+/// Where the schema is published (the copy in the repository's `schemas/`), for the
+/// `# yaml-language-server: $schema=` line of manifests outside this repository.
+pub const SCHEMA_ID: &str =
+    "https://raw.githubusercontent.com/listwarden/listwarden/main/schemas/listpolicy.schema.json";
+
+/// The JSON Schema of a `ListPolicy` document, generated from the types the loader reads, so
+/// editors flag what the loader would refuse (the rules a schema can state).
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(raw::json_schema()).expect("a schema is JSON")
+}
+
 /// How a list is converged (see the README): `assert` sends every pending contact to the
 /// remove endpoint; `observe` reads the list's members and removes only those present;
 /// `auto` picks the cheaper one per list and per run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     #[default]

@@ -65,13 +65,14 @@
 //! {"lists": [
 //!   {"id": "60d5ec49f1b2c72d9c8b4567", "name": "Newsletter", "type": "list",
 //!    "description": "optional",
-//!    "contacts": ["jane@example.com", "john@example.com"],
+//!    "contacts": ["jane@example.com", {"email": "john@example.com", "id": "60d5ec49f1b2c72d9c8b1111"}],
 //!    "generate": {"count": 1000, "prefix": "member", "domain": "example.com"}}
 //! ]}
 //! ```
 //!
 //! `type` is `list` (default) or `segment`; `contacts`, `generate` and `description` are
-//! optional. Generated emails are `{prefix}{i}@{domain}` for `i` from 0, added after `contacts`.
+//! optional. A contact is an email (its id is generated) or `{"email", "id"}`, so a demo can
+//! name contacts by id in its policies. Generated emails are `{prefix}{i}@{domain}` for `i` from 0, added after `contacts`.
 //! `generate.prefix` defaults to `member` and `generate.domain` to `example.com`.
 //!
 //! # Counters
@@ -318,8 +319,22 @@ struct SeedList {
     #[serde(rename = "type", default)]
     kind: SeedKind,
     #[serde(default)]
-    contacts: Vec<String>,
+    contacts: Vec<SeedContact>,
     generate: Option<SeedGenerate>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "an email, or {\"email\": ..., \"id\": ...}")]
+enum SeedContact {
+    Email(String),
+    WithId(SeedContactWithId),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedContactWithId {
+    email: String,
+    id: String,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -409,6 +424,20 @@ impl FakeAutoSend {
             }
         }
         ids
+    }
+
+    /// Adds the contact `email` with the id `id` to `list_id` (see
+    /// [`get_or_create_with_id`](state::Store::get_or_create_with_id) for the errors).
+    pub fn add_contact_with_id(&self, list_id: &str, email: &str, id: &str) -> Result<(), String> {
+        let mut s = self.lock();
+        let store = &mut s.store;
+        let index = store.get_or_create_with_id(&normalize_email(email), id)?;
+        if let Some(list) = store.list_mut(list_id)
+            && list.members.insert(index)
+        {
+            list.updated_ms = state::now_ms();
+        }
+        Ok(())
     }
 
     /// Id of the contact with this email (any case), if it exists.
@@ -508,7 +537,17 @@ impl FakeAutoSend {
             self.lock()
                 .store
                 .add_list(&list.id, &name, &list.description, kind);
-            self.add_contacts(&list.id, &list.contacts);
+            for contact in list.contacts {
+                match contact {
+                    SeedContact::Email(email) => {
+                        self.add_contacts(&list.id, [email]);
+                    }
+                    SeedContact::WithId(c) => {
+                        self.add_contact_with_id(&list.id, &c.email, &c.id)
+                            .map_err(|e| format!("invalid seed: list `{}`: {e}", list.id))?;
+                    }
+                }
+            }
             if let Some(g) = list.generate {
                 self.add_contacts(
                     &list.id,

@@ -27,7 +27,8 @@ struct Args {
     #[arg(long, env = "FAKE_AUTOSEND_API_KEY", default_value = "test-key")]
     api_key: String,
 
-    /// JSON seed file: {"lists": [{"id", "name", "type", "contacts": [..], "generate": {..}}]}.
+    /// JSON seed file: {"lists": [{"id", "name", "type", "contacts": [..], "generate": {..}}]};
+    /// a contact is an email, or {"email", "id"} to give it a known id.
     #[arg(long, value_name = "FILE")]
     seed: Option<std::path::PathBuf>,
 

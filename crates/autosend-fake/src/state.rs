@@ -316,6 +316,33 @@ impl Store {
     }
 
     /// Returns the contact for a normalised email, creating it if needed; `true` if created.
+    /// The contact `email` with the id `id`, created when new: a seed that names its ids, so
+    /// that a demo can write policies by contact id. An email that has another id already,
+    /// or an id that another email has, is an error.
+    pub fn get_or_create_with_id(&mut self, email: &str, id: &str) -> Result<u32, String> {
+        match (self.find_email(email), self.by_id.get(id).copied()) {
+            (Some(a), Some(b)) if a == b => return Ok(a),
+            (Some(a), _) => {
+                return Err(format!(
+                    "contact {email} already has the id {}, not {id}",
+                    self.contacts[a as usize].id
+                ));
+            }
+            (None, Some(b)) => {
+                return Err(format!(
+                    "id {id} is already the contact {}'s",
+                    self.contacts[b as usize].email
+                ));
+            }
+            (None, None) => {}
+        }
+        let (index, _) = self.get_or_create(email);
+        let generated = std::mem::replace(&mut self.contacts[index as usize].id, id.to_string());
+        self.by_id.remove(&generated);
+        self.by_id.insert(id.to_string(), index);
+        Ok(index)
+    }
+
     pub fn get_or_create(&mut self, email: &str) -> (u32, bool) {
         if let Some(i) = self.find_email(email) {
             return (i, false);

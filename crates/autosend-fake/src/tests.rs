@@ -939,6 +939,48 @@ fn seed_from_json_creates_lists_segments_and_generated_members() {
 }
 
 #[tokio::test]
+async fn seeded_contacts_keep_the_ids_the_seed_gives_them() {
+    let h = Harness::start(unlimited()).await;
+    let fake = h.fake();
+    fake.seed_from_json(
+        r#"{"lists": [{"id": "l1", "contacts": [
+            "plain@example.com",
+            {"email": "Held@Example.com", "id": "60d5ec49f1b2c72d9c8b1111"}
+        ]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        fake.contact_id("held@example.com").as_deref(),
+        Some("60d5ec49f1b2c72d9c8b1111")
+    );
+    let a = h
+        .remove("l1", json!({ "contactIds": ["60d5ec49f1b2c72d9c8b1111"] }))
+        .await;
+    assert_eq!(a.body["data"]["removed"], 1);
+    assert_eq!(fake.members("l1"), ["plain@example.com"]);
+
+    let taken = fake.seed_from_json(
+        r#"{"lists": [{"id": "l2", "contacts": [{"email": "other@example.com", "id": "60d5ec49f1b2c72d9c8b1111"}]}]}"#,
+    );
+    assert!(
+        taken
+            .unwrap_err()
+            .contains("id 60d5ec49f1b2c72d9c8b1111 is already the contact held@example.com's")
+    );
+    let renamed = fake.seed_from_json(
+        r#"{"lists": [{"id": "l2", "contacts": [{"email": "plain@example.com", "id": "abc"}]}]}"#,
+    );
+    assert!(renamed.unwrap_err().contains("already has the id"));
+    assert!(
+        fake.seed_from_json(
+            r#"{"lists": [{"id": "l3", "contacts": [{"email": "x@example.com"}]}]}"#
+        )
+        .is_err(),
+        "a contact object needs its id"
+    );
+}
+
+#[tokio::test]
 async fn large_list_removes_and_deep_pages_stay_fast() {
     let h = Harness::start(unlimited()).await;
     let fake = h.fake();

@@ -96,6 +96,18 @@ impl ClientConfig {
     /// Reads the key from `--api-key-file` or `AUTOSEND_API_KEY`, the base URL from
     /// `AUTOSEND_API_URL` and the project from `AUTOSEND_PROJECT_ID`.
     pub fn from_env(api_key_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+        let base = std::env::var("AUTOSEND_API_URL").ok();
+        let project = std::env::var("AUTOSEND_PROJECT_ID").ok();
+        ClientConfig::from_settings(api_key_file, base.as_deref(), project.as_deref())
+    }
+
+    /// As [`from_env`](Self::from_env), with the base URL and the project given (a command
+    /// line's flags, which fall back to the same variables). Blank values count as unset.
+    pub fn from_settings(
+        api_key_file: Option<&Path>,
+        base_url: Option<&str>,
+        project_id: Option<&str>,
+    ) -> Result<ClientConfig, ConfigError> {
         let key = match api_key_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::KeyFile {
@@ -119,17 +131,17 @@ impl ClientConfig {
         if HeaderValue::from_str(&format!("Bearer {}", key.expose())).is_err() {
             return Err(ConfigError::BadKey);
         }
-        let base = std::env::var("AUTOSEND_API_URL")
-            .ok()
+        let base = base_url
             .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+            .unwrap_or(DEFAULT_BASE_URL)
+            .to_string();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(ConfigError::BadUrl(base));
         }
         let mut config = ClientConfig::new(&base, key);
-        config.project_id = std::env::var("AUTOSEND_PROJECT_ID")
-            .ok()
-            .filter(|s| !s.trim().is_empty());
+        config.project_id = project_id
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string);
         Ok(config)
     }
 }
