@@ -172,6 +172,57 @@ fn fixing_a_csv_an_invalid_policy_reads_revalidates_it_though_a_valid_policy_rea
     h.wait_removed(L1, &good, CONVERGE);
 }
 
+/// The realistic order of the same: a CRM export read by two policies (emails for one list,
+/// contact ids for another) gets a bad row (one policy goes invalid), and the next export is
+/// fixed and names a new unsubscribe. Both policies must come back, and the new address must
+/// be removed.
+#[test]
+fn a_shared_csv_broken_then_fixed_brings_both_policies_back() {
+    let mut h = Harness::new();
+    let m = h.manifests();
+    let e = emails("e", 3);
+    let ids = h.fake().add_contacts(L2, emails("i", 3));
+    h.fake().add_contacts(L1, &e);
+    let csv = |rows: &[(&str, &str)]| {
+        let mut s = String::from("email,contactId\n");
+        for (a, b) in rows {
+            s.push_str(&format!("{a},{b}\n"));
+        }
+        s
+    };
+    std::fs::write(m.join("crm.csv"), csv(&[(&e[0], &ids[0])])).unwrap();
+    h.write(
+        "a.yaml",
+        &format!(
+            "{HEADER}metadata: {{name: a}}\nspec:\n  contactListId: {L1}\n  exclude:\n    files:\n      - path: crm.csv\n        column: email\n"
+        ),
+    );
+    h.write(
+        "b.yaml",
+        &format!(
+            "{HEADER}metadata: {{name: b}}\nspec:\n  contactListId: {L2}\n  exclude:\n    files:\n      - path: crm.csv\n        column: contactId\n        type: contactId\n"
+        ),
+    );
+    h.start();
+    h.wait_removed(L1, &e[..1], CONVERGE);
+    h.wait_reason("a", "Converged", CONVERGE);
+    // A bad export: a goes invalid, b goes on.
+    write_atomic(
+        &m.join("crm.csv"),
+        &csv(&[(&e[0], &ids[0]), ("n/a", &ids[1])]),
+    );
+    h.wait_reason("a", "ManifestInvalid", CONVERGE);
+    h.wait_reason("b", "Converged", CONVERGE);
+    // The next export is fixed and names e[2].
+    write_atomic(
+        &m.join("crm.csv"),
+        &csv(&[(&e[0], &ids[0]), (&e[1], &ids[1]), (&e[2], &ids[2])]),
+    );
+    h.wait_removed(L2, &ids, CONVERGE);
+    h.wait_removed(L1, &e, CONVERGE);
+    h.wait_reason("a", "Converged", CONVERGE);
+}
+
 /// Two names of one file (a hard link: `b.txt` is `a.txt`), each read by its own manifest; an
 /// in-place edit through `a.txt` changes what `b.txt` says, but the watcher names only
 /// `a.txt`, and only `a.yaml` is read again.
