@@ -775,4 +775,45 @@ mod tests {
         std::fs::remove_dir(d.join("gone")).unwrap();
         assert_eq!(stale_manifests(&readers_below, &set(&["gone"])), None);
     }
+
+    /// A data file a policy reads through a symlink: readers are keyed by the link's target
+    /// as the last load resolved it; `a.yaml` reads `a.txt` (-> `v1.txt`), `b.yaml` reads
+    /// `v2.txt`.
+    fn symlinked_source() -> (tempfile::TempDir, PathBuf, HashMap<PathBuf, Vec<PathBuf>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        for f in ["a.yaml", "b.yaml", "v1.txt", "v2.txt"] {
+            std::fs::write(d.join(f), "").unwrap();
+        }
+        std::os::unix::fs::symlink("v1.txt", d.join("a.txt")).unwrap();
+        let readers: HashMap<PathBuf, Vec<PathBuf>> = [
+            (d.join("v1.txt"), vec![d.join("a.yaml")]),
+            (d.join("v2.txt"), vec![d.join("b.yaml")]),
+        ]
+        .into();
+        (dir, d, readers)
+    }
+
+    #[test]
+    fn a_data_symlink_repointed_at_another_manifests_file_reads_again_its_own_manifest() {
+        let (_dir, d, readers) = symlinked_source();
+        std::fs::remove_file(d.join("a.txt")).unwrap();
+        std::os::unix::fs::symlink("v2.txt", d.join("a.txt")).unwrap();
+        let stale = stale_manifests(&readers, &[d.join("a.txt")].into());
+        assert!(
+            stale.as_ref().is_none_or(|s| s.contains(&d.join("a.yaml"))),
+            "a.yaml is not read again: {stale:?}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_data_symlink_reads_again_the_manifest_reading_it() {
+        let (_dir, d, readers) = symlinked_source();
+        std::fs::remove_file(d.join("a.txt")).unwrap();
+        let stale = stale_manifests(&readers, &[d.join("a.txt")].into());
+        assert!(
+            stale.as_ref().is_none_or(|s| s.contains(&d.join("a.yaml"))),
+            "a.yaml is not read again: {stale:?}"
+        );
+    }
 }
