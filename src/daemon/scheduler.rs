@@ -118,30 +118,38 @@ fn comparable(path: &Path) -> PathBuf {
 }
 
 /// The manifest files (canonical) to read again for a change of `changed` (as the watcher
-/// named them), given which manifests read each file source (`readers`); `None` for all of
-/// them. Whenever a path cannot be tied to the manifests that read it (a new data file, a
-/// directory, a file no valid policy reads), everything is loaded again, so a stale cached
-/// part can never keep asserting what the manifests dropped.
+/// named them), given which manifests read each file source (`readers`, canonical); `None`
+/// for all of them. Only a plain file edited in place can be tied to the manifests that read
+/// it: a path that is gone (a deleted source, a temporary file renamed away, a directory or
+/// a link removed), a symlink (re-pointed at what another manifest reads), a directory, a
+/// file with several hard links (its other names changed too), or a file no valid policy
+/// reads (an invalid one may be waiting for it) makes everything load again, so a stale
+/// cached part can never keep asserting what the manifests dropped. Manifests themselves are
+/// named directly (a removed one is dropped by the walk).
 fn stale_manifests(
     readers: &HashMap<PathBuf, Vec<PathBuf>>,
     changed: &HashSet<PathBuf>,
 ) -> Option<HashSet<PathBuf>> {
     let mut stale = HashSet::new();
     for path in changed {
-        let c = comparable(path);
-        if manifest::is_manifest_name(&c) {
-            stale.insert(c);
-        } else if let Some(files) = readers.get(&c) {
-            stale.extend(files.iter().cloned());
-        } else if !c.exists() && !readers.keys().any(|s| s.starts_with(&c)) {
-            // A temporary file renamed away (an editor's or `sed -i`'s) that no policy read:
-            // where it went, if that matters, is named as well.
+        let plain = plain_file(path);
+        if manifest::is_manifest_name(path) && (plain || std::fs::symlink_metadata(path).is_err()) {
+            stale.insert(comparable(path));
             continue;
-        } else {
+        }
+        if !plain {
             return None;
         }
+        stale.extend(readers.get(&comparable(path))?.iter().cloned());
     }
     Some(stale)
+}
+
+/// A regular file with one name, not a symlink: the only kind of changed path whose readers
+/// are known for sure (see [`stale_manifests`]).
+fn plain_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
 }
 
 pub(super) struct Scheduler {
@@ -190,9 +198,15 @@ impl Scheduler {
     pub(super) fn hold_changed(&self, changed: &Changed) {
         let lists: Option<HashSet<&ContactListId>> = match changed {
             Changed::Unknown => None,
+            // A symlink, a path that is gone or a hard-linked file may concern lists other
+            // than the ones its current target feeds: every list, then.
             Changed::Paths(paths) => paths
                 .iter()
-                .map(|p| self.concerns.get(&comparable(p)))
+                .map(|p| {
+                    plain_file(p)
+                        .then(|| self.concerns.get(&comparable(p)))
+                        .flatten()
+                })
                 .collect::<Option<Vec<_>>>()
                 .map(|found| found.into_iter().flatten().collect()),
         };
@@ -756,11 +770,9 @@ mod tests {
             stale_manifests(&readers, &set(&["new.yml"])),
             Some(set(&["new.yml"]))
         );
-        // A temporary file that is gone, that nothing read: nothing to read again.
-        assert_eq!(
-            stale_manifests(&readers, &set(&["a.txt.tmp123"])),
-            Some(set(&[]))
-        );
+        // A path that is gone (a temporary file renamed away, or a source deleted through a
+        // link): everything.
+        assert_eq!(stale_manifests(&readers, &set(&["a.txt.tmp123"])), None);
         // A file no valid policy reads (an invalid policy may be waiting for it), or a
         // directory: everything.
         assert_eq!(

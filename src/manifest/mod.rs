@@ -251,9 +251,17 @@ pub fn load_cached(path: &Path, cache: &mut Cache, stale: Option<&HashSet<PathBu
     let is_stale = |f: &PathBuf| {
         stale.is_some_and(|stale| stale.contains(&f.canonicalize().unwrap_or_else(|_| f.clone())))
     };
+    // A manifest with problems is always read again: the files its invalid policies name are
+    // not known as theirs, so a fix of one of them could not name it.
     let read: Vec<PathBuf> = files
         .iter()
-        .filter(|f| !cache.parts.contains_key(*f) || is_stale(f))
+        .filter(|f| {
+            cache
+                .parts
+                .get(*f)
+                .is_none_or(|p| p.has_errors() || !p.invalid.is_empty())
+                || is_stale(f)
+        })
         .cloned()
         .collect();
     for (file, part) in read.iter().zip(load_files(&read, &out.root)) {

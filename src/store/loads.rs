@@ -172,7 +172,16 @@ impl Store {
             }
             let forgotten = match &load.forget {
                 Some(lists) => forget_in(&tx, lists, &load.spare)?,
-                None => 0,
+                None => {
+                    // Nothing is forgotten now, but reconciles may record contacts this load
+                    // names and a later one drops: the next load that may forget reads every
+                    // list again, whatever its keep-set digest says.
+                    tx.execute(
+                        "UPDATE lists SET forget_revision = NULL WHERE forget_revision IS NOT NULL",
+                        [],
+                    )?;
+                    0
+                }
             };
             let s = &load.summary;
             tx.execute(
