@@ -145,6 +145,18 @@ fn stale_manifests(
     Some(stale)
 }
 
+/// Gives the memory a reload freed (the previous load's sets) back to the system. glibc keeps
+/// freed blocks in per-thread arenas, and the reload's blocking threads are new ones now and
+/// then: without this, the resident size of a daemon holding a million contacts crept up by
+/// about 2 MiB a reload.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only returns free memory to the system; it has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    });
+}
+
 /// A regular file with one name, not a symlink: the only kind of changed path whose readers
 /// are known for sure (see [`stale_manifests`]).
 fn plain_file(path: &Path) -> bool {
@@ -440,6 +452,7 @@ impl Scheduler {
         self.gates
             .retain(|l| seen.contains(l) || lists.get(l).is_some_and(|s| s.running));
         self.manifests = Arc::new(manifests);
+        release_freed_memory();
         self.refresh_ready_gauges();
         self.update_first_pass();
     }
