@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building listwarden and the fake AutoSend server (the first build takes 5 to 10 minutes on 2 cores; cargo shows its progress)"
+echo "== building listwarden and the fake AutoSend server (the first build takes about 5 minutes on 2 cores; cargo shows its progress)"
 cargo build -p listwarden --bin listwarden -p autosend-fake --bin autosend-fake
 target="${CARGO_TARGET_DIR:-target}"
 bin="$target/debug/listwarden"
