@@ -70,26 +70,26 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// fsync + fdatasync calls of one command, if strace is installed.
 fn fsyncs(cmd: Command) -> Option<u64> {
-    let program = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     // strace's table goes to its own file: the program's stdout must not mix into it.
     let table = tempfile::NamedTempFile::new().ok()?;
-    let ok = Command::new("strace")
-        .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(table.path())
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .envs(
-            cmd.get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
-        .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?
-        .success();
+    let ok = common::wrapped(
+        &cmd,
+        "strace",
+        &[
+            "-f".as_ref(),
+            "-c".as_ref(),
+            "-e".as_ref(),
+            "trace=fsync,fdatasync".as_ref(),
+            "-o".as_ref(),
+            table.path().as_os_str(),
+            "--".as_ref(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .ok()?
+    .success();
     if !ok {
         return None;
     }

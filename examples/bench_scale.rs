@@ -86,22 +86,17 @@ fn generate(dir: &Path, contacts: usize) {
 /// Wall time and peak RSS (KiB) of one command; its stdout.
 fn measure(cmd: &mut Command) -> (Duration, u64, String) {
     let rss_file = tempfile::NamedTempFile::new().unwrap();
-    let program = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(rss_file.path())
-        .arg(program)
-        .args(args)
-        .envs(
-            cmd.get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
-        .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")))
-        .stderr(Stdio::null());
+    let mut timed = common::wrapped(
+        cmd,
+        "/usr/bin/time",
+        &[
+            "-f".as_ref(),
+            "%M".as_ref(),
+            "-o".as_ref(),
+            rss_file.path().as_os_str(),
+        ],
+    );
+    timed.stderr(Stdio::null());
     let started = Instant::now();
     let out = timed.output().expect("run /usr/bin/time");
     let took = started.elapsed();

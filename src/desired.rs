@@ -236,16 +236,6 @@ fn updated<K: Ord + Clone>(old: &[Member<K>], changed: &[(u32, &[K], &[K])]) -> 
         return old.to_vec();
     }
     diffs.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
-    let apply = |policies: &mut PolicySet, policy: u32, gained: bool| match (
-        policies.binary_search(&policy),
-        gained,
-    ) {
-        (Err(at), true) => policies.insert(at, policy),
-        (Ok(at), false) => {
-            policies.remove(at);
-        }
-        _ => {}
-    };
     let mut out: Vec<Member<K>> = Vec::with_capacity(old.len() + diffs.len());
     let mut d = diffs.iter().peekable();
     for m in old {
@@ -253,39 +243,52 @@ fn updated<K: Ord + Clone>(old: &[Member<K>], changed: &[(u32, &[K], &[K])]) -> 
             && contact < &m.contact
         {
             d.next();
-            let mut policies = PolicySet::new();
-            apply(&mut policies, policy, gained);
-            match out.last_mut() {
-                Some(last) if &last.contact == contact => apply(&mut last.policies, policy, gained),
-                _ if !policies.is_empty() => out.push(Member {
-                    contact: contact.clone(),
-                    policies,
-                }),
-                _ => {}
-            }
+            add_difference(&mut out, contact, policy, gained);
         }
         let mut member = m.clone();
         while let Some(&&(_, policy, gained)) = d.peek().filter(|(c, _, _)| *c == &m.contact) {
             d.next();
-            apply(&mut member.policies, policy, gained);
+            apply_difference(&mut member.policies, policy, gained);
         }
         if !member.policies.is_empty() {
             out.push(member);
         }
     }
     for &(contact, policy, gained) in d {
-        let mut policies = PolicySet::new();
-        apply(&mut policies, policy, gained);
-        match out.last_mut() {
-            Some(last) if &last.contact == contact => apply(&mut last.policies, policy, gained),
-            _ if !policies.is_empty() => out.push(Member {
-                contact: contact.clone(),
-                policies,
-            }),
-            _ => {}
-        }
+        add_difference(&mut out, contact, policy, gained);
     }
     out
+}
+
+/// A difference for a contact the old members did not hold: it joins the last member when
+/// that is the same contact (two policies gained it), or becomes a member when gained.
+fn add_difference<K: Ord + Clone>(
+    out: &mut Vec<Member<K>>,
+    contact: &K,
+    policy: u32,
+    gained: bool,
+) {
+    match out.last_mut() {
+        Some(last) if &last.contact == contact => {
+            apply_difference(&mut last.policies, policy, gained)
+        }
+        _ if gained => out.push(Member {
+            contact: contact.clone(),
+            policies: SmallVec::from_slice(&[policy]),
+        }),
+        _ => {}
+    }
+}
+
+/// Adds (`gained`) or removes `policy`, keeping the set sorted.
+fn apply_difference(policies: &mut PolicySet, policy: u32, gained: bool) {
+    match (policies.binary_search(&policy), gained) {
+        (Err(at), true) => policies.insert(at, policy),
+        (Ok(at), false) => {
+            policies.remove(at);
+        }
+        _ => {}
+    }
 }
 
 /// Unions sorted, duplicate-free sets, keeping for each contact the policies that hold it.

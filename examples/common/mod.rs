@@ -85,3 +85,18 @@ impl Drop for FakeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `cmd` run under `tool` (`/usr/bin/time`, `strace`): a command for `tool` with `tool_args`
+/// first, then `cmd`'s program, arguments, environment and working directory.
+pub fn wrapped(cmd: &Command, tool: &str, tool_args: &[&std::ffi::OsStr]) -> Command {
+    let mut out = Command::new(tool);
+    out.args(tool_args)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .envs(
+            cmd.get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")));
+    out
+}
