@@ -99,7 +99,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use ratelimit::{RateLimit, parse_rate_limits};
+pub use ratelimit::{RateLimit, RateWindow, parse_rate_limits};
 pub use state::{GLOBAL_CONTACT_LIST, ListKind};
 
 use ratelimit::Limiter;
@@ -507,6 +507,12 @@ impl FakeAutoSend {
     /// Replaces the rate limits and forgets what was counted so far.
     pub fn set_rate_limits(&self, limits: Vec<RateLimit>) {
         self.lock().limiter.set_limits(limits);
+    }
+
+    /// Counts requests in fixed epoch windows (the default) or sliding ones, and forgets what
+    /// was counted so far.
+    pub fn set_rate_window(&self, window: RateWindow) {
+        self.lock().limiter.set_window(window);
     }
 
     /// Snapshot of the counters.

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit, parse_rate_limits};
+use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit, RateWindow, parse_rate_limits};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -32,9 +32,14 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     seed: Option<std::path::PathBuf>,
 
-    /// Per-key rate limits, fixed windows aligned to epoch time ("none" disables them).
+    /// Per-key rate limits ("none" disables them).
     #[arg(long, default_value = "2/s,50/m", value_parser = parse_limits)]
     rate_limit: Limits,
+
+    /// How --rate-limit counts: `fixed` windows aligned to epoch time, or `sliding` windows
+    /// (at most N requests in any window ending now).
+    #[arg(long, default_value = "fixed")]
+    rate_window: RateWindow,
 
     /// Share of requests answered with --error-status (0.0..=1.0) without being applied.
     #[arg(long, default_value_t = 0.0)]
@@ -117,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         rate_limits: args.rate_limit.0,
         faults,
     });
+    fake.set_rate_window(args.rate_window);
     if let Some(path) = &args.seed {
         let json = std::fs::read_to_string(path)
             .with_context(|| format!("reading seed file {}", path.display()))?;

@@ -1,10 +1,19 @@
-//! Server-side rate limiting per API key, with fixed windows aligned to epoch time.
+//! Server-side rate limiting per API key: fixed windows aligned to epoch time, or sliding
+//! windows.
 //!
 //! AutoSend documents "2 requests per second" and "50 requests per minute" and the
-//! `X-RateLimit-*` headers, but not the algorithm. The fake uses fixed windows aligned to the
-//! epoch (the 1 s window is the current epoch second, the minute window the current epoch
-//! minute) because that is the simplest algorithm that still produces the bursts at window
-//! boundaries a real limiter can produce, and it makes `X-RateLimit-Reset` an exact instant.
+//! `X-RateLimit-*` headers, but not the algorithm. By default the fake uses fixed windows
+//! aligned to the epoch (the 1 s window is the current epoch second, the minute window the
+//! current epoch minute): the simplest algorithm that still allows the bursts at window
+//! boundaries a real limiter can allow, and it makes `X-RateLimit-Reset` an exact instant.
+//!
+//! [`RateWindow::Sliding`] is the strict other end: at most `max` requests in *any* window of
+//! the limit's length ending now (a log of arrival times per key). A client that only fits
+//! fixed windows (two bursts either side of a boundary) earns 429s here, so a client tested
+//! against both modes fits whatever AutoSend really runs. `X-RateLimit-Reset` is then the
+//! epoch second, rounded up, at which the oldest counted request leaves the window.
+
+use std::collections::VecDeque;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -97,6 +106,30 @@ pub fn parse_rate_limits(s: &str) -> Result<Vec<RateLimit>, String> {
     t.split(',').map(str::parse).collect()
 }
 
+/// How requests are counted against a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateWindow {
+    /// Windows that start at multiples of their length since the Unix epoch.
+    #[default]
+    Fixed,
+    /// Any window of the limit's length that ends now.
+    Sliding,
+}
+
+impl FromStr for RateWindow {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fixed" => Ok(RateWindow::Fixed),
+            "sliding" => Ok(RateWindow::Sliding),
+            other => Err(format!(
+                "unknown rate window `{other}`: expected `fixed` or `sliding`"
+            )),
+        }
+    }
+}
+
 /// What the `X-RateLimit-*` headers report: the most constraining window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WindowStatus {
@@ -121,25 +154,40 @@ pub(crate) enum Decision {
 #[derive(Debug, Default)]
 pub(crate) struct Limiter {
     limits: Vec<RateLimit>,
-    /// Per API key, per limit: (window index since the epoch, requests counted in it).
+    window: RateWindow,
+    /// Fixed windows. Per API key, per limit: (window index since the epoch, requests
+    /// counted in it).
     counts: HashMap<String, Vec<(u64, u32)>>,
+    /// Sliding windows. Per API key, per limit: arrival times (epoch ms) still in the window,
+    /// oldest first; never more than the limit's `max`.
+    arrivals: HashMap<String, Vec<VecDeque<u64>>>,
 }
 
 impl Limiter {
     pub fn new(limits: Vec<RateLimit>) -> Self {
         Limiter {
             limits,
-            counts: HashMap::new(),
+            ..Limiter::default()
         }
     }
 
     pub fn set_limits(&mut self, limits: Vec<RateLimit>) {
         self.limits = limits;
         self.counts.clear();
+        self.arrivals.clear();
     }
 
-    /// Current (window end, count) per limit, for `key` at `now_ms`.
+    pub fn set_window(&mut self, window: RateWindow) {
+        self.window = window;
+        self.counts.clear();
+        self.arrivals.clear();
+    }
+
+    /// Current (window end in epoch seconds, count) per limit, for `key` at `now_ms`.
     fn current(&self, key: &str, now_ms: u64) -> Vec<(u64, u32)> {
+        if self.window == RateWindow::Sliding {
+            return self.current_sliding(key, now_ms);
+        }
         let now_s = now_ms / 1000;
         self.limits
             .iter()
@@ -156,6 +204,42 @@ impl Limiter {
                 ((idx + 1) * w, count)
             })
             .collect()
+    }
+
+    /// Sliding: per limit, the arrivals of the last window; the window "ends" (a slot frees)
+    /// when the oldest of them leaves it, rounded up to the epoch second so that a client
+    /// resuming at `X-RateLimit-Reset` is never early.
+    fn current_sliding(&self, key: &str, now_ms: u64) -> Vec<(u64, u32)> {
+        let log = self.arrivals.get(key);
+        self.limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let w = l.window_secs() * 1000;
+                let live: Vec<u64> = log
+                    .and_then(|v| v.get(i))
+                    .map(|q| q.iter().copied().filter(|&t| t + w > now_ms).collect())
+                    .unwrap_or_default();
+                let oldest = live.first().copied().unwrap_or(now_ms);
+                ((oldest + w).div_ceil(1000), live.len() as u32)
+            })
+            .collect()
+    }
+
+    /// Counts an accepted arrival in every sliding window of `key`.
+    fn record_arrival(&mut self, key: &str, now_ms: u64) {
+        let limits = &self.limits;
+        let log = self
+            .arrivals
+            .entry(key.to_string())
+            .or_insert_with(|| vec![VecDeque::new(); limits.len()]);
+        for (q, l) in log.iter_mut().zip(limits) {
+            let w = l.window_secs() * 1000;
+            while q.front().is_some_and(|&t| t + w <= now_ms) {
+                q.pop_front();
+            }
+            q.push_back(now_ms);
+        }
     }
 
     /// Least remaining wins; on a tie the later reset, so a client never resumes too early.
@@ -201,13 +285,6 @@ impl Limiter {
                 retry_after_secs: wait_ms.div_ceil(1000).max(1),
             };
         }
-        let now_s = now_ms / 1000;
-        let counted: Vec<(u64, u32)> = self
-            .limits
-            .iter()
-            .zip(&current)
-            .map(|(l, &(_, count))| (now_s / l.window_secs(), count + 1))
-            .collect();
         let status = self
             .most_constraining(
                 &current
@@ -216,6 +293,17 @@ impl Limiter {
                     .collect::<Vec<_>>(),
             )
             .expect("limits are not empty");
+        if self.window == RateWindow::Sliding {
+            self.record_arrival(key, now_ms);
+            return Decision::Allowed(status);
+        }
+        let now_s = now_ms / 1000;
+        let counted: Vec<(u64, u32)> = self
+            .limits
+            .iter()
+            .zip(&current)
+            .map(|(l, &(_, count))| (now_s / l.window_secs(), count + 1))
+            .collect();
         self.counts.insert(key.to_string(), counted);
         Decision::Allowed(status)
     }
@@ -300,6 +388,67 @@ mod tests {
         assert!(
             matches!(l.check("k", 1_700_000_100_000), Decision::Allowed(s) if s.limit == 3 && s.remaining == 2)
         );
+    }
+
+    #[test]
+    fn a_sliding_window_refuses_the_burst_a_fixed_window_allows_across_its_boundary() {
+        let t = 1_700_000_000_000;
+        let burst = |l: &mut Limiter| {
+            // Two requests late in one epoch second, two early in the next.
+            [t + 900, t + 950, t + 1_010, t + 1_050].map(|at| l.check("k", at))
+        };
+        let mut fixed = Limiter::new(vec![RateLimit::per_second(2)]);
+        assert!(
+            burst(&mut fixed)
+                .iter()
+                .all(|d| matches!(d, Decision::Allowed(_)))
+        );
+
+        let mut sliding = Limiter::new(vec![RateLimit::per_second(2)]);
+        sliding.set_window(RateWindow::Sliding);
+        let [a, b, c, d] = burst(&mut sliding);
+        assert!(matches!(a, Decision::Allowed(s) if s.remaining == 1));
+        // The window is full until the first arrival (t + 900) is a second old.
+        assert!(matches!(b, Decision::Allowed(s) if s.remaining == 0 && s.reset == 1_700_000_002));
+        for refused in [c, d] {
+            assert!(
+                matches!(
+                    refused,
+                    Decision::Rejected {
+                        retry_after_secs: 1,
+                        ..
+                    }
+                ),
+                "{refused:?}"
+            );
+        }
+        // A slot frees exactly when the oldest arrival leaves the window.
+        assert!(matches!(
+            sliding.check("k", t + 1_899),
+            Decision::Rejected { .. }
+        ));
+        assert!(matches!(sliding.check("k", t + 1_900), Decision::Allowed(s) if s.remaining == 0));
+        assert!(matches!(
+            sliding.check("k", t + 1_949),
+            Decision::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn a_sliding_window_accepts_requests_spaced_by_exactly_its_rate() {
+        let mut l = Limiter::new(vec![RateLimit::per_second(50)]);
+        l.set_window(RateWindow::Sliding);
+        let t = 1_700_000_000_123;
+        for i in 0..500 {
+            let d = l.check("k", t + i * 20);
+            assert!(matches!(d, Decision::Allowed(_)), "request {i}: {d:?}");
+        }
+        assert!(matches!(
+            l.check("k", t + 499 * 20 + 1),
+            Decision::Rejected { .. }
+        ));
+        assert_eq!("Sliding".parse::<RateWindow>(), Ok(RateWindow::Sliding));
+        assert!("leaky".parse::<RateWindow>().is_err());
     }
 
     #[test]

@@ -382,6 +382,7 @@ impl Client {
                         self.config.max_rate_limited
                     );
                     self.pacer.pause_until(tokio::time::Instant::now() + wait);
+                    self.pacer.rate_limited();
                     continue;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::PAYMENT_REQUIRED | StatusCode::FORBIDDEN => {
@@ -572,8 +573,9 @@ impl Client {
         }
     }
 
-    /// `X-RateLimit-Remaining: 0`: the window is used up; hold every request until it resets
-    /// (at most a minute; a reset that cannot be read holds them for the default wait).
+    /// `X-RateLimit-Remaining: 0`: the window is used up. Unless our own requests used it
+    /// (the pacer already waits for the slot), hold every request until it resets (at most a
+    /// minute; a reset that cannot be read holds them for the default wait).
     fn honour_remaining(&self, headers: &HeaderMap) {
         if header_f64(headers, "x-ratelimit-remaining") != Some(0.0)
             || !headers.contains_key("x-ratelimit-reset")
@@ -584,8 +586,12 @@ impl Client {
             .and_then(|reset| wait_from(reset, now_unix_f64()))
             .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
             .min(MAX_RESET_WAIT);
+        let limit = header_f64(headers, "x-ratelimit-limit")
+            .filter(|l| l.fract() == 0.0 && *l >= 1.0 && *l <= f64::from(u32::MAX))
+            .map(|l| l as u32);
         if !wait.is_zero() {
-            self.pacer.pause_until(tokio::time::Instant::now() + wait);
+            self.pacer
+                .server_window_used_up(limit, tokio::time::Instant::now() + wait);
         }
     }
 }
