@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::ratelimit::{Decision, WindowStatus};
 use super::state::{GLOBAL_CONTACT_LIST, ListKind, normalize_email, now_ms};
+use super::webhook::{BounceType, EmitError};
 use super::{BatchKind, FakeAutoSend, RemoveBatch, Shared};
 
 /// Large enough for any batch a test could send (100,000 emails is about 3 MB).
@@ -40,6 +41,7 @@ pub(crate) fn router(app: FakeAutoSend) -> Router {
         .route("/v1/contact-lists/contacts/bulk-add", post(bulk_add))
         .route("/v1/contact-lists/{id}", get(get_list))
         .route("/v1/contact-lists/{id}/contacts/remove", post(remove))
+        .route("/admin/webhook-events", post(admin_webhook_event))
         .fallback(fallback)
         .with_state(app)
 }
@@ -102,6 +104,98 @@ async fn bulk_add(State(app): State<FakeAutoSend>, req: Request) -> Response {
 
 async fn fallback(State(app): State<FakeAutoSend>, req: Request) -> Response {
     dispatch(app, Endpoint::Other, req, |_, _| Reply::not_found()).await
+}
+
+/// `POST /admin/webhook-events`: makes the fake emit a webhook event, so that a fake running
+/// as its own process can be driven by tests of another binary. Not part of AutoSend's API,
+/// so it takes the API key but none of the API's rate limits, injected faults or counters:
+/// a test's control channel must not consume the failures it set up for the client under test.
+///
+/// Bodies: `{"type": "email.bounced", "email", "bounceType": "Permanent" | "Transient"}`,
+/// `{"type": "email.spam_reported", "email"}`, `{"type": "email.unsubscribed", "emailId"?}`,
+/// or any `{"type", "data"}` sent as is. Answers 202 `{"deliveryId", "type"}`, 409
+/// `WEBHOOK_NOT_CONFIGURED` without a webhook, 503 when the queue is full.
+async fn admin_webhook_event(State(app): State<FakeAutoSend>, req: Request) -> Response {
+    let authorized = bearer_token(req.headers()).as_deref() == Some(app.lock().api_key.as_str());
+    let reply = if authorized {
+        match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+            Ok(body) => admin_emit(&app, &body),
+            Err(_) => Reply::field_error("body", "Could not read the request body"),
+        }
+    } else {
+        Reply::canned(401)
+    };
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(reply.body)).into_response()
+}
+
+fn admin_emit(app: &FakeAutoSend, body: &[u8]) -> Reply {
+    let body = match parse_object(body) {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let Some(Value::String(event_type)) = body.get("type") else {
+        return Reply::field_error("type", "Required string, e.g. \"email.bounced\"");
+    };
+    let email = || match body.get("email") {
+        Some(Value::String(e)) if !e.trim().is_empty() => Ok(e.as_str()),
+        _ => Err(Reply::field_error("email", "Required non-empty string")),
+    };
+    let result = match (event_type.as_str(), body.get("data")) {
+        (_, Some(data)) => app.emit_event(event_type, data.clone()),
+        ("email.bounced", None) => {
+            let bounce_type = match body.get("bounceType").and_then(Value::as_str) {
+                Some(t) => BounceType::parse(t),
+                None => None,
+            };
+            let Some(bounce_type) = bounce_type else {
+                return Reply::field_error("bounceType", "Must be one of: Permanent, Transient");
+            };
+            match email() {
+                Ok(email) => app.emit_bounce(email, bounce_type),
+                Err(reply) => return reply,
+            }
+        }
+        ("email.spam_reported", None) => match email() {
+            Ok(email) => app.emit_spam_report(email),
+            Err(reply) => return reply,
+        },
+        ("email.unsubscribed", None) => match body.get("emailId") {
+            None | Some(Value::Null) => app.emit_unsubscribed(None),
+            Some(Value::String(id)) => app.emit_unsubscribed(Some(id)),
+            Some(_) => return Reply::field_error("emailId", "Expected a string"),
+        },
+        _ => {
+            return Reply::field_error(
+                "data",
+                "Required for this type (built-in: email.bounced, email.spam_reported, email.unsubscribed)",
+            );
+        }
+    };
+    match result {
+        Ok(delivery_id) => Reply {
+            status: 202,
+            body: json!({"success": true, "data": {"deliveryId": delivery_id, "type": event_type}}),
+        },
+        Err(EmitError::InvalidEventType(_)) => Reply::field_error(
+            "type",
+            "Must be non-empty visible ASCII (it is sent as a header)",
+        ),
+        Err(e @ EmitError::NoWebhook) => Reply {
+            status: 409,
+            body: json!({"success": false, "error": {
+                "message": format!("Not emitted: {e} (--webhook-url)"),
+                "code": "WEBHOOK_NOT_CONFIGURED",
+            }}),
+        },
+        Err(e) => Reply {
+            status: 503,
+            body: json!({"success": false, "error": {
+                "message": format!("Not emitted: {e}"),
+                "code": code_for(503),
+            }}),
+        },
+    }
 }
 
 /// An answer before headers: status and JSON body.
@@ -862,6 +956,9 @@ impl Shared {
                     .members
                     .insert(contact)
             };
+            if inserted {
+                self.emit_contact_change(contact, new);
+            }
             match (inserted, new) {
                 (true, true) => created += 1,
                 (true, false) => added += 1,

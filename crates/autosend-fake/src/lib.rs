@@ -75,6 +75,21 @@
 //! name contacts by id in its policies. Generated emails are `{prefix}{i}@{domain}` for `i` from 0, added after `contacts`.
 //! `generate.prefix` defaults to `member` and `generate.domain` to `example.com`.
 //!
+//! # Webhooks
+//!
+//! With a webhook set ([`FakeAutoSend::set_webhook`] or [`FakeAutoSend::with_webhook`], or
+//! `--webhook-url` and `--webhook-secret-file` for the binary), the fake delivers signed events
+//! the way AutoSend's webhook pages describe (headers, signature, retries: see the `webhook`
+//! module): `contact.created` when bulk-add, [`FakeAutoSend::add_contacts`] or
+//! [`FakeAutoSend::add_contact_with_id`] create a contact, `contact.updated`
+//! (`changedFields: ["listIds"]`) when they add an existing contact to a list, and the email
+//! events tests ask for ([`FakeAutoSend::emit_bounce`], [`FakeAutoSend::emit_spam_report`],
+//! [`FakeAutoSend::emit_unsubscribed`], [`FakeAutoSend::emit_event`], or
+//! `POST /admin/webhook-events` with the API key, for a fake in another process). Seeding
+//! emits nothing. Deliveries run in the background and never slow the API down;
+//! [`FakeAutoSend::webhook_deliveries`] lists every attempt and
+//! [`FakeAutoSend::wait_webhooks_idle`] waits for them to settle.
+//!
 //! # Counters
 //!
 //! [`FakeAutoSend::counters`] returns a [`Counters`] snapshot: requests, answers per
@@ -89,6 +104,9 @@ mod ratelimit;
 mod state;
 #[cfg(test)]
 mod tests;
+mod webhook;
+#[cfg(test)]
+mod webhook_tests;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -101,9 +119,14 @@ use tokio::task::JoinHandle;
 
 pub use ratelimit::{RateLimit, RateWindow, parse_rate_limits};
 pub use state::{GLOBAL_CONTACT_LIST, ListKind};
+pub use webhook::{
+    BounceType, DOCUMENTED_RETRY_DELAYS, DOCUMENTED_TIMEOUT, DeliveryOutcome, DeliveryRecord,
+    EmitError, WebhookConfig, WebhooksBusy,
+};
 
 use ratelimit::Limiter;
 use state::{Store, normalize_email};
+use webhook::Hub;
 
 /// How the fake is set up when created.
 #[derive(Debug, Clone)]
@@ -284,12 +307,39 @@ pub(crate) struct Shared {
     pub faults: Faults,
     pub limiter: Limiter,
     pub counters: Counters,
+    /// Here too so that endpoint logic, which runs under the lock, can emit events.
+    pub webhooks: Arc<Hub>,
+}
+
+impl Shared {
+    /// `contact.created` for a contact that did not exist, or `contact.updated` when an
+    /// existing contact joined a list (`listIds` is a field of AutoSend's contact object, see
+    /// the bulk-add response). Failures only drop the event: the API answer must not depend
+    /// on webhooks.
+    pub(crate) fn emit_contact_change(&self, contact: u32, created: bool) {
+        let Some(contact) = self.store.contacts.get(contact as usize) else {
+            return;
+        };
+        let result = if created {
+            self.webhooks.emit_contact("contact.created", contact, None)
+        } else {
+            self.webhooks
+                .emit_contact("contact.updated", contact, Some(&["listIds"]))
+        };
+        if let Err(e) = result
+            && e != EmitError::NoWebhook
+        {
+            tracing::debug!(error = %e, "contact event not emitted");
+        }
+    }
 }
 
 /// Handle on a fake AutoSend: cheap to clone, all clones share the same state.
 #[derive(Clone)]
 pub struct FakeAutoSend {
     inner: Arc<Mutex<Shared>>,
+    /// Outside the state lock: waiting for webhooks to settle is async and must not hold it.
+    webhooks: Arc<Hub>,
 }
 
 impl std::fmt::Debug for FakeAutoSend {
@@ -367,6 +417,7 @@ impl FakeAutoSend {
     /// A fake with no lists and no contacts (add them with [`add_list`](Self::add_list),
     /// [`add_contacts`](Self::add_contacts) or [`seed_from_json`](Self::seed_from_json)).
     pub fn new(config: FakeConfig) -> Self {
+        let webhooks = Arc::new(Hub::new(None));
         FakeAutoSend {
             inner: Arc::new(Mutex::new(Shared {
                 api_key: config.api_key,
@@ -374,7 +425,9 @@ impl FakeAutoSend {
                 faults: config.faults.normalized(),
                 limiter: Limiter::new(config.rate_limits),
                 counters: Counters::default(),
+                webhooks: webhooks.clone(),
             })),
+            webhooks,
         }
     }
 
@@ -393,33 +446,48 @@ impl FakeAutoSend {
     /// An unknown list is created as a plain list named after its id. With
     /// [`GLOBAL_CONTACT_LIST`] the contacts are only created, which makes "exists but is not a
     /// member" cases easy to set up.
+    ///
+    /// With a webhook configured, emits what bulk-add would: `contact.created` for each new
+    /// contact, `contact.updated` for an existing one that joined the list.
     pub fn add_contacts(
         &self,
         list_id: &str,
         emails: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> Vec<String> {
+        self.add_contacts_inner(list_id, emails, true)
+    }
+
+    /// `emit` is false for seeding: a seed is the world as it already was, not a change.
+    fn add_contacts_inner(
+        &self,
+        list_id: &str,
+        emails: impl IntoIterator<Item = impl AsRef<str>>,
+        emit: bool,
+    ) -> Vec<String> {
         let mut s = self.lock();
-        let store = &mut s.store;
         let global = list_id == GLOBAL_CONTACT_LIST;
-        if !global && store.list(list_id).is_none() {
-            store.add_list(list_id, list_id, "", ListKind::List);
+        if !global && s.store.list(list_id).is_none() {
+            s.store.add_list(list_id, list_id, "", ListKind::List);
         }
         let mut ids = Vec::new();
         let mut changed = false;
         for email in emails {
-            let (index, _) = store.get_or_create(&normalize_email(email.as_ref()));
-            ids.push(store.contacts[index as usize].id.clone());
-            if !global {
-                changed |= store
+            let (index, created) = s.store.get_or_create(&normalize_email(email.as_ref()));
+            ids.push(s.store.contacts[index as usize].id.clone());
+            let joined = !global
+                && s.store
                     .list_mut(list_id)
                     .expect("created above")
                     .members
                     .insert(index);
+            changed |= joined;
+            if emit && (created || joined) {
+                s.emit_contact_change(index, created);
             }
         }
         if changed {
             let now = state::now_ms();
-            if let Some(list) = store.list_mut(list_id) {
+            if let Some(list) = s.store.list_mut(list_id) {
                 list.updated_ms = now;
             }
         }
@@ -428,14 +496,31 @@ impl FakeAutoSend {
 
     /// Adds the contact `email` with the id `id` to `list_id` (see
     /// [`get_or_create_with_id`](state::Store::get_or_create_with_id) for the errors).
+    /// Emits contact events like [`add_contacts`](Self::add_contacts).
     pub fn add_contact_with_id(&self, list_id: &str, email: &str, id: &str) -> Result<(), String> {
+        self.add_contact_with_id_inner(list_id, email, id, true)
+    }
+
+    fn add_contact_with_id_inner(
+        &self,
+        list_id: &str,
+        email: &str,
+        id: &str,
+        emit: bool,
+    ) -> Result<(), String> {
         let mut s = self.lock();
-        let store = &mut s.store;
-        let index = store.get_or_create_with_id(&normalize_email(email), id)?;
-        if let Some(list) = store.list_mut(list_id)
+        let email = normalize_email(email);
+        let created = s.store.find_email(&email).is_none();
+        let index = s.store.get_or_create_with_id(&email, id)?;
+        let mut joined = false;
+        if let Some(list) = s.store.list_mut(list_id)
             && list.members.insert(index)
         {
             list.updated_ms = state::now_ms();
+            joined = true;
+        }
+        if emit && (created || joined) {
+            s.emit_contact_change(index, created);
         }
         Ok(())
     }
@@ -546,22 +631,92 @@ impl FakeAutoSend {
             for contact in list.contacts {
                 match contact {
                     SeedContact::Email(email) => {
-                        self.add_contacts(&list.id, [email]);
+                        self.add_contacts_inner(&list.id, [email], false);
                     }
                     SeedContact::WithId(c) => {
-                        self.add_contact_with_id(&list.id, &c.email, &c.id)
+                        self.add_contact_with_id_inner(&list.id, &c.email, &c.id, false)
                             .map_err(|e| format!("invalid seed: list `{}`: {e}", list.id))?;
                     }
                 }
             }
             if let Some(g) = list.generate {
-                self.add_contacts(
+                self.add_contacts_inner(
                     &list.id,
                     (0..g.count).map(|i| format!("{}{i}@{}", g.prefix, g.domain)),
+                    false,
                 );
             }
         }
         Ok(())
+    }
+
+    /// Starts (`Some`) or stops (`None`) webhook deliveries for the events emitted from now on;
+    /// events already queued keep the webhook they were emitted for.
+    pub fn set_webhook(&self, webhook: Option<WebhookConfig>) {
+        self.webhooks.set_config(webhook);
+    }
+
+    /// [`set_webhook`](Self::set_webhook) as a builder, for `FakeAutoSend::new(..).with_webhook(..)`.
+    pub fn with_webhook(self, webhook: WebhookConfig) -> Self {
+        self.set_webhook(Some(webhook));
+        self
+    }
+
+    /// Queues an `email.bounced` event for `email` (any case; sent lowercased) with the given
+    /// bounce type, and returns its delivery id. `to.name` is the contact's name when the
+    /// address is a known contact, else null.
+    pub fn emit_bounce(&self, email: &str, bounce_type: BounceType) -> Result<String, EmitError> {
+        let (email, name) = self.recipient(email);
+        self.webhooks
+            .emit_bounce(&email, name.as_deref(), bounce_type)
+    }
+
+    /// Queues an `email.spam_reported` event (`complaintType: "abuse"`) for `email`.
+    pub fn emit_spam_report(&self, email: &str) -> Result<String, EmitError> {
+        let (email, name) = self.recipient(email);
+        self.webhooks.emit_spam_report(&email, name.as_deref())
+    }
+
+    /// Queues an `email.unsubscribed` event. AutoSend's payload carries no address (for
+    /// privacy), only the `emailId` of the email the unsubscribe came from, if any.
+    pub fn emit_unsubscribed(&self, email_id: Option<&str>) -> Result<String, EmitError> {
+        self.webhooks.emit_unsubscribed(email_id)
+    }
+
+    /// Queues any event with any `data`, for tests that need odd payloads.
+    pub fn emit_event(
+        &self,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<String, EmitError> {
+        self.webhooks.emit(event_type, &data)
+    }
+
+    /// Every delivery attempt so far (the last 10,000), in the order they ended.
+    pub fn webhook_deliveries(&self) -> Vec<DeliveryRecord> {
+        self.webhooks.deliveries()
+    }
+
+    /// Events dropped because the queue was full or the worker had stopped (events emitted
+    /// while no webhook was configured are not counted: they were never meant to be sent).
+    pub fn webhook_events_dropped(&self) -> u64 {
+        self.webhooks.dropped()
+    }
+
+    /// Waits until no event is queued and no delivery is in flight or waiting for a retry.
+    pub async fn wait_webhooks_idle(&self, timeout: Duration) -> Result<(), WebhooksBusy> {
+        self.webhooks.wait_idle(timeout).await
+    }
+
+    /// The address as AutoSend would report it, and the name of the contact with it, if any.
+    fn recipient(&self, email: &str) -> (String, Option<String>) {
+        let email = normalize_email(email);
+        let s = self.lock();
+        let name = s
+            .store
+            .find_email(&email)
+            .map(|i| s.store.contacts[i as usize].name());
+        (email, name)
     }
 
     /// The axum router serving `/v1/...`, for embedding in another server.
@@ -574,6 +729,8 @@ impl FakeAutoSend {
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<RunningFake> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        // Contacts added before serving (outside any runtime) may have queued events.
+        self.webhooks.ensure_worker();
         let (tx, rx) = oneshot::channel::<()>();
         let service = self
             .router()

@@ -6,6 +6,10 @@
 //!
 //! Prints `fake AutoSend listening on http://ADDR/v1` once bound, then serves until Ctrl-C or
 //! SIGTERM.
+//!
+//! With `--webhook-url` it delivers webhook events there, signed with the secret read from
+//! `--webhook-secret-file` or `FAKE_AUTOSEND_WEBHOOK_SECRET` (never from a flag, which `ps`
+//! would show, and never printed); `POST /admin/webhook-events` makes it emit one.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -13,7 +17,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use autosend_fake::{FakeAutoSend, FakeConfig, Faults, RateLimit, RateWindow, parse_rate_limits};
+use autosend_fake::{
+    DOCUMENTED_RETRY_DELAYS, DOCUMENTED_TIMEOUT, FakeAutoSend, FakeConfig, Faults, RateLimit,
+    RateWindow, WebhookConfig, parse_rate_limits,
+};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -76,6 +83,86 @@ struct Args {
     /// Also send a `Retry-After` header with 429 answers.
     #[arg(long)]
     retry_after_header: bool,
+
+    /// Deliver webhook events (contact.created/updated, and those emitted through
+    /// POST /admin/webhook-events) to this URL. Needs a secret: --webhook-secret-file or the
+    /// FAKE_AUTOSEND_WEBHOOK_SECRET environment variable.
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+
+    /// File holding the webhook signing secret (surrounding whitespace is ignored).
+    #[arg(long, value_name = "FILE", requires = "webhook_url")]
+    webhook_secret_file: Option<std::path::PathBuf>,
+
+    /// Delays before the webhook retries, in milliseconds, comma-separated ("none": no retry).
+    /// Default: AutoSend's documented 5000,10000,20000.
+    #[arg(long, value_name = "MS,..", value_parser = parse_delays)]
+    webhook_retry_delays_ms: Option<Delays>,
+
+    /// Timeout of each webhook delivery attempt, in milliseconds (AutoSend's is 10000).
+    #[arg(long, value_name = "MS")]
+    webhook_timeout_ms: Option<u64>,
+}
+
+const WEBHOOK_SECRET_ENV: &str = "FAKE_AUTOSEND_WEBHOOK_SECRET";
+
+/// Newtype for the same reason as [`Limits`].
+#[derive(Debug, Clone)]
+struct Delays(Vec<Duration>);
+
+fn parse_delays(s: &str) -> Result<Delays, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(Delays(Vec::new()));
+    }
+    s.split(',')
+        .map(|part| {
+            part.trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("`{part}` is not a number of milliseconds"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Delays)
+}
+
+/// The webhook from the flags, or `None` without `--webhook-url`.
+fn webhook_config(args: &Args) -> anyhow::Result<Option<WebhookConfig>> {
+    let Some(url) = &args.webhook_url else {
+        return Ok(None);
+    };
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--webhook-url {url}"))?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https"),
+        "--webhook-url must be an http or https URL, got {url}"
+    );
+    let from_env = std::env::var_os(WEBHOOK_SECRET_ENV);
+    let secret = match (&args.webhook_secret_file, from_env) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("both --webhook-secret-file and {WEBHOOK_SECRET_ENV} are set: use one")
+        }
+        (Some(path), None) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the webhook secret file {}", path.display()))?,
+        (None, Some(value)) => value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{WEBHOOK_SECRET_ENV} is not valid UTF-8"))?,
+        (None, None) => anyhow::bail!(
+            "--webhook-url needs a signing secret: --webhook-secret-file FILE or {WEBHOOK_SECRET_ENV}"
+        ),
+    };
+    // A file written by `echo` ends with a newline that is not part of the secret.
+    let secret = secret.trim();
+    anyhow::ensure!(!secret.is_empty(), "the webhook secret is empty");
+    Ok(Some(WebhookConfig {
+        url: url.clone(),
+        secret: secret.to_string(),
+        retry_delays: args
+            .webhook_retry_delays_ms
+            .as_ref()
+            .map_or_else(|| DOCUMENTED_RETRY_DELAYS.to_vec(), |d| d.0.clone()),
+        timeout: args
+            .webhook_timeout_ms
+            .map_or(DOCUMENTED_TIMEOUT, Duration::from_millis),
+    }))
 }
 
 /// Newtype so clap parses the whole comma-separated list as one value (a bare `Vec` field would
@@ -104,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     check_share("error-rate", args.error_rate)?;
     check_share("drop-rate", args.drop_rate)?;
+    let webhook = webhook_config(&args)?;
 
     let faults = Faults {
         error_rate: args.error_rate,
@@ -123,6 +211,10 @@ async fn main() -> anyhow::Result<()> {
         faults,
     });
     fake.set_rate_window(args.rate_window);
+    if let Some(webhook) = webhook {
+        tracing::info!(url = %webhook.url, "delivering webhook events");
+        fake.set_webhook(Some(webhook));
+    }
     if let Some(path) = &args.seed {
         let json = std::fs::read_to_string(path)
             .with_context(|| format!("reading seed file {}", path.display()))?;

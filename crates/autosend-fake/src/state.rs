@@ -73,6 +73,13 @@ pub(crate) struct Contact {
 }
 
 impl Contact {
+    /// Full name, as webhook payloads carry it (`name`).
+    pub fn name(&self) -> String {
+        format!("{} {}", self.first_name, self.last_name)
+            .trim()
+            .to_string()
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "id": self.id,
