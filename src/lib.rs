@@ -27,6 +27,7 @@
 //! - [`status`]: the store as a report (text and JSON);
 //! - [`daemon`]: `run`: a watcher and a scheduler around the same plan/reconcile path;
 //! - [`metrics`]: Prometheus metrics of the daemon;
+//! - [`webhook`]: AutoSend webhooks, the pure part: signature, payload, freshness;
 //!
 //! - [`refresh`]: `plan --refresh`, the drift read from AutoSend.
 //!
@@ -54,3 +55,4 @@ pub mod render;
 pub mod revision;
 pub mod status;
 pub mod store;
+pub mod webhook;

@@ -208,3 +208,34 @@ fn a_scaffolded_policy_passes_the_schema_and_the_loader() {
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     assert_eq!(loaded.policies.len(), 1);
 }
+
+#[test]
+fn the_schema_takes_event_sources_and_refuses_the_ones_that_cannot_name_a_contact() {
+    let validator = jsonschema::validator_for(&repo_schema()).unwrap();
+    let policy = |events: Value| {
+        serde_json::json!({
+            "apiVersion": "listwarden.dev/v1",
+            "kind": "ListPolicy",
+            "metadata": {"name": "bounces"},
+            "spec": {"contactListId": "list-a", "exclude": {"events": events}}
+        })
+    };
+    let valid = policy(serde_json::json!([
+        {"type": "email.bounced", "bounceType": "Permanent"},
+        {"type": "email.bounced"},
+        {"type": "email.spam_reported"}
+    ]));
+    assert!(validator.is_valid(&valid));
+    for entry in [
+        serde_json::json!({"type": "email.unsubscribed"}),
+        serde_json::json!({"type": "contact.updated"}),
+        serde_json::json!({"bounceType": "Permanent"}),
+        serde_json::json!({"type": "email.spam_reported", "bounceType": "Transient"}),
+        serde_json::json!({"type": "email.bounced", "bounceType": "permanent"}),
+    ] {
+        assert!(
+            !validator.is_valid(&policy(serde_json::json!([entry]))),
+            "{entry}"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 
 pub mod bounds;
 pub mod diag;
+pub mod events;
 mod file;
 mod raw;
 pub mod source;
@@ -24,8 +25,9 @@ use serde::Deserialize;
 
 use crate::contact::{ContactId, ContactListId, Email, PolicyName, clipped, quoted};
 pub use diag::{Diagnostic, Severity};
+pub use events::{EventFilter, EventSourceKind};
 use file::load_file;
-pub use validate::{digest, revision};
+pub use validate::{digest, revision, revision_with_events};
 
 pub const API_VERSION: &str = "listwarden.dev/v1";
 pub const KIND: &str = "ListPolicy";
@@ -117,8 +119,11 @@ pub struct Policy {
     pub contact_ids: std::sync::Arc<[ContactId]>,
     /// The file sources read (canonical paths): an edit of one of them concerns this policy.
     pub sources: Vec<PathBuf>,
-    /// Digest of the list id and the desired-absent set: changes exactly when what the
-    /// policy asks for changes.
+    /// `spec.exclude.events`: the webhook events whose recipient joins this policy's
+    /// contacts. Sorted, without repeats or filters another one covers.
+    pub events: Vec<EventFilter>,
+    /// Digest of the list id, the desired-absent set and the event filters: changes exactly
+    /// when what the policy asks for changes.
     pub revision: String,
 }
 

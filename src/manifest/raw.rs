@@ -174,6 +174,47 @@ pub(super) struct RawExclude {
     /// Files of emails or contact ids, relative to the manifest's directory.
     #[serde(default)]
     pub(super) files: Vec<RawFileSource>,
+    /// AutoSend webhook events whose recipient joins this policy's contacts (received by the
+    /// daemon's webhook listener), e.g. `{type: email.bounced, bounceType: Permanent}`.
+    #[serde(default)]
+    pub(super) events: Vec<RawEventSource>,
+}
+
+/// `bounceType` is for `email.bounced` alone: a schema rule, so editors flag it too.
+fn bounce_type_only_with_bounces(schema: &mut schemars::Schema) {
+    schema.insert(
+        "if".into(),
+        serde_json::json!({
+            "required": ["type"],
+            "properties": {"type": {"not": {"const": crate::webhook::event::EMAIL_BOUNCED}}}
+        }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({"not": {"required": ["bounceType"]}}),
+    );
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(rename = "EventSource", transform = bounce_type_only_with_bounces)]
+pub(super) struct RawEventSource {
+    /// email.bounced or email.spam_reported: the events that name a recipient who must not be
+    /// mailed. Unsubscribe events carry no address; contact events are handled for every
+    /// policy without being declared.
+    #[serde(rename = "type")]
+    #[schemars(
+        required,
+        extend("enum" = [
+            crate::webhook::event::EMAIL_BOUNCED,
+            crate::webhook::event::EMAIL_SPAM_REPORTED
+        ])
+    )]
+    pub(super) event_type: Option<String>,
+    /// Only with email.bounced: Permanent (hard bounces) or Transient (soft bounces), written
+    /// as AutoSend writes it. Omitted: every bounce.
+    #[schemars(extend("enum" = ["Permanent", "Transient", null]))]
+    pub(super) bounce_type: Option<String>,
 }
 
 #[derive(Deserialize, JsonSchema)]

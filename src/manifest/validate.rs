@@ -5,6 +5,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::events::{self, EventFilter};
 use super::raw::{RawDocument, RawEntryType};
 use super::source::{self, EntryType};
 use super::{API_VERSION, Diagnostic, InvalidPolicy, KIND, Origin, Policy};
@@ -142,6 +143,7 @@ pub(super) fn validate(
             Err(e) => err(&field, e),
         }
     }
+    let (events, merged_events) = events::validate(&spec.exclude.events, &mut err);
 
     let policy_label = clipped(name_raw.as_deref().unwrap_or("unnamed policy")).into_owned();
     let mut sources = Vec::with_capacity(spec.exclude.files.len());
@@ -213,13 +215,24 @@ pub(super) fn validate(
             .field("spec.exclude"),
         );
     }
-    if emails.is_empty() && contact_ids.is_empty() {
+    if merged_events > 0 {
         diagnostics.push(
-            warn("the policy excludes nothing: add emails, contactIds or files".into())
+            warn(format!(
+                "{merged_events} event entr{} removed: repeated, or covered by an \
+                 `email.bounced` entry without bounceType",
+                if merged_events == 1 { "y" } else { "ies" }
+            ))
+            .field("spec.exclude.events"),
+        );
+    }
+    // An events-only policy is complete: its contacts arrive later, by webhook.
+    if emails.is_empty() && contact_ids.is_empty() && events.is_empty() {
+        diagnostics.push(
+            warn("the policy excludes nothing: add emails, contactIds, files or events".into())
                 .field("spec.exclude"),
         );
     }
-    let revision = revision(&list, &emails, &contact_ids);
+    let revision = revision_with_events(&list, &emails, &contact_ids, &events);
     Ok(Policy {
         name,
         labels: raw.metadata.map(|m| m.labels).unwrap_or_default(),
@@ -232,6 +245,7 @@ pub(super) fn validate(
         emails: emails.into(),
         contact_ids: contact_ids.into(),
         sources,
+        events,
         revision,
     })
 }
@@ -356,6 +370,19 @@ fn sort_unique<T: Ord>(v: &mut Vec<T>) {
 /// A short digest of what a policy asks for. Stable across runs and machines; the order of
 /// entries in the manifest does not matter (the sets are sorted).
 pub fn revision(list: &ContactListId, emails: &[Email], contact_ids: &[ContactId]) -> String {
+    revision_with_events(list, emails, contact_ids, &[])
+}
+
+/// [`revision`], with the policy's event filters: what the policy asks for includes the
+/// contacts events will bring. Without filters the digest is the one [`revision`] always
+/// gave, so upgrading changes no existing policy's revision (which would mark every policy
+/// as changed).
+pub fn revision_with_events(
+    list: &ContactListId,
+    emails: &[Email],
+    contact_ids: &[ContactId],
+    events: &[EventFilter],
+) -> String {
     let mut h = Sha256::new();
     h.update(list.as_str().as_bytes());
     h.update([0u8]);
@@ -367,6 +394,14 @@ pub fn revision(list: &ContactListId, emails: &[Email], contact_ids: &[ContactId
     for c in contact_ids {
         h.update(c.as_str().as_bytes());
         h.update([b'\n']);
+    }
+    if !events.is_empty() {
+        h.update([0u8]);
+        h.update(b"events\n");
+        for f in events {
+            h.update(f.revision_key().as_bytes());
+            h.update([b'\n']);
+        }
     }
     short(&h.finalize())
 }
