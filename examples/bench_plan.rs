@@ -114,11 +114,14 @@ fn child(scenario: &str, dir: &Path) {
     let mut requests = 0;
     for _ in 0..RUNS {
         let start = Instant::now();
-        let (manifests, plan) =
-            load_and_plan(&root, PlanOptions::default(), &Default::default(), |_| {
-                Ok::<_, std::convert::Infallible>(ListRecords::default())
-            })
-            .unwrap_or_else(|never| match never {});
+        let (manifests, plan) = load_and_plan(
+            &root,
+            PlanOptions::default(),
+            &Default::default(),
+            |_| Ok(()),
+            |_| Ok::<_, std::convert::Infallible>(ListRecords::default()),
+        )
+        .unwrap_or_else(|never| match never {});
         let elapsed = start.elapsed();
         assert!(
             !manifests.has_errors(),

@@ -166,7 +166,7 @@ fn check_policies(
             }
             let base = baselines.get(p.name.as_str())?;
             let before = base.contacts?;
-            let after = (p.emails.len() + p.contact_ids.len()) as u64;
+            let after = p.declared_contacts() as u64;
             let threshold = p.max_forget_percent.unwrap_or(default_percent).min(100);
             // lost / before > threshold / 100, in integers.
             let exceeded = after < before

@@ -39,6 +39,7 @@ pub mod condition;
 pub mod contact;
 pub mod daemon;
 pub mod desired;
+pub mod feed;
 pub mod gate;
 pub mod hold;
 pub mod human;

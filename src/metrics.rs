@@ -8,6 +8,9 @@
 //!   `rate_limited_total`, `pacing_wait_seconds_total`;
 //! - `policy_ready{policy,reason}` (1 when Ready=True), `manifest_errors`,
 //!   `manifest_loads_total{result}`;
+//! - `webhook_events_total{type,result}` (result `accepted`, `duplicate`, `bad_signature`,
+//!   `invalid`, `stale`, `ignored`, `throttled`, `unavailable`), `webhook_event_to_remove_seconds`
+//!   (histogram: from an event's receipt to the end of the reconcile that asserted it);
 //! - `build_info{version,store_schema}`, always 1: which build is running, for dashboards
 //!   and for alerts that must tell an upgrade from a fault.
 
@@ -59,6 +62,9 @@ pub struct PolicyLabels {
     pub reason: String,
 }
 
+/// `type` and `result`: a label named like a Rust keyword, so pairs rather than a derive.
+pub type WebhookLabels = Vec<(String, String)>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
@@ -83,6 +89,8 @@ pub struct Metrics {
     pub policy_ready: Family<PolicyLabels, Gauge>,
     pub manifest_errors: Gauge,
     pub manifest_loads: Family<ResultLabel, Counter>,
+    pub webhook_events: Family<WebhookLabels, Counter>,
+    pub webhook_event_to_remove: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,6 +128,8 @@ impl Metrics {
             policy_ready: Family::default(),
             manifest_errors: Gauge::default(),
             manifest_loads: Family::default(),
+            webhook_events: Family::default(),
+            webhook_event_to_remove: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             registry: Registry::default(),
         };
         registry.register(
@@ -182,6 +192,16 @@ impl Metrics {
             "Manifest loads by result (ok, error)",
             m.manifest_loads.clone(),
         );
+        registry.register(
+            "webhook_events",
+            "AutoSend webhook deliveries by event type and result",
+            m.webhook_events.clone(),
+        );
+        registry.register(
+            "webhook_event_to_remove_seconds",
+            "From a webhook event's receipt to the end of the reconcile that asserted its contact",
+            m.webhook_event_to_remove.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -201,6 +221,20 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one webhook delivery. Types outside AutoSend's documented ones are `other`.
+    pub fn webhook_event(&self, event_type: &str, result: &str) {
+        let known = crate::webhook::event::KNOWN_TYPES.contains(&event_type);
+        self.webhook_events
+            .get_or_create(&vec![
+                (
+                    "type".to_string(),
+                    if known { event_type } else { "other" }.to_string(),
+                ),
+                ("result".to_string(), result.to_string()),
+            ])
+            .inc();
     }
 
     /// Records one list reconcile.

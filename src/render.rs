@@ -95,6 +95,10 @@ pub struct PolicySummary<'a> {
     pub revision: &'a str,
     pub emails: usize,
     pub contact_ids: usize,
+    /// The `spec.exclude.events` filters, e.g. `email.bounced (Permanent)`.
+    pub events: Vec<String>,
+    /// Contacts webhook events fed the policy (counted in `emails` / `contact_ids` too).
+    pub event_contacts: usize,
 }
 
 impl<'a> PolicySummary<'a> {
@@ -110,6 +114,8 @@ impl<'a> PolicySummary<'a> {
             revision: &p.revision,
             emails: p.emails.len(),
             contact_ids: p.contact_ids.len(),
+            events: p.events.iter().map(ToString::to_string).collect(),
+            event_contacts: p.event_fed,
         }
     }
 }
@@ -285,6 +291,16 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
                 active.join(", ")
             }
         );
+        let fed: Vec<String> = l
+            .policies
+            .iter()
+            .map(|&i| &manifests.policies[i])
+            .filter(|p| !p.events.is_empty())
+            .map(|p| format!("{} {} from webhook events", p.name, thousands(p.event_fed)))
+            .collect();
+        if !fed.is_empty() {
+            let _ = writeln!(out, "  events       {}", fed.join(", "));
+        }
         if !l.suspended.is_empty() {
             let s: Vec<&str> = l.suspended.iter().map(|&i| name(i)).collect();
             let _ = writeln!(

@@ -108,6 +108,10 @@ mod rfc3339 {
 /// personal data.
 pub fn status_document(store: &Store, show_contacts: bool) -> Result<StatusDocument, StoreError> {
     let mut policies = store.policies()?;
+    let fed = store.event_contact_counts()?;
+    for p in &mut policies {
+        p.event_contacts = fed.get(&p.name).copied().unwrap_or(0);
+    }
     let mut lists = store.lists(FAILING_PER_LIST)?;
     let mut manifests = store.last_load()?;
     if !show_contacts {
@@ -235,6 +239,14 @@ pub fn status_text(doc: &StatusDocument) -> String {
             thousands(p.counts.failed as usize),
             thousands(p.counts.pending as usize)
         );
+        if p.event_contacts > 0 {
+            let _ = writeln!(
+                out,
+                "      from webhook events: {} contacts (listwarden events export --policy {})",
+                thousands(p.event_contacts as usize),
+                p.name
+            );
+        }
         if p.condition.ready != Ready::True && !p.condition.message.is_empty() {
             let _ = writeln!(out, "      {}", p.condition.message);
         }
@@ -312,6 +324,7 @@ mod tests {
             counts: PolicyCounts::default(),
             condition: crate::condition::Condition::new(Ready::True, Reason::Converged, ""),
             last_error: None,
+            event_contacts: 0,
         };
         let list = ListStatus {
             contact_list_id: "L1".into(),

@@ -399,6 +399,34 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
     }
 }
 
+/// The webhook listener's settings, when `--webhook-listen` asks for one; the error never
+/// holds the secret.
+fn webhook_config(
+    args: &RunArgs,
+) -> Result<Option<listwarden::daemon::receiver::WebhookConfig>, String> {
+    use listwarden::daemon::receiver::{Secret, WebhookConfig};
+    let Some(listen) = args.webhook_listen else {
+        if args.webhook_secret_file.is_some() {
+            return Err("--webhook-secret-file needs --webhook-listen ADDR".into());
+        }
+        return Ok(None);
+    };
+    let text = match &args.webhook_secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the webhook secret file {}: {e}", path.display()))?,
+        None => std::env::var("AUTOSEND_WEBHOOK_SECRET").map_err(|_| {
+            "--webhook-listen needs the webhook secret: set AUTOSEND_WEBHOOK_SECRET or pass              --webhook-secret-file PATH"
+                .to_string()
+        })?,
+    };
+    let secret = Secret::new(&text).ok_or_else(|| {
+        "the webhook secret is empty: copy it from AutoSend's webhook settings".to_string()
+    })?;
+    let mut config = WebhookConfig::new(listen, secret);
+    config.window = args.webhook_window.0;
+    Ok(Some(config))
+}
+
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.sync.log_format);
     let metrics = Arc::new(listwarden::metrics::Metrics::new());
@@ -418,6 +446,10 @@ pub fn run(args: &RunArgs) -> u8 {
     config.debounce = args.debounce.0;
     config.allow_empty = args.sync.allow_empty;
     config.expose_contacts = args.expose_contacts;
+    config.webhook = match or_exit(webhook_config(args)) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
     let store = listwarden::daemon::StoreSource::Wait(args.sync.state.state.clone());
     runtime().block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();

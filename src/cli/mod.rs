@@ -23,6 +23,7 @@ use listwarden::plan::{self, ListRecords, Plan, PlanOptions};
 use listwarden::render;
 
 mod commands;
+mod events;
 mod generate;
 mod init;
 
@@ -31,6 +32,7 @@ const API: &str = "AutoSend API";
 const STATE: &str = "State store";
 const DAEMON: &str = "Daemon";
 const OUTPUT: &str = "Output";
+const WEBHOOKS: &str = "Webhooks";
 
 macro_rules! environment {
     () => {
@@ -41,6 +43,8 @@ Environment:
   AUTOSEND_PROJECT_ID     x-project-id for account-level keys (--project-id)
   LISTWARDEN_STATE        the state store (--state), default .listwarden/state.db
   LISTWARDEN_RATE_LIMIT   the key's request budget (--rate-limit), default 2/s,50/m
+  AUTOSEND_WEBHOOK_SECRET the webhook secret, for run --webhook-listen (or
+                          --webhook-secret-file, env AUTOSEND_WEBHOOK_SECRET_FILE)
   RUST_LOG                log filter, default listwarden=info,autosend=info,warn"
     };
 }
@@ -159,6 +163,10 @@ pub enum Command {
     /// lock: a running daemon picks the approval up within seconds, as does the next apply.
     #[command(after_help = exit_simple!())]
     Approve(ApproveArgs),
+    /// The contacts AutoSend webhook events (bounces, spam reports) fed to policies with
+    /// spec.exclude.events: export them as a file source to commit, or forget one.
+    #[command(after_help = exit_simple!())]
+    Events(EventsArgs),
     /// Scaffold a manifests folder: a commented sample policy, a suppression file, the
     /// editor schema line and a .gitignore for .listwarden/. Never overwrites a file.
     #[command(after_help = exit_simple!())]
@@ -207,6 +215,59 @@ pub struct ApproveArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Write a policy's event-fed contacts as a text file source (one entry a line), to
+    /// commit and name in spec.exclude.files: git stays the source of truth.
+    Export(ExportArgs),
+    /// Take one contact out of a policy's event-fed set (it stays recorded for audit; a new
+    /// event naming it adds it again).
+    Forget(ForgetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The policy's metadata.name.
+    #[arg(long)]
+    pub policy: String,
+    /// Only contacts whose event is this recent or newer (RFC 3339, e.g.
+    /// 2026-11-01T00:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<std::time::SystemTime>,
+    /// Export the contact ids events named instead of the email addresses.
+    #[arg(long)]
+    pub contact_ids: bool,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// The SQLite state store written by `run`.
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE", hide_env_values = true, help_heading = STATE)]
+    pub state: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// The email address or contact id to forget.
+    pub contact: String,
+    /// The policy's metadata.name.
+    #[arg(long)]
+    pub policy: String,
+    /// The SQLite state store written by `run`.
+    #[arg(long, default_value = listwarden::store::DEFAULT_PATH, env = "LISTWARDEN_STATE", hide_env_values = true, help_heading = STATE)]
+    pub state: PathBuf,
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| format!("{e}; write a time like 2026-11-01T00:00:00Z or 2026-11-01 00:00:00"))
+}
+
+#[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
     pub sync: SyncArgs,
@@ -225,6 +286,19 @@ pub struct RunArgs {
     /// and addresses are personal data, so they are masked (j***@example.com).
     #[arg(long, help_heading = DAEMON)]
     pub expose_contacts: bool,
+    /// Serve AutoSend's webhooks (POST /webhooks/autosend) on this address, apart from
+    /// --listen: AutoSend must reach this one (through your ingress), nobody should reach the
+    /// other. Needs the webhook secret (--webhook-secret-file or AUTOSEND_WEBHOOK_SECRET).
+    #[arg(long, value_parser = parse_listen, help_heading = WEBHOOKS)]
+    pub webhook_listen: Option<std::net::SocketAddr>,
+    /// Read the webhook secret (AutoSend's webhook settings show it) from this file instead
+    /// of the environment variable AUTOSEND_WEBHOOK_SECRET.
+    #[arg(long, env = "AUTOSEND_WEBHOOK_SECRET_FILE", help_heading = WEBHOOKS)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Webhook events older than this (by their signed createdAt) are refused, and retries
+    /// and replays are recognised for this long.
+    #[arg(long, default_value_t = Span(listwarden::webhook::DEFAULT_WINDOW), value_parser = parse_span, help_heading = WEBHOOKS)]
+    pub webhook_window: Span,
 }
 
 /// What `apply` and `run` both take: they converge lists the same way.
@@ -446,6 +520,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => commands::status(&args),
         Command::Run(args) => commands::run(&args),
         Command::Approve(args) => commands::approve(&args),
+        Command::Events(args) => events::events(&args),
         Command::Init(args) => init::init(&args.dir),
         Command::Schema => generate::schema(),
         Command::Completions(args) => generate::completions(args.shell),
@@ -559,11 +634,19 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let loaded =
-        listwarden::load::load_and_plan(&args.path, options, &baselines, |list| match &store {
+    let loaded = listwarden::load::load_and_plan(
+        &args.path,
+        options,
+        &baselines,
+        |m| match &store {
+            Some(s) => listwarden::feed::join_event_contacts(m, s),
+            None => Ok(()),
+        },
+        |list| match &store {
             Some(s) => s.records(list),
             None => Ok(ListRecords::default()),
-        });
+        },
+    );
     let (manifests, plan) = match loaded {
         Ok(p) => p,
         Err(e) => {

@@ -30,6 +30,8 @@
 //!   outcome is committed), and exit 0 within the grace period; a second signal exits at once.
 
 pub mod http;
+mod inbox;
+pub mod receiver;
 mod requeue;
 mod scheduler;
 pub mod watch;
@@ -84,6 +86,8 @@ pub struct DaemonConfig {
     pub allow_empty: bool,
     /// `/status` shows contact addresses (it is unauthenticated: off by default).
     pub expose_contacts: bool,
+    /// Serve AutoSend's webhooks (`--webhook-listen`): off unless configured.
+    pub webhook: Option<receiver::WebhookConfig>,
 }
 
 impl DaemonConfig {
@@ -100,6 +104,7 @@ impl DaemonConfig {
             max_backoff: Duration::from_secs(15 * 60),
             allow_empty: false,
             expose_contacts: false,
+            webhook: None,
         }
     }
 }
@@ -148,6 +153,24 @@ pub async fn run(
         },
     };
     let _ = shared.store.set(store.clone());
+    let inbox = Arc::new(tokio::sync::Notify::new());
+    let webhook_task = match config.webhook.clone() {
+        Some(wh) => {
+            let listen = wh.listen;
+            let (addr, task) = receiver::serve(
+                wh,
+                store.clone(),
+                metrics.clone(),
+                inbox.clone(),
+                http_stop.clone(),
+            )
+            .await
+            .map_err(|e| format!("cannot listen for webhooks on {listen}: {e}"))?;
+            tracing::info!(%addr, path = receiver::PATH, "serving AutoSend webhooks");
+            Some(task)
+        }
+        None => None,
+    };
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
     // A single manifest file may read data files beside it: watch its directory.
@@ -188,6 +211,8 @@ pub async fn run(
         auth_backoff: None,
         store_retry_at: None,
         reload_failed: false,
+        event_waits: HashMap::new(),
+        forget_mark: None,
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut watch: Option<Watch> = None;
@@ -203,6 +228,10 @@ pub async fn run(
     // Whether the manifests path existed at the last load; the first load happens on the
     // first housekeeping tick, at once.
     let mut root_seen: Option<bool> = None;
+    // Webhook events gathered into one batch: (close at, first received). Events left in
+    // the inbox by a previous run are handled after the first load.
+    let mut events_at: Option<(Instant, Instant)> = None;
+    let mut inbox_pending = true;
     loop {
         d.start_due(&done_tx);
         let wake = match reload_at {
@@ -240,6 +269,16 @@ pub async fn run(
                 d.reload(true, None).await;
             }
             Some(done) = done_rx.recv() => d.finished(done),
+            _ = inbox.notified() => {
+                let now = Instant::now();
+                let first = events_at.map_or(now, |(_, first)| first);
+                let at = (now + inbox::EVENT_QUIET).min(first + inbox::EVENT_BATCH_MAX);
+                events_at = Some((at, first));
+            }
+            _ = tokio::time::sleep_until(events_at.map_or(wake, |(at, _)| at)), if events_at.is_some() => {
+                let first = events_at.take().map_or_else(Instant::now, |(_, first)| first);
+                inbox_pending = d.handle_inbox(first).await;
+            }
             _ = housekeeping.tick() => {
                 let present = d.config.path.exists() || d.config.path.is_symlink();
                 if present && watch.is_none() {
@@ -257,6 +296,13 @@ pub async fn run(
                     }
                     changed = Some(HashSet::new());
                     d.reload(false, None).await;
+                } else if d.event_forgets_changed() {
+                    tracing::info!("an event-fed contact was forgotten; reloading");
+                    d.reload(false, Some(HashSet::new())).await;
+                }
+                if inbox_pending && events_at.is_none() {
+                    let now = Instant::now();
+                    events_at = Some((now, now));
                 }
                 d.check_store();
             }
@@ -277,6 +323,9 @@ pub async fn run(
     }
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
+    if let Some(task) = webhook_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
     Ok(())
 }
 

@@ -189,6 +189,10 @@ pub(super) struct Scheduler {
     pub(super) store_retry_at: Option<Instant>,
     /// The last reload did not complete: sends stay held, and it is tried again.
     pub(super) reload_failed: bool,
+    /// Lists with webhook events waiting to be asserted, and when the first was received.
+    pub(super) event_waits: HashMap<ContactListId, Instant>,
+    /// What `Store::event_forget_mark` said at the last look.
+    pub(super) forget_mark: Option<i64>,
 }
 
 impl Scheduler {
@@ -306,7 +310,8 @@ impl Scheduler {
             .clone();
         let before = self.manifests.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let manifests = manifest::load_cached(&path, &mut cache, stale.as_ref());
+            let mut manifests = manifest::load_cached(&path, &mut cache, stale.as_ref());
+            crate::feed::join_event_contacts(&mut manifests, &store)?;
             let baselines = store.baselines()?;
             let holds = crate::hold::check(
                 &manifests,
@@ -620,6 +625,9 @@ impl Scheduler {
         let unauthorized = matches!(result, Some(ListResult::Unauthorized(_)));
         if let Some(o) = &done.outcome {
             self.metrics.reconciled(o, done.pending_after);
+            if o.result.is_ok() {
+                self.events_asserted(&done.list);
+            }
         }
         if let Some(ListResult::StoreFailed(m)) = result {
             tracing::error!(error = %m, "the state store cannot be written: pausing all API work until it can");

@@ -122,6 +122,11 @@ pub struct Policy {
     /// `spec.exclude.events`: the webhook events whose recipient joins this policy's
     /// contacts. Sorted, without repeats or filters another one covers.
     pub events: Vec<EventFilter>,
+    /// How many contacts webhook events fed this policy ([`crate::feed`] joins them after a
+    /// load; 0 until then). They are in `emails` / `contact_ids` too.
+    pub event_fed: usize,
+    /// How many of those the manifests did not name already: what the joining added.
+    pub event_added: usize,
     /// Digest of the list id, the desired-absent set and the event filters: changes exactly
     /// when what the policy asks for changes.
     pub revision: String,
@@ -156,6 +161,15 @@ pub struct Manifests {
     pub policies: Vec<Policy>,
     pub invalid: Vec<InvalidPolicy>,
     pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Policy {
+    /// The contacts the manifests themselves name (event-fed ones left out): what the forget
+    /// threshold compares, so that forgetting an event-fed contact, which is a command of
+    /// its own, never holds a policy.
+    pub fn declared_contacts(&self) -> usize {
+        (self.emails.len() + self.contact_ids.len()).saturating_sub(self.event_added)
+    }
 }
 
 impl Manifests {

@@ -246,6 +246,8 @@ pub(super) fn validate(
         contact_ids: contact_ids.into(),
         sources,
         events,
+        event_fed: 0,
+        event_added: 0,
         revision,
     })
 }

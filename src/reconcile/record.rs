@@ -138,8 +138,13 @@ pub fn prepare(
     options: crate::plan::PlanOptions,
 ) -> Result<(Manifests, crate::plan::Plan), StoreError> {
     let baselines = store.baselines()?;
-    let (manifests, plan) =
-        crate::load::load_and_plan(path, options, &baselines, |l| store.records(l))?;
+    let (manifests, plan) = crate::load::load_and_plan(
+        path,
+        options,
+        &baselines,
+        |m| crate::feed::join_event_contacts(m, store),
+        |l| store.records(l),
+    )?;
     record_manifests(store, &manifests, &plan.holds, crate::clock::now_unix())?;
     Ok((manifests, plan))
 }
@@ -255,7 +260,7 @@ pub fn record_manifests_since(
                 list: p.contact_list_id.as_str(),
                 file: &p.origin.file,
                 document: p.origin.document,
-                contacts: (p.emails.len() + p.contact_ids.len()) as u64,
+                contacts: p.declared_contacts() as u64,
                 revision: &p.revision,
             }),
         }

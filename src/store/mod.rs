@@ -20,6 +20,7 @@
 //! schema, faults) is one concern.
 
 mod contacts;
+mod events;
 mod loads;
 mod lock;
 mod schema;
@@ -37,6 +38,7 @@ pub use contacts::{
     ContactOutcome, Keep, Keeper, ListRecords, Record, Records, UNACCOUNTED_LIMIT,
     unaccounted_message,
 };
+pub use events::{EventContact, Handling, InboxEvent, Received, Resync};
 pub use loads::{Accepted, Approval, Baseline, Held, LoadRecord, LoadSummary};
 pub use lock::{LockError, StoreLock, create_private_dir, lock_path};
 pub use schema::SCHEMA_VERSION;

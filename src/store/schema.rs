@@ -164,6 +164,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
           unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
         WHERE id = NEW.list;
      END;",
+    // 4 -> 5: webhooks. The inbox of verified events (committed before the delivery is
+    // answered, handled after; kept through the freshness window to recognise retries and
+    // replays by digest or delivery id), and the contacts events fed to policies.
+    "CREATE TABLE webhook_events (
+        id          INTEGER PRIMARY KEY,
+        digest      BLOB NOT NULL UNIQUE,       -- SHA-256 of the signed body
+        delivery_id TEXT,                       -- X-Webhook-Delivery-Id
+        event_type  TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,           -- the signed createdAt, unix ms
+        received_at INTEGER NOT NULL,           -- unix ms
+        email       TEXT,
+        contact_id  TEXT,
+        bounce_type TEXT,
+        handled_at  INTEGER,                    -- unix ms
+        outcome     TEXT
+     );
+     CREATE INDEX webhook_events_delivery ON webhook_events (delivery_id)
+        WHERE delivery_id IS NOT NULL;
+     CREATE INDEX webhook_events_unhandled ON webhook_events (id) WHERE handled_at IS NULL;
+     CREATE TABLE event_contacts (
+        policy       TEXT NOT NULL,
+        kind         INTEGER NOT NULL,          -- 0 email, 1 contact id
+        contact      TEXT NOT NULL,
+        event_type   TEXT NOT NULL,
+        event_at     INTEGER NOT NULL,          -- the event's createdAt, unix ms
+        delivery_id  TEXT,
+        list_id      TEXT NOT NULL,             -- the policy's list then
+        added_at     INTEGER NOT NULL,          -- unix ms
+        forgotten_at INTEGER,                   -- unix ms, by `listwarden events forget`
+        forgotten_by TEXT,
+        PRIMARY KEY (policy, kind, contact)
+     ) WITHOUT ROWID;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

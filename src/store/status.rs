@@ -58,6 +58,8 @@ pub struct PolicyStatus {
     pub counts: PolicyCounts,
     pub condition: Condition,
     pub last_error: Option<String>,
+    /// Contacts webhook events fed the policy (`spec.exclude.events`), not forgotten.
+    pub event_contacts: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -204,6 +206,7 @@ impl Store {
                         message: r.get(15)?,
                     },
                     last_error: r.get(16)?,
+                    event_contacts: 0,
                 })
             })?;
             rows.collect()

@@ -458,7 +458,10 @@ mod tests {
         for _ in 0..10 {
             pacer.rate_limited();
         }
-        assert_eq!(window_after(&pacer), Duration::from_secs(1).mul_f64(MAX_MARGIN));
+        assert_eq!(
+            window_after(&pacer),
+            Duration::from_secs(1).mul_f64(MAX_MARGIN)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,126 @@
+//! The daemon's side of webhooks: handling what the [receiver](super::receiver) committed to
+//! the store's inbox, through the same reload and reconcile path as a file edit.
+//!
+//! Events are gathered for a short while (until none came for [`EVENT_QUIET`], at most
+//! [`EVENT_BATCH_MAX`] after the first), so that a burst of a thousand events is one reload
+//! and one reconcile per list, not a thousand. Handling an event and marking it handled is
+//! one store transaction ([`crate::store::Store::handle_events`]); then:
+//! - contacts fed to policies change those policies' sets: a reload (no file is read again)
+//!   joins them, and the lists whose revision changed reconcile at once;
+//! - a contact some list excludes that AutoSend says was created or updated is resynced on
+//!   those lists (confirmed long ago as far as the plan is concerned), and they run now.
+//!
+//! Bounces and spam reports wait while any policy cannot be loaded or the last reload
+//! failed: the policy that takes them may be the broken one, and handling them without it
+//! would lose them for it. Contact hints need only the desired state and never wait.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::scheduler::Scheduler;
+use crate::contact::ContactListId;
+
+/// A batch of events closes when none came for this long...
+pub(super) const EVENT_QUIET: Duration = Duration::from_millis(250);
+/// ...or this long after its first event.
+pub(super) const EVENT_BATCH_MAX: Duration = Duration::from_secs(2);
+/// Events handled in one transaction; more are handled in the next round.
+const EVENTS_PER_ROUND: usize = 5_000;
+
+impl Scheduler {
+    /// Handles what the inbox holds. `received` is when the first event of the batch was
+    /// announced (for the event-to-remove latency). Returns whether events are left (more
+    /// than a round, or waiting for the manifests to load cleanly).
+    pub(super) async fn handle_inbox(&mut self, received: Instant) -> bool {
+        let (generation, policies, desired) = {
+            let snap = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+            (snap.generation, snap.policies.clone(), snap.desired.clone())
+        };
+        if generation == 0 {
+            // Nothing loaded yet: after the first load.
+            return true;
+        }
+        let policies_complete = self.manifests.invalid.is_empty() && !self.reload_failed;
+        let store = self.store.clone();
+        let handled = tokio::task::spawn_blocking(move || {
+            let events = store.unhandled_events(EVENTS_PER_ROUND)?;
+            let seen = events.len();
+            let ready: Vec<_> = events
+                .into_iter()
+                .filter(|(_, e)| policies_complete || !crate::feed::needs_policies(e))
+                .collect();
+            let (outcomes, handling) = crate::feed::decide(&ready, &policies, &desired);
+            let marks: Vec<(i64, &str)> =
+                outcomes.iter().map(|(id, o)| (*id, o.as_str())).collect();
+            store.handle_events(&marks, &handling, crate::clock::now_unix() * 1000)?;
+            for ((_, e), (_, outcome)) in ready.iter().zip(&outcomes) {
+                tracing::info!(event = %e.event_type, %outcome, "webhook event handled");
+            }
+            Ok::<_, crate::store::StoreError>((
+                handling,
+                ready.len() < seen || seen == EVENTS_PER_ROUND,
+            ))
+        })
+        .await;
+        let (handling, left) = match handled {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot handle webhook events; retrying");
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "handling webhook events panicked; retrying");
+                return true;
+            }
+        };
+        let now = Instant::now();
+        let resynced: HashSet<&str> = handling.resync.iter().map(|r| r.list_id.as_str()).collect();
+        let fed: HashSet<&str> = handling.fed.iter().map(|f| f.list_id.as_str()).collect();
+        for list in resynced.iter().chain(&fed) {
+            if let Ok(id) = ContactListId::from_str(list) {
+                self.event_waits.entry(id).or_insert(received);
+            }
+        }
+        for list in &resynced {
+            let Ok(id) = ContactListId::from_str(list) else {
+                continue;
+            };
+            if let Some(state) = self.lists.get_mut(&id) {
+                if state.running {
+                    state.dirty = true;
+                } else {
+                    state.next_due = now;
+                    state.backoff = None;
+                }
+            }
+        }
+        if !fed.is_empty() {
+            // No file changed: nothing is read again, the policies' event-fed sets are.
+            self.reload(false, Some(HashSet::new())).await;
+        }
+        left
+    }
+
+    /// Whether `listwarden events forget` took a contact out of an event-fed set since the
+    /// last look (then the daemon reloads, and stops asserting it).
+    pub(super) fn event_forgets_changed(&mut self) -> bool {
+        let Ok(mark) = self.store.event_forget_mark() else {
+            return false;
+        };
+        let changed = self.forget_mark.is_some_and(|seen| seen != mark);
+        self.forget_mark = Some(mark);
+        changed
+    }
+
+    /// A reconcile of `list` ended well: the events waiting on it were asserted.
+    pub(super) fn events_asserted(&mut self, list: &ContactListId) {
+        if let Some(received) = self.event_waits.remove(list) {
+            self.metrics
+                .webhook_event_to_remove
+                .observe(received.elapsed().as_secs_f64());
+        }
+    }
+}

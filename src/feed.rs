@@ -1,0 +1,373 @@
+//! Webhook events into the desired state: the one place where what AutoSend told us joins
+//! what the manifests say.
+//!
+//! Two things, both pure over their inputs (the store reads and writes are the caller's):
+//!
+//! - [`join_event_contacts`]: each policy that declares `spec.exclude.events` gets the
+//!   contacts events fed it (the store's `event_contacts`, minus forgotten ones) added to its
+//!   desired-absent set, and a revision that changes when they do, so the daemon reconciles
+//!   its list and `plan` counts them (as new contacts: they count toward
+//!   `maxRemovalsPerSync` like any other). A policy without `events` gets nothing, whatever
+//!   was recorded for it: invariant 1 holds through a source the manifests declare.
+//! - [`decide`]: what an inbox event does. A bounce or a spam report feeds every policy whose
+//!   `events` filters match it; a `contact.created` / `contact.updated` for a contact some
+//!   list's desired set names resyncs it on those lists (it may be back). Nothing else acts.
+
+use std::sync::Arc;
+
+use crate::contact::{ContactId, ContactKind, Email};
+use crate::desired::DesiredState;
+use crate::manifest::{Manifests, Policy};
+use crate::store::{EventContact, Handling, InboxEvent, Resync, Store, StoreError};
+use crate::webhook::{BounceType, EventKind, event};
+
+/// Adds to each policy with `events` sources the contacts events fed it.
+pub fn join_event_contacts(manifests: &mut Manifests, store: &Store) -> Result<(), StoreError> {
+    for policy in manifests
+        .policies
+        .iter_mut()
+        .filter(|p| !p.events.is_empty())
+    {
+        let rows = store.event_contacts(policy.name.as_str())?;
+        join(policy, &rows);
+    }
+    Ok(())
+}
+
+/// `policy` with `rows` (what the store keeps of its event-fed contacts) joined.
+pub fn join(policy: &mut Policy, rows: &[(ContactKind, String)]) {
+    // Stored normalised; parsed again all the same, as everything read back is.
+    let mut emails: Vec<Email> = rows
+        .iter()
+        .filter(|(k, _)| *k == ContactKind::Email)
+        .filter_map(|(_, c)| Email::parse(c).ok())
+        .collect();
+    emails.sort_unstable();
+    emails.dedup();
+    let mut ids: Vec<ContactId> = rows
+        .iter()
+        .filter(|(k, _)| *k == ContactKind::ContactId)
+        .filter_map(|(_, c)| ContactId::parse(c).ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    policy.event_fed = emails.len() + ids.len();
+    if policy.event_fed == 0 {
+        return;
+    }
+    let before = policy.emails.len() + policy.contact_ids.len();
+    policy.emails = union(&policy.emails, &emails);
+    policy.contact_ids = union(&policy.contact_ids, &ids);
+    policy.event_added = policy.emails.len() + policy.contact_ids.len() - before;
+    let mut text = format!("{}\nevents", policy.revision);
+    for c in emails
+        .iter()
+        .map(Email::as_str)
+        .chain(ids.iter().map(ContactId::as_str))
+    {
+        text.push('\n');
+        text.push_str(c);
+    }
+    policy.revision = crate::manifest::digest(text.as_bytes());
+}
+
+/// The sorted union of two sorted sets without duplicates.
+fn union<T: Ord + Clone>(a: &[T], b: &[T]) -> Arc<[T]> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i].clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j].clone());
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i].clone());
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out.into()
+}
+
+/// What the inbox keeps of an event, as the event it was.
+fn kind_of(e: &InboxEvent) -> Option<EventKind> {
+    let email = e.email.as_deref().and_then(|m| Email::parse(m).ok());
+    match e.event_type.as_str() {
+        event::EMAIL_BOUNCED => Some(EventKind::Bounced {
+            email: email?,
+            bounce_type: e.bounce_type.as_deref().and_then(BounceType::from_name),
+        }),
+        event::EMAIL_SPAM_REPORTED => Some(EventKind::SpamReported { email: email? }),
+        t @ (event::CONTACT_CREATED | event::CONTACT_UPDATED) => {
+            let contact_id = e
+                .contact_id
+                .as_deref()
+                .and_then(|c| ContactId::parse(c).ok());
+            (email.is_some() || contact_id.is_some()).then_some(EventKind::ContactChanged {
+                created: t == event::CONTACT_CREATED,
+                email,
+                contact_id,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether handling `e` depends on which policies take events: then it waits while some
+/// policy cannot be loaded (it may be one that takes them), rather than being handled as
+/// "no policy wants it" and lost to that policy.
+pub fn needs_policies(e: &InboxEvent) -> bool {
+    matches!(
+        e.event_type.as_str(),
+        event::EMAIL_BOUNCED | event::EMAIL_SPAM_REPORTED
+    )
+}
+
+/// What handling `events` does, against the current policies and desired state, and a
+/// short outcome per event (kept in the inbox, for audit).
+pub fn decide(
+    events: &[(i64, InboxEvent)],
+    policies: &[Policy],
+    desired: &DesiredState,
+) -> (Vec<(i64, String)>, Handling) {
+    let mut handling = Handling::default();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for (id, e) in events {
+        let outcome = match kind_of(e) {
+            None => "nothing to act on".to_string(),
+            Some(
+                ref kind @ (EventKind::Bounced { ref email, .. }
+                | EventKind::SpamReported { ref email }),
+            ) => {
+                let takers: Vec<&Policy> = policies
+                    .iter()
+                    .filter(|p| p.events.iter().any(|f| f.matches(kind)))
+                    .collect();
+                for p in &takers {
+                    handling.fed.push(EventContact {
+                        policy: p.name.to_string(),
+                        kind: ContactKind::Email,
+                        contact: email.as_str().to_string(),
+                        event_type: e.event_type.clone(),
+                        event_at_ms: e.created_at_ms,
+                        delivery_id: e.delivery_id.clone(),
+                        list_id: p.contact_list_id.to_string(),
+                    });
+                }
+                match takers.len() {
+                    0 => "no policy takes this event".to_string(),
+                    n => format!("fed to {n} {}", if n == 1 { "policy" } else { "policies" }),
+                }
+            }
+            Some(EventKind::ContactChanged {
+                email, contact_id, ..
+            }) => {
+                let before = handling.resync.len();
+                for list in &desired.lists {
+                    if let Some(email) = &email
+                        && list
+                            .emails
+                            .binary_search_by(|m| m.contact.as_str().cmp(email.as_str()))
+                            .is_ok()
+                    {
+                        handling.resync.push(Resync {
+                            list_id: list.list.to_string(),
+                            kind: ContactKind::Email,
+                            contact: email.as_str().to_string(),
+                        });
+                    }
+                    if let Some(id) = &contact_id
+                        && list
+                            .contact_ids
+                            .binary_search_by(|m| m.contact.as_str().cmp(id.as_str()))
+                            .is_ok()
+                    {
+                        handling.resync.push(Resync {
+                            list_id: list.list.to_string(),
+                            kind: ContactKind::ContactId,
+                            contact: id.as_str().to_string(),
+                        });
+                    }
+                }
+                match handling.resync.len() - before {
+                    0 => "no policy excludes this contact".to_string(),
+                    n => format!("resync on {n} {}", if n == 1 { "list" } else { "lists" }),
+                }
+            }
+            Some(_) => "nothing to act on".to_string(),
+        };
+        outcomes.push((*id, outcome));
+    }
+    (outcomes, handling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(docs: &[(&str, &str)]) -> (tempfile::TempDir, Manifests) {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text) in docs {
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        let m = crate::manifest::load(dir.path());
+        assert!(!m.has_errors(), "{:?}", m.diagnostics);
+        (dir, m)
+    }
+
+    fn doc(name: &str, list: &str, exclude: &str) -> String {
+        format!(
+            "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+             contactListId: {list}\n  exclude:\n{exclude}"
+        )
+    }
+
+    fn inbox(event_type: &str, email: Option<&str>, bounce: Option<&str>) -> InboxEvent {
+        InboxEvent {
+            digest: [0; 32],
+            delivery_id: Some("d".into()),
+            event_type: event_type.into(),
+            created_at_ms: 1,
+            email: email.map(str::to_string),
+            contact_id: None,
+            bounce_type: bounce.map(str::to_string),
+        }
+    }
+
+    fn policies() -> (tempfile::TempDir, Manifests) {
+        load(&[
+            (
+                "hard.yaml",
+                &doc(
+                    "hard",
+                    "l1",
+                    "    events: [{type: email.bounced, bounceType: Permanent}]\n    emails: [a@example.com]\n",
+                ),
+            ),
+            (
+                "spam.yaml",
+                &doc("spam", "l2", "    events: [{type: email.spam_reported}]\n"),
+            ),
+            (
+                "plain.yaml",
+                &doc("plain", "l3", "    emails: [x@example.com]\n"),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_bounce_feeds_only_the_policies_whose_filters_match_it() {
+        let (_d, m) = policies();
+        let desired = DesiredState::build(&m.policies);
+        let events = vec![
+            (
+                1,
+                inbox("email.bounced", Some("b@example.com"), Some("Permanent")),
+            ),
+            (
+                2,
+                inbox("email.bounced", Some("c@example.com"), Some("Transient")),
+            ),
+            (3, inbox("email.spam_reported", Some("d@example.com"), None)),
+        ];
+        let (outcomes, handling) = decide(&events, &m.policies, &desired);
+        let fed: Vec<(&str, &str)> = handling
+            .fed
+            .iter()
+            .map(|f| (f.policy.as_str(), f.contact.as_str()))
+            .collect();
+        assert_eq!(
+            fed,
+            vec![("hard", "b@example.com"), ("spam", "d@example.com")]
+        );
+        assert_eq!(handling.fed[0].list_id, "l1");
+        assert_eq!(outcomes[1].1, "no policy takes this event");
+        assert!(handling.resync.is_empty());
+    }
+
+    #[test]
+    fn a_contact_event_resyncs_only_lists_whose_desired_set_holds_the_contact() {
+        let (_d, m) = policies();
+        let desired = DesiredState::build(&m.policies);
+        let events = vec![
+            (1, inbox("contact.updated", Some("x@example.com"), None)),
+            (
+                2,
+                inbox("contact.created", Some("stranger@example.com"), None),
+            ),
+        ];
+        let (outcomes, handling) = decide(&events, &m.policies, &desired);
+        assert_eq!(
+            handling.resync,
+            vec![Resync {
+                list_id: "l3".into(),
+                kind: ContactKind::Email,
+                contact: "x@example.com".into(),
+            }]
+        );
+        assert_eq!(outcomes[1].1, "no policy excludes this contact");
+        assert!(handling.fed.is_empty());
+    }
+
+    #[test]
+    fn joined_event_contacts_extend_the_set_and_change_the_revision() {
+        let (_d, mut m) = policies();
+        let rows = vec![
+            (ContactKind::Email, "a@example.com".to_string()),
+            (ContactKind::Email, "b@example.com".to_string()),
+        ];
+        let hard = &mut m.policies[0];
+        assert_eq!(hard.name.as_str(), "hard");
+        let before = hard.revision.clone();
+        join(hard, &rows);
+        let emails: Vec<&str> = hard.emails.iter().map(Email::as_str).collect();
+        assert_eq!(emails, vec!["a@example.com", "b@example.com"]);
+        assert_eq!(hard.event_fed, 2);
+        assert_ne!(hard.revision, before);
+        // The same rows again: the same revision (the daemon reconciles on change only).
+        let again = {
+            let (_d2, mut m2) = policies();
+            join(&mut m2.policies[0], &rows);
+            m2.policies[0].revision.clone()
+        };
+        assert_eq!(again, m.policies[0].revision);
+    }
+
+    #[test]
+    fn a_policy_without_events_gets_nothing_whatever_was_recorded_for_it() {
+        let (_d, mut m) = policies();
+        let store = Store::in_memory().unwrap();
+        let fed = |policy: &str| EventContact {
+            policy: policy.into(),
+            kind: ContactKind::Email,
+            contact: "z@example.com".into(),
+            event_type: "email.bounced".into(),
+            event_at_ms: 1,
+            delivery_id: None,
+            list_id: "l3".into(),
+        };
+        let handling = Handling {
+            fed: vec![fed("plain"), fed("spam")],
+            resync: vec![],
+        };
+        store.handle_events(&[], &handling, 1).unwrap();
+        join_event_contacts(&mut m, &store).unwrap();
+        let by_name = |n: &str| m.policies.iter().find(|p| p.name.as_str() == n).unwrap();
+        assert_eq!(by_name("plain").event_fed, 0);
+        assert!(
+            !by_name("plain")
+                .emails
+                .iter()
+                .any(|e| e.as_str() == "z@example.com")
+        );
+        assert_eq!(by_name("spam").event_fed, 1);
+    }
+}
