@@ -28,7 +28,21 @@ pub fn join_event_contacts(manifests: &mut Manifests, store: &Store) -> Result<(
         .iter_mut()
         .filter(|p| !p.events.is_empty())
     {
-        let rows = store.event_contacts(policy.name.as_str())?;
+        // Only what the policy takes today, on the list it names today: an event fed under a
+        // filter since removed, or while the policy named another list, is not asserted
+        // (it stays recorded; invariant 1 holds through the source the manifests declare).
+        let rows: Vec<(ContactKind, String)> = store
+            .event_contact_sources(policy.name.as_str())?
+            .into_iter()
+            .filter(|c| c.list_id == policy.contact_list_id.as_str())
+            .filter(|c| {
+                policy
+                    .events
+                    .iter()
+                    .any(|f| f.takes(&c.event_type, c.bounce_type.as_deref()))
+            })
+            .map(|c| (c.kind, c.contact))
+            .collect();
         join(policy, &rows);
     }
     Ok(())
@@ -157,6 +171,7 @@ pub fn decide(
                         kind: ContactKind::Email,
                         contact: email.as_str().to_string(),
                         event_type: e.event_type.clone(),
+                        bounce_type: e.bounce_type.clone(),
                         event_at_ms: e.created_at_ms,
                         delivery_id: e.delivery_id.clone(),
                         list_id: p.contact_list_id.to_string(),
@@ -349,10 +364,11 @@ mod tests {
             policy: policy.into(),
             kind: ContactKind::Email,
             contact: "z@example.com".into(),
-            event_type: "email.bounced".into(),
+            event_type: "email.spam_reported".into(),
+            bounce_type: None,
             event_at_ms: 1,
             delivery_id: None,
-            list_id: "l3".into(),
+            list_id: if policy == "spam" { "l2" } else { "l3" }.into(),
         };
         let handling = Handling {
             fed: vec![fed("plain"), fed("spam")],
@@ -369,5 +385,55 @@ mod tests {
                 .any(|e| e.as_str() == "z@example.com")
         );
         assert_eq!(by_name("spam").event_fed, 1);
+    }
+
+    /// Invariant 1: what an event fed is asserted only while a current filter of the policy
+    /// takes that event, and only on the list the policy named when it was fed.
+    #[test]
+    fn only_events_a_current_filter_takes_on_the_current_list_are_joined() {
+        let (_d, mut m) = policies();
+        let store = Store::in_memory().unwrap();
+        let fed =
+            |contact: &str, event_type: &str, bounce: Option<&str>, list: &str| EventContact {
+                policy: "hard".into(),
+                kind: ContactKind::Email,
+                contact: contact.into(),
+                event_type: event_type.into(),
+                bounce_type: bounce.map(str::to_string),
+                event_at_ms: 1,
+                delivery_id: None,
+                list_id: list.into(),
+            };
+        let handling = Handling {
+            fed: vec![
+                fed(
+                    "taken@example.com",
+                    "email.bounced",
+                    Some("Permanent"),
+                    "l1",
+                ),
+                // Fed under a filter the policy no longer has (a soft bounce, a spam report).
+                fed("soft@example.com", "email.bounced", Some("Transient"), "l1"),
+                fed("spam@example.com", "email.spam_reported", None, "l1"),
+                // Fed while the policy named another list.
+                fed(
+                    "moved@example.com",
+                    "email.bounced",
+                    Some("Permanent"),
+                    "l9",
+                ),
+            ],
+            resync: vec![],
+        };
+        store.handle_events(&[], &handling, 1).unwrap();
+        join_event_contacts(&mut m, &store).unwrap();
+        let hard = m
+            .policies
+            .iter()
+            .find(|p| p.name.as_str() == "hard")
+            .unwrap();
+        let emails: Vec<&str> = hard.emails.iter().map(Email::as_str).collect();
+        assert_eq!(emails, vec!["a@example.com", "taken@example.com"]);
+        assert_eq!(hard.event_fed, 1);
     }
 }

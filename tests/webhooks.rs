@@ -370,3 +370,230 @@ fn run_refuses_a_webhook_listener_without_a_secret_and_never_prints_it() {
     let out = support::output(&mut cmd);
     assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
 }
+
+/// Invariant 1: removing a policy's `events` entry stops asserting what that entry fed, even
+/// when the policy keeps another entry.
+#[test]
+fn narrowing_the_events_filter_stops_asserting_what_the_removed_entry_fed() {
+    let both = "      - {type: email.bounced}\n      - {type: email.spam_reported}\n";
+    let hooks = Hooks::new(&[("p.yaml", bounce_policy("p", L1, both))]);
+    let bounced = "bounced@example.com".to_string();
+    let complainer = "complainer@example.com".to_string();
+    hooks
+        .fake()
+        .add_contacts(L1, &[bounced.clone(), complainer.clone()]);
+    hooks
+        .fake()
+        .emit_bounce(&bounced, BounceType::Permanent)
+        .unwrap();
+    hooks.wait("the bounced recipient removed", CONVERGE, || {
+        (!hooks.fake().is_member(L1, &bounced)).then_some(())
+    });
+
+    // The bounce entry goes: the policy takes spam reports only.
+    hooks.write(
+        "p.yaml",
+        &bounce_policy("p", L1, "      - {type: email.spam_reported}\n"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The bounced contact is added back (AutoSend says so), then a spam report arrives: once
+    // the report is acted on, the contact event before it was handled too.
+    hooks
+        .fake()
+        .add_contacts(L1, std::slice::from_ref(&bounced));
+    std::thread::sleep(Duration::from_secs(1));
+    hooks.fake().emit_spam_report(&complainer).unwrap();
+    hooks.wait("the spam report acted on", CONVERGE, || {
+        (!hooks.fake().is_member(L1, &complainer)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        hooks.fake().is_member(L1, &bounced),
+        "a contact fed by an events entry the manifests no longer have was removed again"
+    );
+}
+
+/// Invariant 1: a policy's event-fed contacts were fed for the list it named then; pointed at
+/// another list, the policy does not carry them there.
+#[test]
+fn moving_a_policy_to_another_list_does_not_carry_its_event_fed_contacts_there() {
+    let events = "      - {type: email.bounced}\n";
+    let hooks = Hooks::new(&[("p.yaml", bounce_policy("p", L1, events))]);
+    let bounced = "bounced@example.com".to_string();
+    let marker = "marker@example.com".to_string();
+    hooks
+        .fake()
+        .add_contacts(L1, std::slice::from_ref(&bounced));
+    hooks
+        .fake()
+        .add_contacts(L2, &[bounced.clone(), marker.clone()]);
+    hooks
+        .fake()
+        .emit_bounce(&bounced, BounceType::Permanent)
+        .unwrap();
+    hooks.wait("the bounced recipient removed from L1", CONVERGE, || {
+        (!hooks.fake().is_member(L1, &bounced)).then_some(())
+    });
+    // The policy now names L2 (and one contact of its own, to see its reconcile happen).
+    hooks.write(
+        "p.yaml",
+        &format!("{}    emails: [{marker}]\n", bounce_policy("p", L2, events)),
+    );
+    hooks.wait("the moved policy reconciled on L2", CONVERGE, || {
+        (!hooks.fake().is_member(L2, &marker)).then_some(())
+    });
+    assert!(
+        hooks.fake().is_member(L2, &bounced),
+        "an event fed for L1 removed the contact from L2"
+    );
+}
+
+/// Invariant 2: one address trickling bodies (slowloris) must not hold every delivery slot,
+/// so that AutoSend's genuine deliveries are answered 503 until its retries run out.
+#[test]
+fn slow_bodies_from_one_address_do_not_turn_away_genuine_deliveries() {
+    use tokio::io::AsyncWriteExt;
+    let hooks = Hooks::new(&[(
+        "bounces.yaml",
+        bounce_policy("bounces", L1, "      - {type: email.bounced}\n"),
+    )]);
+    hooks.fake().set_webhook(None);
+    let victim = "victim@example.com".to_string();
+    hooks.fake().add_contacts(L1, std::slice::from_ref(&victim));
+    let port = hooks.port;
+    // 40 connections from 127.0.0.2, each with headers sent and one byte of a 1000-byte body.
+    let held = hooks.env.rt.block_on(async move {
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut s = socket
+                .connect(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap();
+            s.write_all(
+                b"POST /webhooks/autosend HTTP/1.1\r\nHost: x\r\n\
+                  Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        held
+    });
+    let body = bounce_body(&victim, SystemTime::now(), "Permanent");
+    let started = std::time::Instant::now();
+    let (code, text) = hooks.post(&body, Some(SECRET), &[("x-webhook-delivery-id", "d-1")]);
+    eprintln!(
+        "genuine delivery under slowloris: {code} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 200, "{text}");
+    hooks.wait("the genuine bounce acted on", CONVERGE, || {
+        (!hooks.fake().is_member(L1, &victim)).then_some(())
+    });
+    drop(held);
+}
+
+/// `maxRemovalsPerSync` counts event-fed additions: a bounce storm beyond it waits.
+#[test]
+fn a_burst_of_bounces_beyond_max_removals_waits() {
+    storm(Duration::ZERO);
+}
+
+fn storm(gap: Duration) {
+    let policy = format!(
+        "{}  maxRemovalsPerSync: 2\n",
+        bounce_policy("storm", L1, "      - {type: email.bounced}\n")
+    );
+    let hooks = Hooks::new(&[("storm.yaml", policy)]);
+    let who = emails("bouncer", 6);
+    hooks.fake().add_contacts(L1, &who);
+    std::thread::sleep(Duration::from_secs(1));
+    for w in &who {
+        hooks.fake().emit_bounce(w, BounceType::Permanent).unwrap();
+        std::thread::sleep(gap);
+    }
+    hooks.wait("all six accepted", CONVERGE, || {
+        (hooks.metric_sum(
+            "listwarden_webhook_events_total",
+            &[("type", "email.bounced"), ("result", "accepted")],
+        ) >= 6.0)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let removed = who
+        .iter()
+        .filter(|w| !hooks.fake().is_member(L1, w))
+        .count();
+    eprintln!("gap {gap:?}: removed {removed} of 6 with maxRemovalsPerSync 2");
+    assert!(
+        removed <= 2,
+        "a bounce storm of 6 removed {removed} past a threshold of 2"
+    );
+}
+
+/// Invariant 2: a flood of forgeries from many addresses neither turns genuine deliveries
+/// away nor slows them much. Prints what it measured.
+#[test]
+fn a_flood_of_forgeries_from_many_addresses_leaves_genuine_deliveries_answered() {
+    let hooks = Hooks::new(&[(
+        "bounces.yaml",
+        bounce_policy("bounces", L1, "      - {type: email.bounced}\n"),
+    )]);
+    hooks.fake().set_webhook(None);
+    let port = hooks.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut flooders = Vec::new();
+    for a in 2..34u8 {
+        for _ in 0..2 {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            flooders.push(hooks.env.rt.spawn(async move {
+                let client = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::from([127, 0, 0, a]))
+                    .build()
+                    .unwrap();
+                let body = bounce_body("f@example.com", SystemTime::now(), "Permanent");
+                let url = format!("http://127.0.0.1:{port}/webhooks/autosend");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-webhook-signature", "00".repeat(32))
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for i in 0..30 {
+        let body = bounce_body(&format!("g{i}@example.com"), SystemTime::now(), "Permanent");
+        let t = std::time::Instant::now();
+        let (code, _) = hooks.post(&body, Some(SECRET), &[]);
+        latencies.push(t.elapsed());
+        if code != 200 {
+            refused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        let _ = hooks.env.rt.block_on(f);
+    }
+    latencies.sort();
+    eprintln!(
+        "flood: {} forgeries sent; genuine: {refused} of 30 refused, p50 {:?}, p90 {:?}, max {:?}",
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        latencies[15],
+        latencies[27],
+        latencies[29]
+    );
+    assert_eq!(refused, 0, "genuine deliveries turned away under a flood");
+}

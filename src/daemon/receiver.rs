@@ -10,8 +10,9 @@
 //! crash after the answer loses nothing.
 //!
 //! Everything before the signature check is bounded and cheap: at most
-//! [`MAX_IN_FLIGHT`] deliveries at once (beyond that 503, which AutoSend retries), bodies
-//! capped at [`webhook::event::MAX_BODY_BYTES`] (413). An address whose deliveries keep
+//! [`MAX_IN_FLIGHT`] deliveries at once and [`IN_FLIGHT_PER_ADDRESS`] from one address
+//! (beyond that 503, which AutoSend retries), bodies capped at
+//! [`webhook::event::MAX_BODY_BYTES`] (413) and given [`BODY_TIMEOUT`] to arrive (408). An address whose deliveries keep
 //! being refused (more than [`REFUSALS_PER_SECOND`] in a second) gets 429 before its body
 //! is even read, for the rest of that second: unverified traffic is throttled by where it
 //! comes from, so AutoSend's own deliveries, which verify, are never throttled by it (behind
@@ -42,6 +43,15 @@ pub const MAX_IN_FLIGHT: usize = 32;
 
 /// Refused deliveries an address may make in one second before it is answered 429 unread.
 pub const REFUSALS_PER_SECOND: u32 = 20;
+
+/// Deliveries one address may have in flight at once. AutoSend sends at most 5 at a time;
+/// without this, one address holding [`MAX_IN_FLIGHT`] slow requests (a body trickled a
+/// byte at a time) would answer every genuine delivery 503 until AutoSend gives up.
+pub const IN_FLIGHT_PER_ADDRESS: u32 = 8;
+
+/// How long a body may take to arrive. AutoSend's bodies are under 2 KB and arrive at once;
+/// a body still trickling in after this is refused (and counted as a refusal of its address).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Addresses remembered for throttling; beyond it the memory starts again (a flood from
 /// many addresses is bounded by [`MAX_IN_FLIGHT`] instead).
@@ -99,6 +109,38 @@ struct Receiver {
     inbox: Arc<Notify>,
     in_flight: Semaphore,
     refusals: Mutex<Refusals>,
+    /// Deliveries in flight per source address.
+    by_address: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One delivery in flight from an address; released on drop.
+struct AddressSlot<'a> {
+    by_address: &'a Mutex<HashMap<IpAddr, u32>>,
+    ip: IpAddr,
+}
+
+impl<'a> AddressSlot<'a> {
+    fn take(by_address: &'a Mutex<HashMap<IpAddr, u32>>, ip: IpAddr) -> Option<Self> {
+        let mut map = by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= IN_FLIGHT_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { by_address, ip })
+    }
+}
+
+impl Drop for AddressSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Refused deliveries per source address in the current second.
@@ -152,6 +194,7 @@ pub async fn serve(
         inbox,
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
         refusals: Mutex::new(Refusals::default()),
+        by_address: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route(PATH, post(deliver))
@@ -200,6 +243,27 @@ async fn deliver(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Throttled addresses first: answering them takes no delivery slot.
+    if r.refusals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .throttled(peer.ip(), this_second())
+    {
+        r.metrics.webhook_event("other", "throttled");
+        return answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "too many refused deliveries from this address; retry later",
+        );
+    }
+    let Some(_slot) = AddressSlot::take(&r.by_address, peer.ip()) else {
+        r.metrics.webhook_event("other", "unavailable");
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "too many deliveries at once from this address; retry later",
+        );
+    };
     let Ok(_permit) = r.in_flight.try_acquire() else {
         r.metrics.webhook_event("other", "unavailable");
         return answer(
@@ -216,18 +280,6 @@ async fn deliver(
         r.metrics.webhook_event(event_type, result);
         answer(status, result, reason)
     };
-    if r.refusals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .throttled(peer.ip(), this_second())
-    {
-        r.metrics.webhook_event("other", "throttled");
-        return answer(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            "too many refused deliveries from this address; retry later",
-        );
-    }
     let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let json = header_text(header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
         ct.split(';')
@@ -243,7 +295,16 @@ async fn deliver(
         );
     }
     let max = webhook::event::MAX_BODY_BYTES;
-    let Ok(body) = axum::body::to_bytes(body, max + 1).await else {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max + 1)).await;
+    let Ok(read) = read else {
+        return refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid",
+            "other",
+            "the body did not arrive in time",
+        );
+    };
+    let Ok(body) = read else {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid",

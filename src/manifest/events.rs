@@ -57,6 +57,21 @@ impl EventFilter {
         }
     }
 
+    /// Whether this filter takes an event recorded as `event_type` with `bounce_type` (as
+    /// the store keeps what fed a contact): the same judgement as [`EventFilter::matches`].
+    pub fn takes(&self, event_type: &str, bounce_type: Option<&str>) -> bool {
+        match self.kind {
+            EventSourceKind::Bounced { bounce_type: None } => event_type == EMAIL_BOUNCED,
+            EventSourceKind::Bounced {
+                bounce_type: Some(want),
+            } => {
+                event_type == EMAIL_BOUNCED
+                    && bounce_type.and_then(BounceType::from_name) == Some(want)
+            }
+            EventSourceKind::SpamReported => event_type == EMAIL_SPAM_REPORTED,
+        }
+    }
+
     /// Whether every event this filter takes, `other` takes too.
     fn covered_by(&self, other: &EventFilter) -> bool {
         self == other

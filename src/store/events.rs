@@ -51,6 +51,8 @@ pub struct EventContact {
     pub kind: ContactKind,
     pub contact: String,
     pub event_type: String,
+    /// `email.bounced`: the bounce type as AutoSend wrote it (`Permanent`, `Transient`), if any.
+    pub bounce_type: Option<String>,
     /// The event's signed `createdAt`, unix milliseconds.
     pub event_at_ms: i64,
     pub delivery_id: Option<String>,
@@ -179,10 +181,11 @@ impl Store {
             {
                 let mut feed = tx.prepare_cached(
                     "INSERT INTO event_contacts (policy, kind, contact, event_type, event_at,
-                        delivery_id, list_id, added_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                        delivery_id, list_id, added_at, bounce_type)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (policy, kind, contact) DO UPDATE SET
                        event_type = excluded.event_type, event_at = excluded.event_at,
+                       bounce_type = excluded.bounce_type,
                        delivery_id = excluded.delivery_id, list_id = excluded.list_id,
                        added_at = excluded.added_at, forgotten_at = NULL, forgotten_by = NULL",
                 )?;
@@ -196,6 +199,7 @@ impl Store {
                         f.delivery_id.as_deref().map(capped),
                         f.list_id,
                         now_ms,
+                        f.bounce_type.as_deref().map(capped),
                     ])?;
                 }
                 let mut resync = tx.prepare_cached(
@@ -243,6 +247,36 @@ impl Store {
         })
     }
 
+    /// The event-fed contacts of `policy` not forgotten, with what fed them (the policy, the
+    /// delivery and the times are left out): what [`crate::feed`] joins to the policy when
+    /// the event still matches one of its filters and was fed on its current list.
+    pub fn event_contact_sources(&self, policy: &str) -> Result<Vec<EventContact>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, contact, event_type, bounce_type, list_id FROM event_contacts
+                 WHERE policy = ?1 AND forgotten_at IS NULL ORDER BY kind, contact",
+            )?;
+            let rows = stmt.query_map(params![policy], |r| {
+                let kind = if r.get::<_, i64>(0)? == 1 {
+                    ContactKind::ContactId
+                } else {
+                    ContactKind::Email
+                };
+                Ok(EventContact {
+                    policy: policy.to_string(),
+                    kind,
+                    contact: r.get(1)?,
+                    event_type: r.get(2)?,
+                    bounce_type: r.get(3)?,
+                    event_at_ms: 0,
+                    delivery_id: None,
+                    list_id: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Every event-fed contact of `policy` recorded at or after `since_ms` (forgotten ones
     /// too, for export and audit), oldest event first.
     pub fn event_contact_log(
@@ -252,7 +286,8 @@ impl Store {
     ) -> Result<Vec<(EventContact, Option<i64>)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT kind, contact, event_type, event_at, delivery_id, list_id, forgotten_at
+                "SELECT kind, contact, event_type, event_at, delivery_id, list_id, forgotten_at,
+                        bounce_type
                  FROM event_contacts WHERE policy = ?1 AND event_at >= ?2
                  ORDER BY event_at, contact",
             )?;
@@ -268,6 +303,7 @@ impl Store {
                         kind,
                         contact: r.get(1)?,
                         event_type: r.get(2)?,
+                        bounce_type: r.get(7)?,
                         event_at_ms: r.get(3)?,
                         delivery_id: r.get(4)?,
                         list_id: r.get(5)?,
@@ -352,6 +388,7 @@ mod tests {
             kind: ContactKind::Email,
             contact: contact.into(),
             event_type: "email.bounced".into(),
+            bounce_type: Some("Permanent".into()),
             event_at_ms: 1_700_000_000_000,
             delivery_id: Some("d-1".into()),
             list_id: "l1".into(),

@@ -188,6 +188,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         kind         INTEGER NOT NULL,          -- 0 email, 1 contact id
         contact      TEXT NOT NULL,
         event_type   TEXT NOT NULL,
+        bounce_type  TEXT,                      -- email.bounced: Permanent, Transient or NULL
         event_at     INTEGER NOT NULL,          -- the event's createdAt, unix ms
         delivery_id  TEXT,
         list_id      TEXT NOT NULL,             -- the policy's list then
