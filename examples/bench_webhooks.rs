@@ -99,7 +99,10 @@ fn main() {
         .args(["--rate-limit", "2/s,50/m"])
         .env("AUTOSEND_API_KEY", KEY)
         .env("AUTOSEND_API_URL", running.base_url())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -126,7 +129,7 @@ fn main() {
             || {
                 fake.counters().remove_batches[before..]
                     .iter()
-                    .any(|b| b.entries.iter().any(|e| e == who))
+                    .any(|b| b.entries.iter().any(|e| e.eq_ignore_ascii_case(who)))
             },
         );
         println!("trial {:>2}: re-added to remove request {latency:?}", t + 1);

@@ -135,16 +135,6 @@ fn kind_of(e: &InboxEvent) -> Option<EventKind> {
     }
 }
 
-/// Whether handling `e` depends on which policies take events: then it waits while some
-/// policy cannot be loaded (it may be one that takes them), rather than being handled as
-/// "no policy wants it" and lost to that policy.
-pub fn needs_policies(e: &InboxEvent) -> bool {
-    matches!(
-        e.event_type.as_str(),
-        event::EMAIL_BOUNCED | event::EMAIL_SPAM_REPORTED
-    )
-}
-
 /// What handling `events` does, against the current policies and desired state, and a
 /// short outcome per event (kept in the inbox, for audit).
 pub fn decide(

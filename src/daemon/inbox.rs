@@ -46,12 +46,11 @@ impl Scheduler {
         let policies_complete = self.manifests.invalid.is_empty() && !self.reload_failed;
         let store = self.store.clone();
         let handled = tokio::task::spawn_blocking(move || {
-            let events = store.unhandled_events(EVENTS_PER_ROUND)?;
-            let seen = events.len();
-            let ready: Vec<_> = events
-                .into_iter()
-                .filter(|(_, e)| policies_complete || !crate::feed::needs_policies(e))
-                .collect();
+            // While some policy cannot be loaded, bounces and spam reports wait (the policy
+            // that takes them may be the broken one): only contact hints are read, so that a
+            // backlog of the others never starves them.
+            let ready = store.unhandled_events(EVENTS_PER_ROUND, !policies_complete)?;
+            let seen = ready.len();
             let (outcomes, handling) = crate::feed::decide(&ready, &policies, &desired);
             let marks: Vec<(i64, &str)> =
                 outcomes.iter().map(|(id, o)| (*id, o.as_str())).collect();

@@ -272,6 +272,13 @@ async fn deliver(
             "too many deliveries at once; retry later",
         );
     };
+    // A signed delivery refused afterwards (a stale retry, a payload we cannot use) comes
+    // from whoever holds the secret: it does not count toward its address's throttle, or a
+    // few of them would turn away AutoSend's other deliveries.
+    let refuse_signed = |status: StatusCode, result: &str, event_type: &str, reason: &str| {
+        r.metrics.webhook_event(event_type, result);
+        answer(status, result, reason)
+    };
     let refuse = |status: StatusCode, result: &str, event_type: &str, reason: &str| {
         r.refusals
             .lock()
@@ -343,7 +350,7 @@ async fn deliver(
         Err(e) => {
             let (status, result) = refused(&e);
             tracing::warn!(reason = %e, "signed webhook delivery refused");
-            return refuse(status, result, "other", &e.to_string());
+            return refuse_signed(status, result, "other", &e.to_string());
         }
     };
     let event_type = event.kind.event_type().to_string();
@@ -351,7 +358,7 @@ async fn deliver(
     if let Err(e) = webhook::check_fresh(event.created_at, now, r.config.window, r.config.skew) {
         let (status, result) = refused(&e);
         tracing::warn!(event = %event_type, reason = %e, "webhook event refused");
-        return refuse(status, result, &event_type, &e.to_string());
+        return refuse_signed(status, result, &event_type, &e.to_string());
     }
     let (email, contact_id, bounce_type) = match &event.kind {
         EventKind::Bounced { email, bounce_type } => (

@@ -134,15 +134,22 @@ impl Store {
     }
 
     /// Events committed but not handled yet, oldest first (after a restart: those answered
-    /// 2xx before the crash).
-    pub fn unhandled_events(&self, limit: usize) -> Result<Vec<(i64, InboxEvent)>, StoreError> {
+    /// 2xx before the crash). With `contact_events_only`, only `contact.*` ones: what can
+    /// be handled while bounces wait for the manifests, so that those never starve them.
+    pub fn unhandled_events(
+        &self,
+        limit: usize,
+        contact_events_only: bool,
+    ) -> Result<Vec<(i64, InboxEvent)>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, digest, delivery_id, event_type, created_at, email, contact_id,
                         bounce_type
-                 FROM webhook_events WHERE handled_at IS NULL ORDER BY id LIMIT ?1",
+                 FROM webhook_events
+                 WHERE handled_at IS NULL AND (?2 = 0 OR event_type LIKE 'contact.%')
+                 ORDER BY id LIMIT ?1",
             )?;
-            let rows = stmt.query_map(params![limit as i64], |r| {
+            let rows = stmt.query_map(params![limit as i64, contact_events_only], |r| {
                 let digest: Vec<u8> = r.get(1)?;
                 let mut d = [0u8; 32];
                 if digest.len() == 32 {
@@ -183,8 +190,8 @@ impl Store {
                     "INSERT INTO event_contacts (policy, kind, contact, event_type, event_at,
                         delivery_id, list_id, added_at, bounce_type)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (policy, kind, contact) DO UPDATE SET
-                       event_type = excluded.event_type, event_at = excluded.event_at,
+                     ON CONFLICT (policy, kind, contact, event_type) DO UPDATE SET
+                       event_at = excluded.event_at,
                        bounce_type = excluded.bounce_type,
                        delivery_id = excluded.delivery_id, list_id = excluded.list_id,
                        added_at = excluded.added_at, forgotten_at = NULL, forgotten_by = NULL",
@@ -232,7 +239,7 @@ impl Store {
     pub fn event_contacts(&self, policy: &str) -> Result<Vec<(ContactKind, String)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT kind, contact FROM event_contacts
+                "SELECT DISTINCT kind, contact FROM event_contacts
                  WHERE policy = ?1 AND forgotten_at IS NULL ORDER BY kind, contact",
             )?;
             let rows = stmt.query_map(params![policy], |r| {
@@ -321,8 +328,8 @@ impl Store {
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT policy, COUNT(*) FROM event_contacts WHERE forgotten_at IS NULL
-                 GROUP BY policy",
+                "SELECT policy, COUNT(DISTINCT kind || ':' || contact) FROM event_contacts
+                 WHERE forgotten_at IS NULL GROUP BY policy",
             )?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
@@ -423,7 +430,7 @@ mod tests {
                 .unwrap(),
             Received::Accepted(_)
         ));
-        assert_eq!(store.unhandled_events(10).unwrap().len(), 2);
+        assert_eq!(store.unhandled_events(10, false).unwrap().len(), 2);
     }
 
     #[test]
@@ -456,7 +463,7 @@ mod tests {
             Received::Accepted(_)
         ));
         let left: Vec<String> = store
-            .unhandled_events(10)
+            .unhandled_events(10, false)
             .unwrap()
             .into_iter()
             .filter_map(|(_, e)| e.email)
@@ -504,7 +511,7 @@ mod tests {
         store
             .handle_events(&[(id, "fed to 1 policy")], &handling, 5)
             .unwrap();
-        assert!(store.unhandled_events(10).unwrap().is_empty());
+        assert!(store.unhandled_events(10, false).unwrap().is_empty());
         assert_eq!(
             store.event_contacts("bounces").unwrap(),
             vec![(ContactKind::Email, "x@example.com".to_string())]
@@ -555,5 +562,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.event_contacts("b").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_later_event_of_another_type_does_not_hide_the_first_from_its_filter() {
+        let store = Store::in_memory().unwrap();
+        let bounce = fed("p", "x@example.com");
+        let spam = EventContact {
+            event_type: "email.spam_reported".into(),
+            bounce_type: None,
+            ..fed("p", "x@example.com")
+        };
+        for f in [bounce, spam] {
+            let handling = Handling {
+                fed: vec![f],
+                resync: vec![],
+            };
+            store.handle_events(&[], &handling, 1).unwrap();
+        }
+        let types: Vec<String> = store
+            .event_contact_sources("p")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.event_type)
+            .collect();
+        assert_eq!(types, vec!["email.bounced", "email.spam_reported"]);
+        assert_eq!(store.event_contacts("p").unwrap().len(), 1);
+        assert_eq!(store.event_contact_counts().unwrap()["p"], 1);
+        // Forgetting the contact forgets it whatever fed it.
+        assert!(
+            store
+                .forget_event_contact("p", ContactKind::Email, "x@example.com", "ops", 2)
+                .unwrap()
+        );
+        assert!(store.event_contact_sources("p").unwrap().is_empty());
     }
 }

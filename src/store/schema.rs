@@ -166,7 +166,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
      END;",
     // 4 -> 5: webhooks. The inbox of verified events (committed before the delivery is
     // answered, handled after; kept through the freshness window to recognise retries and
-    // replays by digest or delivery id), and the contacts events fed to policies.
+    // replays by digest or delivery id), and the contacts events fed to policies: one row
+    // per policy, contact and event type, so a spam report does not hide the bounce before
+    // it from a filter that takes bounces only.
     "CREATE TABLE webhook_events (
         id          INTEGER PRIMARY KEY,
         digest      BLOB NOT NULL UNIQUE,       -- SHA-256 of the signed body
@@ -195,7 +197,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         added_at     INTEGER NOT NULL,          -- unix ms
         forgotten_at INTEGER,                   -- unix ms, by `listwarden events forget`
         forgotten_by TEXT,
-        PRIMARY KEY (policy, kind, contact)
+        PRIMARY KEY (policy, kind, contact, event_type)
      ) WITHOUT ROWID;",
 ];
 
