@@ -69,10 +69,10 @@ pub fn join(policy: &mut Policy, rows: &[(ContactKind, String)]) {
     if policy.event_fed == 0 {
         return;
     }
-    let before = policy.emails.len() + policy.contact_ids.len();
+    policy.event_only_emails = difference(&emails, &policy.emails);
+    policy.event_only_ids = difference(&ids, &policy.contact_ids);
     policy.emails = union(&policy.emails, &emails);
     policy.contact_ids = union(&policy.contact_ids, &ids);
-    policy.event_added = policy.emails.len() + policy.contact_ids.len() - before;
     let mut text = format!("{}\nevents", policy.revision);
     for c in emails
         .iter()
@@ -83,6 +83,14 @@ pub fn join(policy: &mut Policy, rows: &[(ContactKind, String)]) {
         text.push_str(c);
     }
     policy.revision = crate::manifest::digest(text.as_bytes());
+}
+
+/// The elements of sorted `a` not in sorted `b`.
+fn difference<T: Ord + Clone>(a: &[T], b: &[T]) -> Arc<[T]> {
+    a.iter()
+        .filter(|x| b.binary_search(x).is_err())
+        .cloned()
+        .collect()
 }
 
 /// The sorted union of two sorted sets without duplicates.
@@ -137,12 +145,20 @@ fn kind_of(e: &InboxEvent) -> Option<EventKind> {
 
 /// What handling `events` does, against the current policies and desired state, and a
 /// short outcome per event (kept in the inbox, for audit).
+///
+/// `budget(policy)` is how many more contacts events may feed the policy before its
+/// `maxRemovalsPerSync` is spent for the storm window (`None`: no threshold). A storm
+/// arrives as a trickle of events, each reconcile seeing a few, so the threshold is counted
+/// over the window here, where the events arrive; beyond it, contacts are recorded held and
+/// wait for `listwarden approve`, like any other large change.
 pub fn decide(
     events: &[(i64, InboxEvent)],
     policies: &[Policy],
     desired: &DesiredState,
+    budget: &dyn Fn(&Policy) -> Option<u64>,
 ) -> (Vec<(i64, String)>, Handling) {
     let mut handling = Handling::default();
+    let mut left: std::collections::HashMap<&str, Option<u64>> = Default::default();
     let mut outcomes = Vec::with_capacity(events.len());
     for (id, e) in events {
         let outcome = match kind_of(e) {
@@ -155,8 +171,9 @@ pub fn decide(
                     .iter()
                     .filter(|p| p.events.iter().any(|f| f.matches(kind)))
                     .collect();
+                let mut held = 0;
                 for p in &takers {
-                    handling.fed.push(EventContact {
+                    let contact = EventContact {
                         policy: p.name.to_string(),
                         kind: ContactKind::Email,
                         contact: email.as_str().to_string(),
@@ -165,11 +182,28 @@ pub fn decide(
                         event_at_ms: e.created_at_ms,
                         delivery_id: e.delivery_id.clone(),
                         list_id: p.contact_list_id.to_string(),
-                    });
+                    };
+                    let left = left.entry(p.name.as_str()).or_insert_with(|| budget(p));
+                    match left {
+                        Some(0) => {
+                            held += 1;
+                            handling.held.push(contact);
+                        }
+                        Some(n) => {
+                            *n -= 1;
+                            handling.fed.push(contact);
+                        }
+                        None => handling.fed.push(contact),
+                    }
                 }
-                match takers.len() {
-                    0 => "no policy takes this event".to_string(),
-                    n => format!("fed to {n} {}", if n == 1 { "policy" } else { "policies" }),
+                let plural = |n: usize| if n == 1 { "policy" } else { "policies" };
+                match (takers.len(), held) {
+                    (0, _) => "no policy takes this event".to_string(),
+                    (n, 0) => format!("fed to {n} {}", plural(n)),
+                    (n, h) => format!(
+                        "fed to {n} {}, held for {h} beyond maxRemovalsPerSync",
+                        plural(n)
+                    ),
                 }
             }
             Some(EventKind::ContactChanged {
@@ -283,7 +317,7 @@ mod tests {
             ),
             (3, inbox("email.spam_reported", Some("d@example.com"), None)),
         ];
-        let (outcomes, handling) = decide(&events, &m.policies, &desired);
+        let (outcomes, handling) = decide(&events, &m.policies, &desired, &|_| None);
         let fed: Vec<(&str, &str)> = handling
             .fed
             .iter()
@@ -309,7 +343,7 @@ mod tests {
                 inbox("contact.created", Some("stranger@example.com"), None),
             ),
         ];
-        let (outcomes, handling) = decide(&events, &m.policies, &desired);
+        let (outcomes, handling) = decide(&events, &m.policies, &desired, &|_| None);
         assert_eq!(
             handling.resync,
             vec![Resync {
@@ -361,6 +395,7 @@ mod tests {
             list_id: if policy == "spam" { "l2" } else { "l3" }.into(),
         };
         let handling = Handling {
+            held: vec![],
             fed: vec![fed("plain"), fed("spam")],
             resync: vec![],
         };
@@ -395,6 +430,7 @@ mod tests {
                 list_id: list.into(),
             };
         let handling = Handling {
+            held: vec![],
             fed: vec![
                 fed(
                     "taken@example.com",

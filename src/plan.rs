@@ -328,18 +328,28 @@ pub fn plan_list(
     // Thresholds count what a policy newly asks for (new and retried contacts), not the
     // periodic resync of contacts it already had confirmed: a resync is no change.
     let mut per_policy: Vec<(usize, usize)> = desired.policies.iter().map(|&p| (p, 0)).collect();
-    let mut bump = |set: &PolicySet| {
+    // A contact only events fed a policy is not counted for it here: the threshold was
+    // counted over the storm window where the events arrived (`feed::decide`), and what it
+    // held back was approved.
+    let mut bump = |set: &PolicySet, event_only: &dyn Fn(&Policy) -> bool| {
         for &p in set {
+            if event_only(&policies[p as usize]) {
+                continue;
+            }
             if let Some(entry) = per_policy.iter_mut().find(|(i, _)| *i == p as usize) {
                 entry.1 += 1;
             }
         }
     };
     for a in emails.iter().filter(|a| a.reason != Reason::Resync) {
-        bump(&a.policies);
+        bump(&a.policies, &|p| {
+            p.event_only_emails.binary_search(&a.contact).is_ok()
+        });
     }
     for a in contact_ids.iter().filter(|a| a.reason != Reason::Resync) {
-        bump(&a.policies);
+        bump(&a.policies, &|p| {
+            p.event_only_ids.binary_search(&a.contact).is_ok()
+        });
     }
     let refused = if options.force {
         None

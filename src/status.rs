@@ -109,8 +109,10 @@ mod rfc3339 {
 pub fn status_document(store: &Store, show_contacts: bool) -> Result<StatusDocument, StoreError> {
     let mut policies = store.policies()?;
     let fed = store.event_contact_counts()?;
+    let held = store.held_event_contact_counts()?;
     for p in &mut policies {
         p.event_contacts = fed.get(&p.name).copied().unwrap_or(0);
+        p.event_contacts_held = held.get(&p.name).copied().unwrap_or(0);
     }
     let mut lists = store.lists(FAILING_PER_LIST)?;
     let mut manifests = store.last_load()?;
@@ -247,6 +249,15 @@ pub fn status_text(doc: &StatusDocument) -> String {
                 p.name
             );
         }
+        if p.event_contacts_held > 0 {
+            let _ = writeln!(
+                out,
+                "      HELD: {} event-fed contacts beyond maxRemovalsPerSync within an hour (a \
+                 bounce storm?); check them, then `listwarden approve {}`",
+                thousands(p.event_contacts_held as usize),
+                p.name
+            );
+        }
         if p.condition.ready != Ready::True && !p.condition.message.is_empty() {
             let _ = writeln!(out, "      {}", p.condition.message);
         }
@@ -325,6 +336,7 @@ mod tests {
             condition: crate::condition::Condition::new(Ready::True, Reason::Converged, ""),
             last_error: None,
             event_contacts: 0,
+            event_contacts_held: 0,
         };
         let list = ListStatus {
             contact_list_id: "L1".into(),

@@ -4,8 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use autosend::{ApiError, Client, ClientConfig, RemoveBatch, Tally};
@@ -419,67 +419,4 @@ async fn a_server_failing_every_time_names_the_url_and_the_attempts() {
     assert!(text.contains("AUTOSEND_API_URL"), "{text}");
     assert!(!text.contains(SECRET) && !text.contains('\n'), "{text}");
     assert_eq!(server.hits(), 7);
-}
-
-/// Log output written while a test runs on this thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-#[tokio::test]
-async fn a_refused_connection_names_the_url_and_the_attempt_in_every_line() {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    // This test's runtime runs on this thread only, so the client logs here.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let err = client("http://127.0.0.1:1/v1")
-        .get_list("L1", &Tally::default())
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(
-        matches!(err, ApiError::Transport { attempts: 7, .. }),
-        "{err:?}"
-    );
-    assert!(
-        text.starts_with(
-            "cannot reach AutoSend at http://127.0.0.1:1/v1/contact-lists/L1 after 7 attempts: "
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("check AUTOSEND_API_URL and the network"),
-        "{text}"
-    );
-    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = logged.lines().collect();
-    assert_eq!(lines.len(), 6, "{logged}");
-    for (n, line) in lines.iter().enumerate() {
-        assert!(
-            line.contains("http://127.0.0.1:1/v1/contact-lists/L1"),
-            "{line}"
-        );
-        assert!(line.contains(&format!("attempt {} of 7", n + 1)), "{line}");
-    }
-    assert!(!logged.contains(SECRET) && !text.contains(SECRET));
 }

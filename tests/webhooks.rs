@@ -502,7 +502,41 @@ fn a_burst_of_bounces_beyond_max_removals_waits() {
     storm(Duration::ZERO);
 }
 
-fn storm(gap: Duration) {
+/// A storm trickles in: events 600 ms apart, each reconcile seeing one. The threshold is
+/// counted over the storm window where events arrive, so the same storm waits; `approve`
+/// lets it through.
+#[test]
+fn a_trickling_bounce_storm_beyond_max_removals_waits_for_approve() {
+    let (hooks, who) = storm(Duration::from_millis(600));
+    hooks.wait("the held contacts in /status", CONVERGE, || {
+        (hooks.policy_status("storm")?["event_contacts_held"] == 4).then_some(())
+    });
+    let state = hooks.state();
+    let out = hooks.run(&["approve", "storm", "--state", state.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("4 event-fed contacts"),
+        "{}",
+        out.stdout
+    );
+    hooks.wait("the whole storm removed after approve", CONVERGE, || {
+        who.iter()
+            .all(|w| !hooks.fake().is_member(L1, w))
+            .then_some(())
+    });
+    // The window starts again at the approval: the next bounce goes at once.
+    let next = "after@example.com".to_string();
+    hooks.fake().add_contacts(L1, std::slice::from_ref(&next));
+    hooks
+        .fake()
+        .emit_bounce(&next, BounceType::Permanent)
+        .unwrap();
+    hooks.wait("a bounce after the approval removed", CONVERGE, || {
+        (!hooks.fake().is_member(L1, &next)).then_some(())
+    });
+}
+
+fn storm(gap: Duration) -> (Hooks, Vec<String>) {
     let policy = format!(
         "{}  maxRemovalsPerSync: 2\n",
         bounce_policy("storm", L1, "      - {type: email.bounced}\n")
@@ -532,6 +566,7 @@ fn storm(gap: Duration) {
         removed <= 2,
         "a bounce storm of 6 removed {removed} past a threshold of 2"
     );
+    (hooks, who)
 }
 
 /// Invariant 2: a flood of forgeries from many addresses neither turns genuine deliveries

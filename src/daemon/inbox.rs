@@ -27,6 +27,9 @@ use crate::contact::ContactListId;
 pub(super) const EVENT_QUIET: Duration = Duration::from_millis(250);
 /// ...or this long after its first event.
 pub(super) const EVENT_BATCH_MAX: Duration = Duration::from_secs(2);
+/// `maxRemovalsPerSync` counts a policy's event-fed additions over this window (and since
+/// its last `listwarden approve`): a storm trickles in over many reconciles.
+pub(super) const EVENT_STORM_WINDOW: Duration = Duration::from_secs(3600);
 /// Events handled in one transaction; more are handled in the next round.
 const EVENTS_PER_ROUND: usize = 5_000;
 
@@ -44,6 +47,7 @@ impl Scheduler {
             return true;
         }
         let policies_complete = self.manifests.invalid.is_empty() && !self.reload_failed;
+        let max_removals = self.config.plan.max_removals;
         let store = self.store.clone();
         let handled = tokio::task::spawn_blocking(move || {
             // While some policy cannot be loaded, bounces and spam reports wait (the policy
@@ -51,10 +55,20 @@ impl Scheduler {
             // backlog of the others never starves them.
             let ready = store.unhandled_events(EVENTS_PER_ROUND, !policies_complete)?;
             let seen = ready.len();
-            let (outcomes, handling) = crate::feed::decide(&ready, &policies, &desired);
+            let now_ms = crate::clock::now_unix() * 1000;
+            let since = now_ms - EVENT_STORM_WINDOW.as_millis() as i64;
+            // A store that cannot say what was spent gives nothing: held, not sent.
+            let budget = |p: &crate::manifest::Policy| {
+                let threshold = p.max_removals_per_sync.or(max_removals)?;
+                let spent = store
+                    .event_additions_since(p.name.as_str(), since)
+                    .unwrap_or(threshold);
+                Some(threshold.saturating_sub(spent))
+            };
+            let (outcomes, handling) = crate::feed::decide(&ready, &policies, &desired, &budget);
             let marks: Vec<(i64, &str)> =
                 outcomes.iter().map(|(id, o)| (*id, o.as_str())).collect();
-            store.handle_events(&marks, &handling, crate::clock::now_unix() * 1000)?;
+            store.handle_events(&marks, &handling, now_ms)?;
             for ((_, e), (_, outcome)) in ready.iter().zip(&outcomes) {
                 tracing::info!(event = %e.event_type, %outcome, "webhook event handled");
             }

@@ -125,8 +125,11 @@ pub struct Policy {
     /// How many contacts webhook events fed this policy ([`crate::feed`] joins them after a
     /// load; 0 until then). They are in `emails` / `contact_ids` too.
     pub event_fed: usize,
-    /// How many of those the manifests did not name already: what the joining added.
-    pub event_added: usize,
+    /// Those the manifests do not name themselves: what the joining added, sorted. The
+    /// threshold counted where events arrive covers them (see [`crate::feed::decide`]), so
+    /// neither `maxRemovalsPerSync` per sync nor the forget threshold counts them again.
+    pub event_only_emails: std::sync::Arc<[Email]>,
+    pub event_only_ids: std::sync::Arc<[ContactId]>,
     /// Digest of the list id, the desired-absent set and the event filters: changes exactly
     /// when what the policy asks for changes.
     pub revision: String,
@@ -168,7 +171,8 @@ impl Policy {
     /// threshold compares, so that forgetting an event-fed contact, which is a command of
     /// its own, never holds a policy.
     pub fn declared_contacts(&self) -> usize {
-        (self.emails.len() + self.contact_ids.len()).saturating_sub(self.event_added)
+        (self.emails.len() + self.contact_ids.len())
+            .saturating_sub(self.event_only_emails.len() + self.event_only_ids.len())
     }
 }
 

@@ -247,7 +247,8 @@ pub(super) fn validate(
         sources,
         events,
         event_fed: 0,
-        event_added: 0,
+        event_only_emails: std::sync::Arc::from([]),
+        event_only_ids: std::sync::Arc::from([]),
         revision,
     })
 }

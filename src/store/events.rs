@@ -72,6 +72,9 @@ pub struct Resync {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Handling {
     pub fed: Vec<EventContact>,
+    /// Fed beyond the policy's `maxRemovalsPerSync` within the storm window: recorded, not
+    /// asserted until `listwarden approve`.
+    pub held: Vec<EventContact>,
     pub resync: Vec<Resync>,
 }
 
@@ -186,17 +189,27 @@ impl Store {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
+                // A held contact that is already asserted stays asserted; a contact fed within
+                // the budget is asserted whatever it was.
                 let mut feed = tx.prepare_cached(
                     "INSERT INTO event_contacts (policy, kind, contact, event_type, event_at,
-                        delivery_id, list_id, added_at, bounce_type)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                        delivery_id, list_id, added_at, bounce_type, held_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (policy, kind, contact, event_type) DO UPDATE SET
                        event_at = excluded.event_at,
                        bounce_type = excluded.bounce_type,
                        delivery_id = excluded.delivery_id, list_id = excluded.list_id,
-                       added_at = excluded.added_at, forgotten_at = NULL, forgotten_by = NULL",
+                       added_at = excluded.added_at,
+                       held_at = CASE
+                         WHEN excluded.held_at IS NULL THEN NULL
+                         WHEN event_contacts.held_at IS NULL
+                              AND event_contacts.forgotten_at IS NULL THEN NULL
+                         ELSE excluded.held_at END,
+                       forgotten_at = NULL, forgotten_by = NULL",
                 )?;
-                for f in &handling.fed {
+                let fed = handling.fed.iter().map(|f| (f, None));
+                let held = handling.held.iter().map(|f| (f, Some(now_ms)));
+                for (f, held_at) in fed.chain(held) {
                     feed.execute(params![
                         f.policy,
                         kind_code(f.kind),
@@ -207,6 +220,7 @@ impl Store {
                         f.list_id,
                         now_ms,
                         f.bounce_type.as_deref().map(capped),
+                        held_at,
                     ])?;
                 }
                 let mut resync = tx.prepare_cached(
@@ -240,7 +254,8 @@ impl Store {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT kind, contact FROM event_contacts
-                 WHERE policy = ?1 AND forgotten_at IS NULL ORDER BY kind, contact",
+                 WHERE policy = ?1 AND forgotten_at IS NULL AND held_at IS NULL
+                 ORDER BY kind, contact",
             )?;
             let rows = stmt.query_map(params![policy], |r| {
                 let kind = if r.get::<_, i64>(0)? == 1 {
@@ -261,7 +276,8 @@ impl Store {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT kind, contact, event_type, bounce_type, list_id FROM event_contacts
-                 WHERE policy = ?1 AND forgotten_at IS NULL ORDER BY kind, contact",
+                 WHERE policy = ?1 AND forgotten_at IS NULL AND held_at IS NULL
+                 ORDER BY kind, contact",
             )?;
             let rows = stmt.query_map(params![policy], |r| {
                 let kind = if r.get::<_, i64>(0)? == 1 {
@@ -329,7 +345,7 @@ impl Store {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT policy, COUNT(DISTINCT kind || ':' || contact) FROM event_contacts
-                 WHERE forgotten_at IS NULL GROUP BY policy",
+                 WHERE forgotten_at IS NULL AND held_at IS NULL GROUP BY policy",
             )?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
@@ -337,15 +353,76 @@ impl Store {
         })
     }
 
-    /// Changes whenever `listwarden events forget` takes a contact out of an event-fed set:
-    /// the daemon polls it to pick forgets up.
+    /// Changes whenever `listwarden events forget` takes a contact out of an event-fed set,
+    /// or `listwarden approve` lets held ones through: the daemon polls it to pick them up.
     pub fn event_forget_mark(&self) -> Result<i64, StoreError> {
         self.read(|conn| {
             conn.query_row(
-                "SELECT COUNT(forgotten_at), COALESCE(MAX(forgotten_at), 0) FROM event_contacts",
+                "SELECT COUNT(forgotten_at), COALESCE(MAX(forgotten_at), 0),
+                        (SELECT COALESCE(MAX(at), 0) FROM event_approvals)
+                 FROM event_contacts",
                 [],
-                |r| Ok(r.get::<_, i64>(0)? ^ r.get::<_, i64>(1)?),
+                |r| Ok(r.get::<_, i64>(0)? ^ r.get::<_, i64>(1)? ^ r.get::<_, i64>(2)?),
             )
+        })
+    }
+
+    /// Per policy, event-fed contacts held beyond its threshold, waiting for `approve`.
+    pub fn held_event_contact_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT policy, COUNT(DISTINCT kind || ':' || contact) FROM event_contacts
+                 WHERE forgotten_at IS NULL AND held_at IS NOT NULL GROUP BY policy",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+            rows.collect()
+        })
+    }
+
+    /// How many contacts events fed `policy` (and were let through) since `since_ms`, or
+    /// since its last approval if later: what a storm has already spent of its threshold.
+    pub fn event_additions_since(&self, policy: &str, since_ms: i64) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT COUNT(DISTINCT kind || ':' || contact) FROM event_contacts
+                 WHERE policy = ?1 AND held_at IS NULL AND forgotten_at IS NULL
+                   AND added_at >= MAX(?2, COALESCE(
+                         (SELECT at FROM event_approvals WHERE policy = ?1), 0))",
+                params![policy, since_ms],
+                |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
+            )
+        })
+    }
+
+    /// `listwarden approve POLICY` for events: lets the held event-fed contacts through and
+    /// starts the policy's storm window again. Returns how many were held.
+    pub fn approve_event_contacts(&self, policy: &str, now_ms: i64) -> Result<u64, StoreError> {
+        self.check_file()?;
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let released: i64 = tx.query_row(
+                "SELECT COUNT(DISTINCT kind || ':' || contact) FROM event_contacts
+                 WHERE policy = ?1 AND held_at IS NOT NULL AND forgotten_at IS NULL",
+                params![policy],
+                |r| r.get(0),
+            )?;
+            if released > 0 {
+                tx.execute(
+                    "UPDATE event_contacts SET held_at = NULL WHERE policy = ?1
+                       AND held_at IS NOT NULL",
+                    params![policy],
+                )?;
+                tx.execute(
+                    "INSERT INTO event_approvals (policy, at) VALUES (?1, ?2)
+                     ON CONFLICT (policy) DO UPDATE SET at = excluded.at",
+                    params![policy, now_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(released.max(0) as u64)
         })
     }
 
@@ -493,6 +570,7 @@ mod tests {
             panic!("accepted")
         };
         let handling = Handling {
+            held: vec![],
             fed: vec![fed("bounces", "x@example.com")],
             resync: vec![
                 Resync {
@@ -530,6 +608,7 @@ mod tests {
             .handle_events(
                 &[],
                 &Handling {
+                    held: vec![],
                     fed: vec![fed("b", "x@example.com")],
                     resync: vec![],
                 },
@@ -555,6 +634,7 @@ mod tests {
             .handle_events(
                 &[],
                 &Handling {
+                    held: vec![],
                     fed: vec![fed("b", "x@example.com")],
                     resync: vec![],
                 },
@@ -575,6 +655,7 @@ mod tests {
         };
         for f in [bounce, spam] {
             let handling = Handling {
+                held: vec![],
                 fed: vec![f],
                 resync: vec![],
             };

@@ -197,8 +197,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         added_at     INTEGER NOT NULL,          -- unix ms
         forgotten_at INTEGER,                   -- unix ms, by `listwarden events forget`
         forgotten_by TEXT,
+        held_at      INTEGER,                   -- unix ms: beyond the policy's threshold
         PRIMARY KEY (policy, kind, contact, event_type)
-     ) WITHOUT ROWID;",
+     ) WITHOUT ROWID;
+     CREATE TABLE event_approvals (
+        policy TEXT PRIMARY KEY,
+        at     INTEGER NOT NULL                 -- unix ms of the last `listwarden approve`
+     );",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -60,6 +60,9 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
     /// Contacts webhook events fed the policy (`spec.exclude.events`), not forgotten.
     pub event_contacts: u64,
+    /// Event-fed contacts held beyond its `maxRemovalsPerSync` within the storm window,
+    /// waiting for `listwarden approve`.
+    pub event_contacts_held: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -207,6 +210,7 @@ impl Store {
                     },
                     last_error: r.get(16)?,
                     event_contacts: 0,
+                    event_contacts_held: 0,
                 })
             })?;
             rows.collect()
