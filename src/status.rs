@@ -244,17 +244,17 @@ pub fn status_text(doc: &StatusDocument) -> String {
         if p.event_contacts > 0 {
             let _ = writeln!(
                 out,
-                "      from webhook events: {} contacts (listwarden events export --policy {})",
-                thousands(p.event_contacts as usize),
+                "      from webhook events: {} (listwarden events export --policy {})",
+                crate::human::plural(p.event_contacts as usize, "contact"),
                 p.name
             );
         }
         if p.event_contacts_held > 0 {
             let _ = writeln!(
                 out,
-                "      HELD: {} event-fed contacts beyond maxRemovalsPerSync within an hour (a \
-                 bounce storm?); check them, then `listwarden approve {}`",
-                thousands(p.event_contacts_held as usize),
+                "      HELD: {} fed by webhook events beyond maxRemovalsPerSync within an hour \
+                 (a bounce storm?); check them, then `listwarden approve {}`",
+                crate::human::plural(p.event_contacts_held as usize, "contact"),
                 p.name
             );
         }

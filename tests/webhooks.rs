@@ -515,7 +515,7 @@ fn a_trickling_bounce_storm_beyond_max_removals_waits_for_approve() {
     let out = hooks.run(&["approve", "storm", "--state", state.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("4 event-fed contacts"),
+        out.stdout.contains("4 contacts fed by webhook events"),
         "{}",
         out.stdout
     );

@@ -486,10 +486,10 @@ pub fn approve(args: &ApproveArgs) -> u8 {
     };
     if released > 0 {
         println!(
-            "approved: {} event-fed contacts held for policy {} (beyond its maxRemovalsPerSync \
-             within an hour) go through; a running daemon sends them within seconds, \
-             otherwise the next `listwarden apply` does",
-            thousands(released as usize),
+            "approved: {} fed by webhook events and held for policy {} (beyond its \
+             maxRemovalsPerSync within an hour) go through; a running daemon sends them within \
+             seconds, otherwise the next `listwarden apply` does",
+            listwarden::human::plural(released as usize, "contact"),
             args.policy
         );
     }

@@ -106,8 +106,8 @@ fn export(args: &ExportArgs) -> u8 {
         Ok(()) => {
             if let Some(path) = &args.output {
                 eprintln!(
-                    "wrote {} event-fed contacts of policy {policy} to {}",
-                    contacts.len(),
+                    "wrote {} fed by webhook events to policy {policy} to {}",
+                    listwarden::human::plural(contacts.len(), "contact"),
                     path.display()
                 );
             }
