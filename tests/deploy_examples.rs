@@ -468,6 +468,7 @@ fn exported_metric_names() -> Vec<String> {
             result: "ok".into(),
         })
         .inc();
+    metrics.webhook_event("email.bounced", "bad_signature");
     MetricsObserver(metrics.clone()).request("remove", Some(200), Duration::ZERO);
     let text = metrics.encode();
     let mut names = Vec::new();
