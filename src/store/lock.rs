@@ -68,10 +68,22 @@ impl StoreLock {
         let info = lock_path(&store.canonicalize().unwrap_or_else(|_| store.to_path_buf()));
         match db.try_lock() {
             Ok(()) => Ok(StoreLock::claim(db, info, command)),
-            Err(TryLockError::WouldBlock) => Err(LockError::Held {
-                store: store.display().to_string(),
-                holder: holder(&info),
-            }),
+            Err(TryLockError::WouldBlock) => {
+                // The holder writes its note just after taking the lock: a refusal in between
+                // would name nobody, so give it a moment (200 ms at most).
+                let mut who = holder(&info);
+                for _ in 0..20 {
+                    if who != UNKNOWN_HOLDER {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    who = holder(&info);
+                }
+                Err(LockError::Held {
+                    store: store.display().to_string(),
+                    holder: who,
+                })
+            }
             Err(TryLockError::Error(e)) => Err(io_error(store, store, &e)),
         }
     }
@@ -145,6 +157,10 @@ fn open_database_file(store: &Path) -> Result<File, LockError> {
         .map_err(|e| io_error(store, store, &e))
 }
 
+/// What a refusal says when the holder left no note (an older listwarden, or a note
+/// deleted by hand).
+const UNKNOWN_HOLDER: &str = "another listwarden process";
+
 fn holder(info: &Path) -> String {
     let mut text = String::new();
     if let Ok(file) = File::open(info) {
@@ -152,7 +168,7 @@ fn holder(info: &Path) -> String {
     }
     let text = text.trim();
     if text.is_empty() {
-        "another listwarden process".to_string()
+        UNKNOWN_HOLDER.to_string()
     } else {
         text.to_string()
     }

@@ -213,6 +213,12 @@ const OWN_TABLES: [&str; 3] = ["contacts", "policies", "lists"];
 
 /// The schema version, after checking the file is a listwarden store at all.
 pub(super) fn schema_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    // The version and the tables are read in one read transaction: read apart, another
+    // process's migration could commit in between, and a store half way through its first
+    // migration (tables, but version 0 a moment ago) would look like someone else's
+    // database. Dropped without a commit: it only read.
+    let snapshot = conn.unchecked_transaction().map_err(|e| sql(path, e))?;
+    let conn = &*snapshot;
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| sql(path, e))?;
