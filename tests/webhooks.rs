@@ -6,9 +6,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use autosend_fake::{BounceType, WebhookConfig};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use autosend_fake::{BounceType, WebhookConfig, sign_webhook as sign};
 use support::daemon::{Harness, L1, L2, Opts};
 use support::{emails, free_port, policy};
 
@@ -91,16 +89,6 @@ impl Hooks {
     fn accepted(&self) -> f64 {
         self.metric_sum("listwarden_webhook_events_total", &[("result", "accepted")])
     }
-}
-
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn iso(t: SystemTime) -> String {

@@ -249,8 +249,14 @@ impl Store {
         })
     }
 
-    /// The contacts events fed to `policy` and not forgotten, sorted by contact per kind.
-    pub fn event_contacts(&self, policy: &str) -> Result<Vec<(ContactKind, String)>, StoreError> {
+    /// The contacts events fed to `policy`, not forgotten nor held, sorted by contact per
+    /// kind, whatever fed them (the daemon joins [`Store::event_contact_sources`], which says
+    /// what did): for tests.
+    #[cfg(test)]
+    pub(crate) fn event_contacts(
+        &self,
+        policy: &str,
+    ) -> Result<Vec<(ContactKind, String)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT kind, contact FROM event_contacts

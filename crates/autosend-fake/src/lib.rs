@@ -121,7 +121,7 @@ pub use ratelimit::{RateLimit, RateWindow, parse_rate_limits};
 pub use state::{GLOBAL_CONTACT_LIST, ListKind};
 pub use webhook::{
     BounceType, DOCUMENTED_RETRY_DELAYS, DOCUMENTED_TIMEOUT, DeliveryOutcome, DeliveryRecord,
-    EmitError, WebhookConfig, WebhooksBusy,
+    EmitError, WebhookConfig, WebhooksBusy, sign as sign_webhook,
 };
 
 use ratelimit::Limiter;

@@ -395,8 +395,10 @@ impl Hub {
     }
 }
 
-/// HMAC-SHA256 of `body` keyed with `secret`, lowercase hex (the verify page's recipe).
-pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
+/// HMAC-SHA256 of `body` keyed with `secret`, lowercase hex (the verify page's recipe): the
+/// `X-Webhook-Signature` of a delivery. Public so that tests forging deliveries sign them
+/// exactly as the fake (and AutoSend) does; pinned by RFC 4231's test vector.
+pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(mac) => mac,
         // HMAC takes keys of any length; this arm exists only because the trait is fallible.
