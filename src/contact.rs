@@ -340,6 +340,84 @@ impl PolicyName {
     }
 }
 
+id_type!(
+    /// The name of an AutoSend account (a key and, with account keys, a project) in the
+    /// config file: the policy name rule, so it fits in a metrics label, a URL path segment
+    /// (the account's webhook route) and a log field. Without a config file the one account
+    /// is [`AccountName::DEFAULT`].
+    AccountName,
+    "account name"
+);
+
+impl AccountName {
+    /// The account of a run without a config file, and the account rows of a store from
+    /// before accounts belong to.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn parse(raw: &str) -> Result<AccountName, String> {
+        PolicyName::parse(raw)
+            .map(|n| AccountName(n.0))
+            .map_err(|e| e.replace("policy name", "account name"))
+    }
+
+    pub fn default_account() -> AccountName {
+        AccountName(Self::DEFAULT.into())
+    }
+
+    pub fn is_default(&self) -> bool {
+        &*self.0 == Self::DEFAULT
+    }
+}
+
+/// A contact list as listwarden knows it: the same list id in two accounts is two lists.
+/// Ordered by account, then list id. Shown as the bare list id in the default account (so a
+/// run without a config file reads as it always did), `account/list` otherwise: a list id
+/// is a path segment and cannot contain `/`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListKey {
+    pub account: AccountName,
+    pub id: ContactListId,
+}
+
+impl ListKey {
+    pub fn new(account: AccountName, id: ContactListId) -> ListKey {
+        ListKey { account, id }
+    }
+
+    /// A list of the default account (tests, and runs without a config file).
+    pub fn default_account(id: ContactListId) -> ListKey {
+        ListKey::new(AccountName::default_account(), id)
+    }
+
+    /// The list id as AutoSend knows it (a URL path segment).
+    pub fn as_str(&self) -> &str {
+        self.id.as_str()
+    }
+}
+
+impl fmt::Display for ListKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.account.is_default() {
+            f.write_str(self.id.as_str())
+        } else {
+            write!(f, "{}/{}", self.account, self.id)
+        }
+    }
+}
+
+/// As it is shown: JSON documents that had a list id keep one for the default account.
+impl Serialize for ListKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Debug for ListKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ListKey({}/{})", self.account, self.id)
+    }
+}
+
 /// Which kind of identifier a contact is given by. The remove endpoint takes one kind per
 /// request, never both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
