@@ -262,7 +262,8 @@ fn commit_cost(dir: &Path, memory: bool) -> (Duration, Duration) {
     } else {
         Store::open(&dir.join("commit-cost.db"), "bench_apply").unwrap()
     };
-    let list = ContactListId::parse("commit-cost").unwrap();
+    let list =
+        listwarden::contact::ListKey::default_account(ContactListId::parse("commit-cost").unwrap());
     let mut times = Vec::new();
     for b in 0..50 {
         let contacts: Vec<String> = (0..BATCH).map(|i| email(9, b * BATCH + i)).collect();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::contact::{ContactId, ContactListId, Email};
+use crate::contact::{ContactId, Email, ListKey};
 use crate::manifest::Policy;
 
 /// Indices into the policy slice the desired state was built from. Most contacts are asked
@@ -25,7 +25,7 @@ pub struct Member<K> {
 
 #[derive(Clone, Debug)]
 pub struct DesiredList {
-    pub list: ContactListId,
+    pub list: ListKey,
     /// Active policies targeting this list (indices into the policy slice).
     pub policies: Vec<usize>,
     /// Suspended policies targeting this list.
@@ -81,9 +81,9 @@ impl DesiredState {
         previous_policies: &[Policy],
     ) -> DesiredState {
         type Groups = (Vec<usize>, Vec<usize>, Vec<usize>);
-        let mut by_list: BTreeMap<&ContactListId, Groups> = BTreeMap::new();
+        let mut by_list: BTreeMap<&ListKey, Groups> = BTreeMap::new();
         for (i, p) in policies.iter().enumerate() {
-            let entry = by_list.entry(&p.contact_list_id).or_default();
+            let entry = by_list.entry(&p.list).or_default();
             if held.get(i).copied().unwrap_or(false) {
                 entry.2.push(i);
             } else if p.suspend {
@@ -92,11 +92,11 @@ impl DesiredState {
                 entry.0.push(i);
             }
         }
-        let before: HashMap<&ContactListId, &Arc<DesiredList>> =
+        let before: HashMap<&ListKey, &Arc<DesiredList>> =
             previous.lists.iter().map(|l| (&l.list, l)).collect();
         // Each list's union on its own core: with a million contacts over ten lists, the
         // merge is most of a plan after the load.
-        let groups: Vec<(&ContactListId, Groups)> = by_list.into_iter().collect();
+        let groups: Vec<(&ListKey, Groups)> = by_list.into_iter().collect();
         let lists = crate::parallel::map(&groups, |(list, (active, suspended, held))| {
             // Settings count too: raising a threshold to unblock a refused list, or switching
             // strategy, must make the daemon reconcile it now.
@@ -181,7 +181,7 @@ fn changed_policies(
     for &i in active {
         let before = previous_policies.get(i)?;
         let now = &policies[i];
-        if before.name != now.name || before.contact_list_id != now.contact_list_id {
+        if before.name != now.name || before.list != now.list {
             return None;
         }
         if before.revision != now.revision {

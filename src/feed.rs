@@ -34,7 +34,9 @@ pub fn join_event_contacts(manifests: &mut Manifests, store: &Store) -> Result<(
         let rows: Vec<(ContactKind, String)> = store
             .event_contact_sources(policy.name.as_str())?
             .into_iter()
-            .filter(|c| c.list_id == policy.contact_list_id.as_str())
+            .filter(|c| {
+                c.list_id == policy.list.as_str() && c.account == policy.list.account.as_str()
+            })
             .filter(|c| {
                 policy
                     .events
@@ -169,7 +171,10 @@ pub fn decide(
             ) => {
                 let takers: Vec<&Policy> = policies
                     .iter()
-                    .filter(|p| p.events.iter().any(|f| f.matches(kind)))
+                    .filter(|p| {
+                        p.list.account.as_str() == e.account
+                            && p.events.iter().any(|f| f.matches(kind))
+                    })
                     .collect();
                 let mut held = 0;
                 for p in &takers {
@@ -181,7 +186,8 @@ pub fn decide(
                         bounce_type: e.bounce_type.clone(),
                         event_at_ms: e.created_at_ms,
                         delivery_id: e.delivery_id.clone(),
-                        list_id: p.contact_list_id.to_string(),
+                        list_id: p.list.id.to_string(),
+                        account: p.list.account.to_string(),
                     };
                     let left = left.entry(p.name.as_str()).or_insert_with(|| budget(p));
                     match left {
@@ -210,7 +216,12 @@ pub fn decide(
                 email, contact_id, ..
             }) => {
                 let before = handling.resync.len();
-                for list in &desired.lists {
+                // A contact id or address in one account says nothing of another's.
+                for list in desired
+                    .lists
+                    .iter()
+                    .filter(|l| l.list.account.as_str() == e.account)
+                {
                     if let Some(email) = &email
                         && list
                             .emails
@@ -218,7 +229,8 @@ pub fn decide(
                             .is_ok()
                     {
                         handling.resync.push(Resync {
-                            list_id: list.list.to_string(),
+                            account: list.list.account.to_string(),
+                            list_id: list.list.id.to_string(),
                             kind: ContactKind::Email,
                             contact: email.as_str().to_string(),
                         });
@@ -230,7 +242,8 @@ pub fn decide(
                             .is_ok()
                     {
                         handling.resync.push(Resync {
-                            list_id: list.list.to_string(),
+                            account: list.list.account.to_string(),
+                            list_id: list.list.id.to_string(),
                             kind: ContactKind::ContactId,
                             contact: id.as_str().to_string(),
                         });
@@ -278,6 +291,7 @@ mod tests {
             email: email.map(str::to_string),
             contact_id: None,
             bounce_type: bounce.map(str::to_string),
+            account: "default".into(),
         }
     }
 
@@ -347,6 +361,7 @@ mod tests {
         assert_eq!(
             handling.resync,
             vec![Resync {
+                account: "default".into(),
                 list_id: "l3".into(),
                 kind: ContactKind::Email,
                 contact: "x@example.com".into(),
@@ -393,6 +408,7 @@ mod tests {
             event_at_ms: 1,
             delivery_id: None,
             list_id: if policy == "spam" { "l2" } else { "l3" }.into(),
+            account: "default".into(),
         };
         let handling = Handling {
             held: vec![],
@@ -428,6 +444,7 @@ mod tests {
                 event_at_ms: 1,
                 delivery_id: None,
                 list_id: list.into(),
+                account: "default".into(),
             };
         let handling = Handling {
             held: vec![],

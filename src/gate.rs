@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::contact::ContactListId;
+use crate::contact::ListKey;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Gate {
@@ -38,7 +38,7 @@ pub enum Admit {
 
 #[derive(Debug, Default)]
 pub struct Gates {
-    lists: Mutex<HashMap<ContactListId, watch::Sender<Gate>>>,
+    lists: Mutex<HashMap<ListKey, watch::Sender<Gate>>>,
 }
 
 impl Gates {
@@ -46,12 +46,12 @@ impl Gates {
         Gates::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ContactListId, watch::Sender<Gate>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ListKey, watch::Sender<Gate>>> {
         self.lists.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Holds the sends of `list` until [`Gates::open`].
-    pub fn close(&self, list: &ContactListId) {
+    pub fn close(&self, list: &ListKey) {
         if let Some(tx) = self.lock().get(list) {
             tx.send_modify(|g| g.open = false);
         }
@@ -66,7 +66,7 @@ impl Gates {
 
     /// Lets `list` send again, for reconciles planned from `revision` only (`None`: the list
     /// is no longer desired, every reconcile of it stops).
-    pub fn open(&self, list: &ContactListId, revision: Option<&str>) {
+    pub fn open(&self, list: &ListKey, revision: Option<&str>) {
         let gate = Gate {
             open: true,
             revision: revision.map(str::to_string),
@@ -83,13 +83,13 @@ impl Gates {
     }
 
     /// Forgets the gates of lists `keep` rejects (their reconciles have finished).
-    pub fn retain(&self, keep: impl Fn(&ContactListId) -> bool) {
+    pub fn retain(&self, keep: impl Fn(&ListKey) -> bool) {
         self.lock().retain(|l, _| keep(l));
     }
 
     /// Waits while `list`'s gate is closed, then says whether a reconcile planned from
     /// `revision` may send.
-    pub async fn admit(&self, list: &ContactListId, revision: &str) -> Admit {
+    pub async fn admit(&self, list: &ListKey, revision: &str) -> Admit {
         let Some(mut rx) = self.lock().get(list).map(watch::Sender::subscribe) else {
             return Admit::Go;
         };
@@ -113,11 +113,12 @@ impl Gates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contact::ContactListId;
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn list(id: &str) -> ContactListId {
-        ContactListId::parse(id).unwrap()
+    fn list(id: &str) -> ListKey {
+        ListKey::default_account(ContactListId::parse(id).unwrap())
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::contact::ListKey;
 use crate::human::thousands;
 use crate::manifest::{Manifests, Policy};
 use crate::store::Baseline;
@@ -45,7 +46,7 @@ pub struct Hold {
     /// The policy is no longer in the manifests.
     pub gone: bool,
     /// The list it targets (for a gone policy, the one it targeted).
-    pub list: Option<String>,
+    pub list: Option<ListKey>,
 }
 
 impl Hold {
@@ -65,7 +66,9 @@ impl std::fmt::Display for Hold {
                  you check and run `listwarden approve {}`",
                 self.policy,
                 thousands(self.before as usize),
-                self.list.as_deref().unwrap_or("?"),
+                self.list
+                    .as_ref()
+                    .map_or_else(|| "?".to_string(), ListKey::to_string),
                 self.policy
             );
         }
@@ -179,7 +182,7 @@ fn check_policies(
                 threshold,
                 revision: p.revision.clone(),
                 gone: false,
-                list: Some(p.contact_list_id.to_string()),
+                list: Some(p.list.clone()),
             })
         })
         .collect()
@@ -214,7 +217,9 @@ mod tests {
                 contacts: Some(contacts),
                 held_revision: None,
                 approved_revision: approved.map(str::to_string),
-                list: Some("l1".to_string()),
+                list: Some(ListKey::default_account(
+                    crate::contact::ContactListId::parse("l1").unwrap(),
+                )),
             },
         )])
     }

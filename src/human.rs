@@ -33,6 +33,19 @@ pub fn duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
+/// The candidate a person most likely meant by `word` (a typo of it: swapped, doubled or
+/// dropped letters, a wrong case), for "did you mean" hints; `None` when none is close.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(&word, &c.to_ascii_lowercase()), c))
+        // 0.8 catches the typos above; unrelated words of the same length score lower.
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,11 @@
 //!   durations written for people;
 //! - [`condition`]: the vocabulary of status: `Ready`, `Reason`, `Condition`;
 //! - [`contact`]: validated identifiers (`Email`, `ContactId`, `ContactListId`, `PolicyName`);
+//! - [`config`]: the config file: the AutoSend accounts a run serves (where each one's key
+//!   and webhook secret are, its project, budget and concurrency);
 //! - [`manifest`]: manifests on disk -> validated [`manifest::Policy`] values + diagnostics;
+//! - [`account`]: the AutoSend accounts served (a config file's, or the one of the
+//!   environment), each policy's account, and each account's client;
 //! - [`hold`]: the forget threshold: a policy that loses too many contacts in one load is held
 //!   until approved;
 //! - [`desired`]: policies -> the desired-absent set of each list (union, with attribution);
@@ -34,8 +38,10 @@
 //! The binary (`src/main.rs`, `src/cli/`) is a thin layer over these functions: it parses
 //! flags, calls them and maps outcomes to exit codes.
 
+pub mod account;
 pub mod clock;
 pub mod condition;
+pub mod config;
 pub mod contact;
 pub mod daemon;
 pub mod desired;

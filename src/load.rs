@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::contact::ContactListId;
+use crate::contact::ListKey;
 use crate::manifest::Manifests;
 use crate::plan::{ListRecords, Plan, PlanOptions};
 use crate::store::Baseline;
@@ -21,9 +21,10 @@ pub fn load_and_plan<E: Send>(
     options: PlanOptions,
     baselines: &HashMap<String, Baseline>,
     events: impl FnOnce(&mut Manifests) -> Result<(), E>,
-    records: impl Fn(&ContactListId) -> Result<ListRecords, E> + Sync,
+    records: impl Fn(&ListKey) -> Result<ListRecords, E> + Sync,
 ) -> Result<(Manifests, Plan), E> {
     let mut manifests = crate::manifest::load(path);
+    crate::account::resolve(&mut manifests, &options.accounts);
     events(&mut manifests)?;
     let plan = Plan::for_manifests(&manifests, baselines, records, options)?;
     Ok((manifests, plan))

@@ -100,7 +100,7 @@ fn blocks(manifests: &Manifests, plan: &Plan, verbose: bool) -> Vec<String> {
             thousands(changing),
             if changing == 1 { "" } else { "s" },
             plural(plan.requests(), "remove"),
-            duration(limits.least_time(requests)),
+            duration(crate::render::plan_least_time(plan)),
             escape(&limits.to_string())
         ));
     } else if refused.is_empty() && plan.holds.is_empty() {

@@ -30,11 +30,19 @@ use autosend::Observer;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListLabel {
+    pub account: String,
     pub list: String,
+}
+
+/// The account of a key: its budget, its 429s and its pacing are its own.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    pub account: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
+    pub account: String,
     pub list: String,
     pub result: String,
 }
@@ -46,12 +54,14 @@ pub struct ResultLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ContactLabels {
+    pub account: String,
     pub list: String,
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    pub account: String,
     pub endpoint: String,
     pub status: String,
 }
@@ -82,10 +92,10 @@ pub struct Metrics {
     pub drift: Family<ListLabel, Gauge>,
     pub last_success: Family<ListLabel, FloatGauge>,
     pub api_requests: Family<RequestLabels, Counter>,
-    pub rate_limited: Counter,
-    pub pacing_wait: Counter<f64, AtomicU64>,
-    /// The pacer's total when the counter was last brought up to date.
-    pacing_seen: std::sync::Mutex<Duration>,
+    pub rate_limited: Family<AccountLabel, Counter>,
+    pub pacing_wait: Family<AccountLabel, Counter<f64, AtomicU64>>,
+    /// Each account's pacer total when its counter was last brought up to date.
+    pacing_seen: std::sync::Mutex<std::collections::HashMap<String, Duration>>,
     pub policy_ready: Family<PolicyLabels, Gauge>,
     pub manifest_errors: Gauge,
     pub manifest_loads: Family<ResultLabel, Counter>,
@@ -122,9 +132,9 @@ impl Metrics {
             drift: Family::default(),
             last_success: Family::default(),
             api_requests: Family::default(),
-            rate_limited: Counter::default(),
-            pacing_wait: Counter::default(),
-            pacing_seen: std::sync::Mutex::new(Duration::ZERO),
+            rate_limited: Family::default(),
+            pacing_wait: Family::default(),
+            pacing_seen: std::sync::Mutex::new(Default::default()),
             policy_ready: Family::default(),
             manifest_errors: Gauge::default(),
             manifest_loads: Family::default(),
@@ -164,17 +174,17 @@ impl Metrics {
         );
         registry.register(
             "api_requests",
-            "AutoSend API requests by endpoint and HTTP status",
+            "AutoSend API requests by account, endpoint and HTTP status",
             m.api_requests.clone(),
         );
         registry.register(
             "rate_limited",
-            "429 answers received",
+            "429 answers received, by account",
             m.rate_limited.clone(),
         );
         registry.register(
             "pacing_wait_seconds",
-            "Time requests spent waiting for the client-side pacing budget",
+            "Time requests spent waiting for their account's client-side pacing budget",
             m.pacing_wait.clone(),
         );
         registry.register(
@@ -240,9 +250,11 @@ impl Metrics {
     /// Records one list reconcile.
     pub fn reconciled(&self, o: &ListOutcome, pending: u64) {
         let result = o.result.label();
-        let list = o.list.to_string();
+        let account = o.list.account.to_string();
+        let list = o.list.id.to_string();
         self.reconciles
             .get_or_create(&ReconcileLabels {
+                account: account.clone(),
                 list: list.clone(),
                 result: result.to_string(),
             })
@@ -259,46 +271,60 @@ impl Metrics {
         ] {
             self.contacts
                 .get_or_create(&ContactLabels {
+                    account: account.clone(),
                     list: list.clone(),
                     outcome: outcome.to_string(),
                 })
                 .inc_by(n);
         }
-        self.pending
-            .get_or_create(&ListLabel { list: list.clone() })
-            .set(pending as i64);
+        let label = ListLabel { account, list };
+        self.pending.get_or_create(&label).set(pending as i64);
         if o.result.is_ok() {
             self.last_success
-                .get_or_create(&ListLabel { list })
+                .get_or_create(&label)
                 .set(crate::clock::now_unix() as f64);
         }
     }
 
-    /// Brings the counter up to the pacer's running total (read at scrape time).
-    pub fn set_pacing_wait(&self, waited: Duration) {
+    /// Brings an account's counter up to its pacer's running total (read at scrape time).
+    pub fn set_pacing_wait(&self, account: &str, waited: Duration) {
         let mut seen = self.pacing_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = seen.entry(account.to_string()).or_default();
         if waited > *seen {
-            self.pacing_wait.inc_by((waited - *seen).as_secs_f64());
+            self.pacing_wait
+                .get_or_create(&AccountLabel {
+                    account: account.to_string(),
+                })
+                .inc_by((waited - *seen).as_secs_f64());
             *seen = waited;
         }
     }
 }
 
-/// The client reports every exchange here.
-pub struct MetricsObserver(pub Arc<Metrics>);
+/// An account's client reports every exchange here.
+pub struct MetricsObserver {
+    pub metrics: Arc<Metrics>,
+    pub account: String,
+}
 
 impl Observer for MetricsObserver {
     fn request(&self, endpoint: &'static str, status: Option<u16>, _elapsed: Duration) {
         let status_label = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        self.0
+        self.metrics
             .api_requests
             .get_or_create(&RequestLabels {
+                account: self.account.clone(),
                 endpoint: endpoint.to_string(),
                 status: status_label,
             })
             .inc();
         if status == Some(429) {
-            self.0.rate_limited.inc();
+            self.metrics
+                .rate_limited
+                .get_or_create(&AccountLabel {
+                    account: self.account.clone(),
+                })
+                .inc();
         }
     }
 }

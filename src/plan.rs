@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::contact::{ContactId, ContactListId, Email};
+use crate::account::Accounts;
+use crate::contact::{AccountName, ContactId, Email, ListKey};
 use crate::desired::{DesiredList, DesiredState, Member, PolicySet};
 use crate::manifest::{Policy, Strategy};
 use autosend::pacing::RateLimits;
@@ -81,7 +82,7 @@ impl std::fmt::Display for Refusal {
 
 #[derive(Clone, Debug)]
 pub struct ListPlan {
-    pub list: ContactListId,
+    pub list: ListKey,
     /// The whole desired-absent set (the observe strategy removes any member in it, pending
     /// or already confirmed).
     pub desired: std::sync::Arc<DesiredList>,
@@ -118,7 +119,11 @@ impl ListPlan {
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
     pub batch_size: usize,
+    /// The key's budget without a config file ([`PlanOptions::limits_for`]).
     pub rate_limits: RateLimits,
+    /// The accounts served: each policy's account is settled against them after a load, and
+    /// each account's requests are timed at its own budget.
+    pub accounts: Accounts,
     /// Unix seconds.
     pub now: i64,
     pub resync_after: Duration,
@@ -134,11 +139,32 @@ pub struct PlanOptions {
     pub strategy: Strategy,
 }
 
+impl PlanOptions {
+    /// The budget of `account`'s key: the config file's, or `rate_limits` without one.
+    pub fn limits_for(&self, account: &AccountName) -> RateLimits {
+        if self.accounts.is_configured() {
+            self.accounts.rate_limits(account)
+        } else {
+            self.rate_limits.clone()
+        }
+    }
+}
+
+/// What one account's share of a plan costs.
+#[derive(Clone, Debug)]
+pub struct AccountCost {
+    pub account: AccountName,
+    pub requests: usize,
+    pub least_time: Duration,
+    pub rate_limits: RateLimits,
+}
+
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             rate_limits: RateLimits::default(),
+            accounts: Accounts::single(RateLimits::default()),
             now: crate::clock::now_unix(),
             resync_after: DEFAULT_RESYNC_AFTER,
             resync_all: false,
@@ -164,7 +190,7 @@ impl Plan {
     pub fn for_manifests<E: Send>(
         manifests: &crate::manifest::Manifests,
         baselines: &HashMap<String, crate::store::Baseline>,
-        records: impl Fn(&ContactListId) -> Result<ListRecords, E> + Sync,
+        records: impl Fn(&ListKey) -> Result<ListRecords, E> + Sync,
         options: PlanOptions,
     ) -> Result<Plan, E> {
         let holds = crate::hold::check(
@@ -184,7 +210,7 @@ impl Plan {
     pub fn build(
         policies: &[Policy],
         desired: &DesiredState,
-        records: impl Fn(&ContactListId) -> ListRecords + Sync,
+        records: impl Fn(&ListKey) -> ListRecords + Sync,
         options: PlanOptions,
     ) -> Plan {
         match Plan::try_build(
@@ -203,7 +229,7 @@ impl Plan {
     pub fn try_build<E: Send>(
         policies: &[Policy],
         desired: &DesiredState,
-        records: impl Fn(&ContactListId) -> Result<ListRecords, E> + Sync,
+        records: impl Fn(&ListKey) -> Result<ListRecords, E> + Sync,
         options: PlanOptions,
     ) -> Result<Plan, E> {
         // Lists on every core: one worker reads a list's records (the store serialises its
@@ -235,8 +261,34 @@ impl Plan {
     }
 
     /// Least time for the whole plan: all lists share the key's one rate budget.
+    /// The least time of the remove requests: accounts run side by side, each at its own
+    /// budget, so the slowest account's.
     pub fn least_time(&self) -> Duration {
-        self.options.rate_limits.least_time(self.requests())
+        self.per_account(ListPlan::requests)
+            .iter()
+            .map(|a| a.least_time)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Per account with lists in the plan: `requests(list)` summed, and their least time at
+    /// the account's budget.
+    pub fn per_account(&self, requests: impl Fn(&ListPlan) -> usize) -> Vec<AccountCost> {
+        let mut by: std::collections::BTreeMap<&AccountName, usize> = Default::default();
+        for l in &self.lists {
+            *by.entry(&l.list.account).or_default() += requests(l);
+        }
+        by.into_iter()
+            .map(|(account, requests)| {
+                let limits = self.options.limits_for(account);
+                AccountCost {
+                    account: account.clone(),
+                    requests,
+                    least_time: limits.least_time(requests),
+                    rate_limits: limits,
+                }
+            })
+            .collect()
     }
 
     /// True when something is to be done, including lists a threshold refused and changes

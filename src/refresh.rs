@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 
-use autosend::{ApiError, Client, Tally};
+use autosend::Tally;
+
+use crate::account::Clients;
 use serde::Serialize;
 
 use crate::manifest::Manifests;
@@ -16,6 +18,7 @@ pub const REFRESH_FORMAT_VERSION: u32 = 1;
 
 #[derive(Serialize)]
 pub struct RefreshList<'a> {
+    pub account: &'a str,
     pub contact_list_id: &'a str,
     pub contact_count: Option<u64>,
     pub drift: Option<usize>,
@@ -51,7 +54,7 @@ pub struct RefreshDocument<'a> {
 /// Reads every list of `plan` (one at a time: the key's budget is shared anyway) and reports
 /// its drift. A list that cannot be read is reported with its error; the others go on.
 pub async fn refresh<'a>(
-    client: &Client,
+    clients: &Clients,
     manifests: &'a Manifests,
     plan: &'a Plan,
     path: &str,
@@ -61,19 +64,27 @@ pub async fn refresh<'a>(
     let mut total_drift = 0;
     for l in &plan.lists {
         let tally = Tally::default();
+        let client = clients.get(&l.list.account);
         let read = async {
-            let info = client.get_list(l.list.as_str(), &tally).await?;
+            // An account without a client: its lists report why, the others are read.
+            let client = client.as_ref().map_err(|e| e.clone())?;
+            let info = client
+                .get_list(l.list.as_str(), &tally)
+                .await
+                .map_err(|e| e.to_string())?;
             let members = crate::observe::read_members(
                 client,
                 l.list.as_str(),
                 info.contact_count.unwrap_or(0),
                 &tally,
             )
-            .await?;
-            Ok::<_, ApiError>((info, members))
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((info, members))
         }
         .await;
         let mut entry = RefreshList {
+            account: l.list.account.as_str(),
             contact_list_id: l.list.as_str(),
             contact_count: None,
             drift: None,
@@ -100,7 +111,7 @@ pub async fn refresh<'a>(
                     l,
                     info.contact_count,
                     plan.options.batch_size,
-                    &plan.options.rate_limits,
+                    &plan.options.limits_for(&l.list.account),
                     Some(drift.len() as u64),
                 );
                 entry.strategy = Some(choice.strategy.to_string());

@@ -45,10 +45,23 @@ pub struct PlanSummary {
     pub refused_lists: usize,
     pub held_policies: usize,
     pub has_changes: bool,
+    /// Per account with lists in the plan: each runs at its own key's budget, side by side
+    /// (`apiEstimatedSeconds` above is the slowest one's).
+    pub accounts: Vec<AccountDocument>,
+}
+
+#[derive(Serialize)]
+pub struct AccountDocument {
+    pub account: String,
+    pub rate_limits: String,
+    pub requests: usize,
+    pub api_requests: usize,
+    pub api_estimated_seconds: f64,
 }
 
 #[derive(Serialize)]
 pub struct ListDocument<'a> {
+    pub account: &'a str,
     pub contact_list_id: &'a str,
     pub revision: &'a str,
     pub policies: Vec<&'a str>,
@@ -107,7 +120,7 @@ impl<'a> PolicySummary<'a> {
             name: p.name.as_str(),
             file: p.origin.file.display().to_string(),
             document: p.origin.document,
-            contact_list_id: p.contact_list_id.as_str(),
+            contact_list_id: p.list.as_str(),
             labels: &p.labels,
             suspended: p.suspend,
             max_removals_per_sync: p.max_removals_per_sync,
@@ -165,6 +178,16 @@ pub fn plan_requests(plan: &Plan) -> usize {
     plan.lists.iter().map(list_requests).sum()
 }
 
+/// The least time of every request of the plan: each account at its own budget, side by
+/// side, so the slowest account's.
+pub fn plan_least_time(plan: &Plan) -> Duration {
+    plan.per_account(list_requests)
+        .iter()
+        .map(|a| a.least_time)
+        .max()
+        .unwrap_or_default()
+}
+
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
 }
@@ -184,7 +207,9 @@ pub fn plan_document<'a>(
     let lists = plan
         .lists
         .iter()
-        .map(|l| ListDocument {
+        .map(|l| (l, plan.options.limits_for(&l.list.account)))
+        .map(|(l, limits)| ListDocument {
+            account: l.list.account.as_str(),
             contact_list_id: l.list.as_str(),
             revision: &l.revision,
             policies: names(&l.policies),
@@ -235,10 +260,24 @@ pub fn plan_document<'a>(
             requests: plan.requests(),
             estimated_seconds: secs(plan.least_time()),
             api_requests: plan_requests(plan),
-            api_estimated_seconds: secs(limits.least_time(plan_requests(plan))),
+            api_estimated_seconds: secs(plan_least_time(plan)),
             refused_lists: plan.lists.iter().filter(|l| l.refused.is_some()).count(),
             held_policies: plan.holds.len(),
             has_changes: plan.has_work(),
+            accounts: {
+                let removes = plan.per_account(ListPlan::requests);
+                plan.per_account(list_requests)
+                    .into_iter()
+                    .zip(removes)
+                    .map(|(api, removes)| AccountDocument {
+                        account: api.account.to_string(),
+                        rate_limits: api.rate_limits.to_string(),
+                        requests: removes.requests,
+                        api_requests: api.requests,
+                        api_estimated_seconds: secs(api.least_time),
+                    })
+                    .collect()
+            },
         },
         lists,
         policies,
@@ -328,8 +367,12 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
                 thousands(l.email_counts.requests),
                 thousands(l.contact_id_counts.requests),
                 plan.options.batch_size,
-                duration(limits.least_time(list_requests(l))),
-                limits
+                duration(
+                    plan.options
+                        .limits_for(&l.list.account)
+                        .least_time(list_requests(l))
+                ),
+                plan.options.limits_for(&l.list.account)
             );
         } else {
             let _ = writeln!(out, "  requests     none: no changes");
@@ -378,12 +421,32 @@ pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
             thousands(changing),
             if changing == 1 { "" } else { "s" },
             plural(plan.requests(), "remove"),
-            duration(limits.least_time(plan_requests(plan))),
-            limits
+            duration(plan_least_time(plan)),
+            if plan.options.accounts.is_configured() {
+                "each account's budget".to_string()
+            } else {
+                limits.to_string()
+            }
         );
     }
     if refused > 0 {
         let _ = write!(out, " {refused} list(s) refused by a safety threshold.");
+    }
+    if plan.options.accounts.is_configured() {
+        for a in plan
+            .per_account(list_requests)
+            .iter()
+            .filter(|a| a.requests > 0)
+        {
+            let _ = write!(
+                out,
+                "\n  account {}: {}, at least {} at {}",
+                a.account,
+                plural(a.requests, "request"),
+                duration(a.least_time),
+                a.rate_limits
+            );
+        }
     }
     if !plan.holds.is_empty() {
         let _ = write!(

@@ -197,6 +197,16 @@ pub fn time(t: Option<i64>) -> String {
     }
 }
 
+/// A list as [`crate::contact::ListKey`] shows it: `account/list`, the bare id in the
+/// default account.
+fn shown_list(account: &str, list: &str) -> String {
+    if account == crate::contact::AccountName::DEFAULT {
+        list.to_string()
+    } else {
+        format!("{account}/{list}")
+    }
+}
+
 pub fn status_text(doc: &StatusDocument) -> String {
     let mut out = String::new();
     if let Some(m) = doc.manifests.as_ref().filter(|m| m.errors > 0) {
@@ -222,7 +232,7 @@ pub fn status_text(doc: &StatusDocument) -> String {
             p.name,
             ready,
             p.condition.reason,
-            p.contact_list_id.as_deref().unwrap_or("?"),
+            shown_list(&p.account, p.contact_list_id.as_deref().unwrap_or("?")),
             p.file,
             p.document
         );
@@ -267,7 +277,7 @@ pub fn status_text(doc: &StatusDocument) -> String {
         let _ = writeln!(
             out,
             "  {}  confirmed absent {}, failing {}, last sync {}, last success {}",
-            l.contact_list_id,
+            shown_list(&l.account, &l.contact_list_id),
             thousands(l.confirmed as usize),
             thousands(l.failed as usize),
             time(l.last_attempt_at),
@@ -324,6 +334,7 @@ mod tests {
         use crate::store::{FailingContact, PolicyCounts};
         let policy = PolicyStatus {
             name: "news".into(),
+            account: "default".into(),
             contact_list_id: Some("L1".into()),
             file: "m.yaml".into(),
             document: 1,

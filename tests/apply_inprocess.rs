@@ -30,7 +30,7 @@ async fn sync_removes_members_and_confirms_every_desired_contact() {
     s.manifest("b.yaml", &policy("pb", "list-b", &emails("b", 30)));
 
     let pass = s.sync(plan_options(25, Strategy::Assert)).await;
-    assert!(pass.report.unauthorized.is_none());
+    assert!(pass.report.unauthorized.is_empty());
     assert_eq!(pass.report.outcomes.len(), 2);
     let oa = &pass.report.outcomes[0];
     assert_eq!(oa.list.as_str(), "list-a");

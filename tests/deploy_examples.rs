@@ -447,11 +447,14 @@ fn exported_metric_names() -> Vec<String> {
     use listwarden::metrics::{ListLabel, Metrics, MetricsObserver, PolicyLabels, ResultLabel};
     use listwarden::reconcile::{ListOutcome, ListResult};
     let metrics = std::sync::Arc::new(Metrics::new());
-    let list = listwarden::contact::ContactListId::parse("list-a").unwrap();
+    let list = listwarden::contact::ListKey::default_account(
+        listwarden::contact::ContactListId::parse("list-a").unwrap(),
+    );
     metrics.reconciled(&ListOutcome::new(list, ListResult::Converged), 0);
     metrics
         .drift
         .get_or_create(&ListLabel {
+            account: "default".into(),
             list: "list-a".into(),
         })
         .set(1);
@@ -469,7 +472,13 @@ fn exported_metric_names() -> Vec<String> {
         })
         .inc();
     metrics.webhook_event("email.bounced", "bad_signature");
-    MetricsObserver(metrics.clone()).request("remove", Some(200), Duration::ZERO);
+    let observer = MetricsObserver {
+        metrics: metrics.clone(),
+        account: "default".into(),
+    };
+    observer.request("remove", Some(200), Duration::ZERO);
+    observer.request("remove", Some(429), Duration::ZERO);
+    metrics.set_pacing_wait("default", Duration::from_millis(10));
     let text = metrics.encode();
     let mut names = Vec::new();
     for line in text.lines() {
@@ -566,4 +575,41 @@ fn alert_rules_and_dashboard_queries_read_metrics_listwarden_exports() {
         }
     }
     assert!(queries >= 10, "{queries} queries");
+}
+
+#[test]
+fn the_two_account_examples_hold_configs_listwarden_loads_and_flags_it_accepts() {
+    // The sample config, as it is.
+    let config = listwarden::config::load(&deploy().join("accounts.yaml"))
+        .unwrap_or_else(|d| panic!("accounts.yaml: {d:?}"));
+    let names: Vec<&str> = config.accounts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["brand-eu", "brand-us"]);
+    assert_eq!(
+        config.default_account.as_ref().unwrap().as_str(),
+        "brand-eu"
+    );
+
+    // The ConfigMap's config, and the container's args.
+    let docs = documents("kubernetes-accounts.yaml");
+    let map = kind(&docs, "ConfigMap");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("accounts.yaml");
+    std::fs::write(&path, map["data"]["accounts.yaml"].as_str().unwrap()).unwrap();
+    let config = listwarden::config::load(&path).unwrap_or_else(|d| panic!("ConfigMap: {d:?}"));
+    assert_eq!(config.accounts.len(), 2);
+    let deployment = kind(&docs, "Deployment");
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(args.iter().any(|a| a.starts_with("--config=")));
+    assert_cli_accepts(&args);
+
+    // The systemd unit: --config from its credentials, and no key of its own.
+    let unit = read("listwarden-accounts.service");
+    assert!(unit.contains("--config ${CREDENTIALS_DIRECTORY}/accounts.yaml"));
+    assert!(!unit.contains("--api-key-file"));
+    assert!(!unit.contains("LISTWARDEN_RATE_LIMIT"));
 }

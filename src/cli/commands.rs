@@ -12,7 +12,7 @@ use super::{
     print_diagnostics,
 };
 use autosend::{Client, ClientConfig};
-use listwarden::contact::ContactListId;
+use listwarden::contact::ListKey;
 use listwarden::human::{plural, thousands};
 use listwarden::manifest::Manifests;
 use listwarden::plan::Plan;
@@ -32,7 +32,7 @@ fn runtime() -> tokio::runtime::Runtime {
 pub fn client(api: &ApiFlags, rate_limits: &autosend::RateLimits) -> Result<Client, String> {
     let mut config = ClientConfig::from_settings(
         api.api_key_file.as_deref(),
-        Some(&api.api_url),
+        api.api_url.as_deref(),
         api.project_id.as_deref(),
     )
     .map_err(|e| match e {
@@ -41,20 +41,18 @@ pub fn client(api: &ApiFlags, rate_limits: &autosend::RateLimits) -> Result<Clie
             .to_string(),
         other => other.to_string(),
     })?;
-    warn_exposure(api, &config.base_url);
+    warn_exposure(api.api_key_file.as_deref(), &config.base_url);
     config.rate_limits = rate_limits.clone();
-    config.max_retries = api.max_retries;
-    config.min_backoff = api.retry_backoff.0;
-    config.max_backoff = config.max_backoff.max(api.retry_backoff.0);
+    super::accounts::tune(&mut config, api);
     Client::new(config).map_err(|e| e.to_string())
 }
 
 /// Warns about a key others can read, and a key sent in clear over the network. Group-readable
 /// key files are normal (Kubernetes Secrets, systemd credentials), and so is plain HTTP to
 /// this machine: no warning for those.
-fn warn_exposure(api: &ApiFlags, base_url: &str) {
+pub(super) fn warn_exposure(key_file: Option<&std::path::Path>, base_url: &str) {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(path) = &api.api_key_file
+    if let Some(path) = key_file
         && let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o004 != 0
     {
@@ -91,6 +89,25 @@ fn plain_http_to_another_host(base_url: &str) -> bool {
     !loopback
 }
 
+/// With a config file, gives the store's rows from before accounts to the default account
+/// (they were written with the one key of the environment it stands for), and says so once.
+fn adopt(store: &Store, setup: &super::accounts::Setup) -> Result<(), String> {
+    let (Some(_), Some(default)) = (&setup.config, setup.accounts.default_account()) else {
+        return Ok(());
+    };
+    let adopted = store
+        .adopt_default_rows(default)
+        .map_err(|e| e.to_string())?;
+    if adopted > 0 {
+        tracing::info!(
+            account = %default,
+            lists = adopted,
+            "the state store's lists from before accounts now belong to the default account"
+        );
+    }
+    Ok(())
+}
+
 /// A progress bar on a terminal, a log line a batch otherwise.
 struct ApplyProgress {
     bar: Option<ProgressBar>,
@@ -114,12 +131,12 @@ impl ApplyProgress {
 
 /// Without a terminal, progress goes through the log, so `--log-format json` stays JSON.
 impl Progress for ApplyProgress {
-    fn list_started(&self, list: &ContactListId, contacts: usize) {
+    fn list_started(&self, list: &ListKey, contacts: usize) {
         if self.bar.is_none() {
             tracing::info!(%list, contacts, "asserting contacts");
         }
     }
-    fn batch_done(&self, list: &ContactListId, contacts: usize) {
+    fn batch_done(&self, list: &ListKey, contacts: usize) {
         match &self.bar {
             Some(bar) => bar.inc(contacts as u64),
             None => tracing::info!(%list, contacts, "batch done"),
@@ -142,7 +159,19 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let client = match or_exit(client(&args.sync.api, &args.sync.flags.rate_limit)) {
+    let setup = match or_exit(super::accounts::setup(
+        &args.sync.flags,
+        Some(&args.sync.api),
+    )) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let clients = match or_exit(super::accounts::clients(
+        &setup,
+        &args.sync.api,
+        &args.sync.flags,
+        super::accounts::unobserved,
+    )) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -151,7 +180,10 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    let mut options = plan_options(&args.sync.flags);
+    if let Err(code) = or_exit(adopt(&store, &setup)) {
+        return code;
+    }
+    let mut options = plan_options(&args.sync.flags, setup.accounts.clone());
     options.resync_after = args.sync.state.resync_after.0;
     options.resync_all = args.resync;
     options.force = args.force;
@@ -175,15 +207,22 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     }
     print!("{}", render::plan_text(&manifests, &plan, false));
     let progress = Arc::new(ApplyProgress::new(plan.to_assert()));
-    let base_url = client.base_url().to_string();
+    let base_url = clients
+        .iter()
+        .find_map(|(_, c)| c.as_ref().ok())
+        .map(|c| c.base_url().to_string())
+        .unwrap_or_default();
+    // One token stops every account's requests on a signal.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let clients = clients.map(|_, c| c.with_cancel(shutdown.child_token()));
     let ctx = Context {
         progress: progress.clone(),
         source_revision: listwarden::revision::git_commit(&args.sync.path),
-        ..Context::new(client, store.clone(), plan.options.batch_size)
+        ..Context::for_accounts(clients, store.clone(), plan.options.batch_size)
     };
     let policies = Arc::new(manifests.policies.clone());
     let report = runtime().block_on(async {
-        let signals = stop_on_signals(ctx.client.cancel_token().clone());
+        let signals = stop_on_signals(shutdown.clone());
         let report =
             reconcile::sync_all(&ctx, policies, plan.lists.clone(), args.sync.concurrency).await;
         signals.abort();
@@ -208,8 +247,16 @@ pub fn apply(args: &ApplyArgs) -> u8 {
 
 /// The one `error:` line a failing apply ends with: what failed first, and what to check.
 fn failure_line(manifests: &Manifests, plan: &Plan, report: &SyncReport, base_url: &str) -> String {
-    if let Some(m) = &report.unauthorized {
-        return m.clone();
+    if let Some((account, m)) = report.unauthorized.iter().next() {
+        let more = match report.unauthorized.len() {
+            1 => String::new(),
+            n => format!(" (and {} more account(s))", n - 1),
+        };
+        return if account.is_default() {
+            m.clone()
+        } else {
+            format!("account {account}: {m}{more}")
+        };
     }
     if report.all_not_found() {
         return format!(
@@ -367,8 +414,18 @@ pub fn status(args: &StatusArgs) -> u8 {
 }
 
 /// `plan --refresh`: read every list, report the desired-absent contacts present in it.
-pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
-    let client = match client(&args.api, &args.flags.rate_limit) {
+pub fn refresh(
+    args: &PlanArgs,
+    setup: &super::accounts::Setup,
+    manifests: &Manifests,
+    plan: &Plan,
+) -> u8 {
+    let clients = match super::accounts::clients(
+        setup,
+        &args.api,
+        &args.flags,
+        super::accounts::unobserved,
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -377,7 +434,7 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
     };
     let path = args.path.display().to_string();
     let doc = runtime().block_on(listwarden::refresh::refresh(
-        &client,
+        &clients,
         manifests,
         plan,
         &path,
@@ -403,6 +460,7 @@ pub fn refresh(args: &PlanArgs, manifests: &Manifests, plan: &Plan) -> u8 {
 /// holds the secret.
 fn webhook_config(
     args: &RunArgs,
+    setup: &super::accounts::Setup,
 ) -> Result<Option<listwarden::daemon::receiver::WebhookConfig>, String> {
     use listwarden::daemon::receiver::{Secret, WebhookConfig};
     let Some(listen) = args.webhook_listen else {
@@ -411,6 +469,39 @@ fn webhook_config(
         }
         return Ok(None);
     };
+    if let Some(config) = &setup.config {
+        // Each account's secret is in the config, and its route is its own.
+        if args.webhook_secret_file.is_some()
+            || std::env::var_os("AUTOSEND_WEBHOOK_SECRET").is_some_and(|s| !s.is_empty())
+        {
+            return Err(format!(
+                "--webhook-secret-file or AUTOSEND_WEBHOOK_SECRET given with --config {}: two                  sources of truth; set each account's webhookSecretFile or webhookSecretEnv in                  the config instead",
+                config.path.display()
+            ));
+        }
+        let mut secrets = std::collections::BTreeMap::new();
+        for spec in &config.accounts {
+            let Some(text) = spec.webhook_secret_text()? else {
+                continue;
+            };
+            let secret = Secret::new(&text)
+                .ok_or_else(|| format!("account {}: the webhook secret is empty", spec.name))?;
+            secrets.insert(spec.name.clone(), secret);
+        }
+        if secrets.is_empty() {
+            return Err(format!(
+                "--webhook-listen needs a webhook secret: set webhookSecretFile or                  webhookSecretEnv for the accounts whose events to receive in {}",
+                config.path.display()
+            ));
+        }
+        let bare = config
+            .default_account
+            .clone()
+            .filter(|a| secrets.contains_key(a));
+        let mut wh = WebhookConfig::for_accounts(listen, secrets, bare);
+        wh.window = args.webhook_window.0;
+        return Ok(Some(wh));
+    }
     let text = match &args.webhook_secret_file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the webhook secret file {}: {e}", path.display()))?,
@@ -430,15 +521,24 @@ fn webhook_config(
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.sync.log_format);
     let metrics = Arc::new(listwarden::metrics::Metrics::new());
-    let client = match or_exit(client(&args.sync.api, &args.sync.flags.rate_limit)) {
+    let setup = match or_exit(super::accounts::setup(
+        &args.sync.flags,
+        Some(&args.sync.api),
+    )) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let clients = match or_exit(super::accounts::clients(
+        &setup,
+        &args.sync.api,
+        &args.sync.flags,
+        super::accounts::observed(metrics.clone()),
+    )) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let client = client.with_observer(Arc::new(listwarden::metrics::MetricsObserver(
-        metrics.clone(),
-    )));
     let mut config = listwarden::daemon::DaemonConfig::new(args.sync.path.clone());
-    config.plan = plan_options(&args.sync.flags);
+    config.plan = plan_options(&args.sync.flags, setup.accounts.clone());
     config.plan.resync_after = args.sync.state.resync_after.0;
     config.interval = args.interval.0;
     config.concurrency = args.sync.concurrency;
@@ -446,7 +546,7 @@ pub fn run(args: &RunArgs) -> u8 {
     config.debounce = args.debounce.0;
     config.allow_empty = args.sync.allow_empty;
     config.expose_contacts = args.expose_contacts;
-    config.webhook = match or_exit(webhook_config(args)) {
+    config.webhook = match or_exit(webhook_config(args, &setup)) {
         Ok(w) => w,
         Err(code) => return code,
     };
@@ -454,7 +554,7 @@ pub fn run(args: &RunArgs) -> u8 {
     runtime().block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         stop_on_signals(shutdown.clone());
-        match listwarden::daemon::run(config, client, store, metrics, shutdown).await {
+        match listwarden::daemon::run(config, clients, store, metrics, shutdown).await {
             Ok(()) => EXIT_OK,
             Err(e) => {
                 eprintln!("error: {e}");

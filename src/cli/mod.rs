@@ -22,6 +22,7 @@ use listwarden::manifest::{self, Manifests, Strategy};
 use listwarden::plan::{self, ListRecords, Plan, PlanOptions};
 use listwarden::render;
 
+mod accounts;
 mod commands;
 mod events;
 mod generate;
@@ -351,8 +352,9 @@ pub struct ApiFlags {
     pub api_key_file: Option<PathBuf>,
     /// The API's base URL, with its version (a staging server, or the fake AutoSend server
     /// for tests and demos).
-    #[arg(long, env = "AUTOSEND_API_URL", hide_env_values = true, default_value = autosend::DEFAULT_BASE_URL)]
-    pub api_url: String,
+    /// AutoSend's own when unset.
+    #[arg(long, env = "AUTOSEND_API_URL", hide_env_values = true)]
+    pub api_url: Option<String>,
     /// Sent as the x-project-id header, which account-level keys (ASA_...) need.
     #[arg(long, env = "AUTOSEND_PROJECT_ID", hide_env_values = true)]
     pub project_id: Option<String>,
@@ -419,6 +421,9 @@ pub struct ValidateArgs {
     /// Accept a path that holds no manifest (by default an error: a wrong path must fail).
     #[arg(long, help_heading = MANIFESTS)]
     pub allow_empty: bool,
+    /// The accounts config file: `spec.account` of each policy is checked against it.
+    #[arg(long, env = "LISTWARDEN_CONFIG", hide_env_values = true, help_heading = MANIFESTS)]
+    pub config: Option<PathBuf>,
     /// `text` for people (one line per problem on stderr), `json` for tools and editors (a
     /// document with a `format_version` field on stdout, described in the README).
     #[arg(long, value_enum, default_value_t = Output::Text, help_heading = OUTPUT)]
@@ -441,6 +446,20 @@ pub enum PlanOutput {
     Markdown,
 }
 
+impl PlanFlags {
+    /// The defaults, for `validate`, which takes none of these flags but `--config`.
+    fn default_for_validate() -> PlanFlags {
+        PlanFlags {
+            batch_size: plan::DEFAULT_BATCH_SIZE,
+            rate_limit: None,
+            config: None,
+            max_removals: None,
+            strategy: Strategy::Auto,
+            max_forget_percent: listwarden::hold::DEFAULT_MAX_FORGET_PERCENT,
+        }
+    }
+}
+
 /// Flags that shape a plan; shared by `plan`, `apply` and `run` so they compute the same.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = MANIFESTS)]
@@ -450,9 +469,14 @@ pub struct PlanFlags {
     #[arg(long, default_value_t = plan::DEFAULT_BATCH_SIZE, value_parser = parse_batch_size)]
     pub batch_size: usize,
     /// Request budget of the API key, shared by every request of the process, e.g.
-    /// `2/s,50/m` (AutoSend's documented default) or `10/s,300/m` if yours was raised.
-    #[arg(long, default_value_t = RateLimits::default(), env = "LISTWARDEN_RATE_LIMIT", hide_env_values = true)]
-    pub rate_limit: RateLimits,
+    /// `2/s,50/m` (AutoSend's documented default, used when unset) or `10/s,300/m` if yours
+    /// was raised. With --config, each account's `rateLimit` instead.
+    #[arg(long, env = "LISTWARDEN_RATE_LIMIT", hide_env_values = true)]
+    pub rate_limit: Option<RateLimits>,
+    /// A config file declaring several AutoSend accounts (keys, projects, budgets); policies
+    /// name theirs in `spec.account`. Without it, one account from AUTOSEND_API_KEY.
+    #[arg(long, env = "LISTWARDEN_CONFIG", hide_env_values = true)]
+    pub config: Option<PathBuf>,
     /// Default safety threshold for policies without `maxRemovalsPerSync`: a list where one
     /// policy would newly assert more contacts than this is refused.
     #[arg(long)]
@@ -563,7 +587,24 @@ fn validate(args: &ValidateArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let m = manifest::load(&args.path);
+    let accounts = match &args.config {
+        None => listwarden::account::Accounts::single(Default::default()),
+        Some(config) => {
+            let flags = PlanFlags {
+                config: Some(config.clone()),
+                ..PlanFlags::default_for_validate()
+            };
+            match accounts::setup(&flags, None) {
+                Ok(s) => s.accounts,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_ERROR;
+                }
+            }
+        }
+    };
+    let mut m = manifest::load(&args.path);
+    listwarden::account::resolve(&mut m, &accounts);
     let errors = m.errors().count();
     if args.output == Output::Json {
         print_json(&render::validate_document(&args.path, &m));
@@ -600,10 +641,11 @@ pub fn print_json(doc: &impl serde::Serialize) {
     let _ = writeln!(out);
 }
 
-pub fn plan_options(flags: &PlanFlags) -> PlanOptions {
+pub fn plan_options(flags: &PlanFlags, accounts: listwarden::account::Accounts) -> PlanOptions {
     PlanOptions {
         batch_size: flags.batch_size,
-        rate_limits: flags.rate_limit.clone(),
+        rate_limits: accounts::single_rate(flags),
+        accounts,
         max_removals: flags.max_removals,
         max_forget_percent: flags.max_forget_percent,
         strategy: flags.strategy,
@@ -623,7 +665,22 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let mut options = plan_options(&args.flags);
+    let setup = match accounts::setup(&args.flags, args.refresh.then_some(&args.api)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    // A dry run never writes: the store's rows from before accounts are read as the default
+    // account's, as `apply` will make them.
+    let store = store.map(|mut s| {
+        if setup.config.is_some() {
+            s.reading_default_rows_as(setup.accounts.default_account().cloned());
+        }
+        s
+    });
+    let mut options = plan_options(&args.flags, setup.accounts.clone());
     options.resync_after = args.state.resync_after.0;
     // An unreadable store is an error, never an empty one: that would plan every confirmed
     // contact as new.
@@ -662,7 +719,7 @@ fn plan_command(args: &PlanArgs) -> u8 {
         return EXIT_ERROR;
     }
     let code = if args.refresh {
-        commands::refresh(args, &manifests, &plan)
+        commands::refresh(args, &setup, &manifests, &plan)
     } else {
         emit_plan(args, &manifests, &plan)
     };

@@ -22,18 +22,33 @@ pub struct Shared {
     pub store: std::sync::OnceLock<Arc<Store>>,
     /// First load and first reconcile pass done.
     pub first_pass_done: AtomicBool,
-    /// The key was refused (401/402/403) and has not worked since.
-    pub unauthorized: AtomicBool,
+    /// Accounts whose key was refused (401/402/403), or could not be read, and has not
+    /// worked since, with why.
+    pub unauthorized: Mutex<std::collections::BTreeMap<String, String>>,
     /// Why the state store cannot be written now (disk full, deleted or replaced file).
     pub store_fault: Mutex<Option<String>>,
     /// Why there is nothing to enforce (the manifests path is missing or holds no manifest).
     pub manifests_fault: Mutex<Option<String>>,
-    pub pacer_waited: Box<dyn Fn() -> std::time::Duration + Send + Sync>,
+    /// Each account's pacing wait so far.
+    pub pacer_waited: Box<dyn Fn() -> Vec<(String, std::time::Duration)> + Send + Sync>,
     /// `/status` shows contact addresses (the endpoint is unauthenticated).
     pub expose_contacts: bool,
 }
 
 impl Shared {
+    /// Records that `account`'s key was refused (`Some(why)`) or works again (`None`).
+    pub fn set_unauthorized(&self, account: &crate::contact::AccountName, why: Option<&str>) {
+        let mut refused = self.unauthorized.lock().unwrap_or_else(|p| p.into_inner());
+        match why {
+            Some(why) => {
+                refused.insert(account.to_string(), why.to_string());
+            }
+            None => {
+                refused.remove(account.as_str());
+            }
+        }
+    }
+
     pub fn store_fault(&self) -> Option<String> {
         self.store_fault
             .lock()
@@ -71,8 +86,23 @@ impl Shared {
         if self.store.get().is_none() {
             return Some("waiting for the state store: another listwarden holds its lock".into());
         }
-        if self.unauthorized.load(Ordering::Relaxed) {
-            return Some("AutoSend refused the API key".into());
+        {
+            let refused = self.unauthorized.lock().unwrap_or_else(|p| p.into_inner());
+            // A refused key never looks green, even when other accounts converge.
+            if refused
+                .keys()
+                .any(|a| a == crate::contact::AccountName::DEFAULT)
+                && refused.len() == 1
+            {
+                return Some("AutoSend refused the API key".into());
+            }
+            if !refused.is_empty() {
+                let names: Vec<&str> = refused.keys().map(String::as_str).collect();
+                return Some(format!(
+                    "AutoSend refused the API key of account {} (or it could not be read)",
+                    names.join(", ")
+                ));
+            }
         }
         if !self.first_pass_done.load(Ordering::Relaxed) {
             return Some("first reconcile pass not done".into());
@@ -101,7 +131,9 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    s.metrics.set_pacing_wait((s.pacer_waited)());
+    for (account, waited) in (s.pacer_waited)() {
+        s.metrics.set_pacing_wait(&account, waited);
+    }
     (
         [(
             header::CONTENT_TYPE,

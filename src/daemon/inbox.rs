@@ -15,13 +15,12 @@
 //! would lose them for it. Contact hints need only the desired state and never wait.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::scheduler::Scheduler;
-use crate::contact::ContactListId;
+use crate::contact::{AccountName, ContactListId, ListKey};
 
 /// A batch of events closes when none came for this long...
 pub(super) const EVENT_QUIET: Duration = Duration::from_millis(250);
@@ -90,18 +89,27 @@ impl Scheduler {
             }
         };
         let now = Instant::now();
-        let resynced: HashSet<&str> = handling.resync.iter().map(|r| r.list_id.as_str()).collect();
-        let fed: HashSet<&str> = handling.fed.iter().map(|f| f.list_id.as_str()).collect();
-        for list in resynced.iter().chain(&fed) {
-            if let Ok(id) = ContactListId::from_str(list) {
-                self.event_waits.entry(id).or_insert(received);
-            }
+        let key = |account: &str, list: &str| {
+            Some(ListKey::new(
+                AccountName::parse(account).ok()?,
+                ContactListId::parse(list).ok()?,
+            ))
+        };
+        let resynced: HashSet<ListKey> = handling
+            .resync
+            .iter()
+            .filter_map(|r| key(&r.account, &r.list_id))
+            .collect();
+        let fed: HashSet<ListKey> = handling
+            .fed
+            .iter()
+            .filter_map(|f| key(&f.account, &f.list_id))
+            .collect();
+        for id in resynced.iter().chain(&fed) {
+            self.event_waits.entry(id.clone()).or_insert(received);
         }
-        for list in &resynced {
-            let Ok(id) = ContactListId::from_str(list) else {
-                continue;
-            };
-            if let Some(state) = self.lists.get_mut(&id) {
+        for id in &resynced {
+            if let Some(state) = self.lists.get_mut(id) {
                 if state.running {
                     state.dirty = true;
                 } else {
@@ -129,7 +137,7 @@ impl Scheduler {
     }
 
     /// A reconcile of `list` ended well: the events waiting on it were asserted.
-    pub(super) fn events_asserted(&mut self, list: &ContactListId) {
+    pub(super) fn events_asserted(&mut self, list: &ListKey) {
         if let Some(received) = self.event_waits.remove(list) {
             self.metrics
                 .webhook_event_to_remove

@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autosend::Client;
+use crate::account::Clients;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -120,13 +120,21 @@ pub enum StoreSource {
 /// Runs until shutdown. Returns once the store is consistent and tasks have stopped.
 pub async fn run(
     config: DaemonConfig,
-    client: Client,
+    clients: Clients,
     store: StoreSource,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let client = client.with_cancel(shutdown.child_token());
-    let pacer_client = client.clone();
+    let clients = clients.map(|_, c| c.with_cancel(shutdown.child_token()));
+    let pacer_clients = clients.clone();
+    // Every account's series from the start: a dashboard or an alert sees 0, not nothing.
+    for (account, _) in clients.iter() {
+        let label = crate::metrics::AccountLabel {
+            account: account.to_string(),
+        };
+        drop(metrics.rate_limited.get_or_create(&label));
+        drop(metrics.pacing_wait.get_or_create(&label));
+    }
     let shared = Arc::new(http::Shared {
         metrics: metrics.clone(),
         store: Default::default(),
@@ -134,7 +142,12 @@ pub async fn run(
         unauthorized: Default::default(),
         store_fault: Default::default(),
         manifests_fault: Default::default(),
-        pacer_waited: Box::new(move || pacer_client.pacer().waited()),
+        pacer_waited: Box::new(move || {
+            pacer_clients
+                .iter()
+                .filter_map(|(a, c)| Some((a.to_string(), c.as_ref().ok()?.pacer().waited())))
+                .collect()
+        }),
         expose_contacts: config.expose_contacts,
     });
     let http_stop = CancellationToken::new();
@@ -153,6 +166,22 @@ pub async fn run(
         },
     };
     let _ = shared.store.set(store.clone());
+    // With a config file, the rows from before accounts are the default account's.
+    if config.plan.accounts.is_configured()
+        && let Some(default) = config.plan.accounts.default_account()
+    {
+        match store.adopt_default_rows(default) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(account = %default, lists = n, "the state store's lists from before accounts now belong to the default account")
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot adopt the store's rows for account {default}: {e}"
+                ));
+            }
+        }
+    }
     let inbox = Arc::new(tokio::sync::Notify::new());
     let webhook_task = match config.webhook.clone() {
         Some(wh) => {
@@ -188,9 +217,10 @@ pub async fn run(
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
 
     let mut d = Scheduler {
-        limit: Arc::new(Semaphore::new(config.concurrency.max(1))),
+        limit: Arc::new(Semaphore::new(crate::account::MAX_TOTAL_CONCURRENCY)),
+        account_limits: HashMap::new(),
         config,
-        client,
+        clients,
         store,
         metrics,
         shared,
@@ -207,8 +237,7 @@ pub async fn run(
         cache: crate::manifest::Cache::default(),
         readers: HashMap::new(),
         holds: Vec::new(),
-        auth_paused_until: None,
-        auth_backoff: None,
+        auth_paused: HashMap::new(),
         store_retry_at: None,
         reload_failed: false,
         event_waits: HashMap::new(),

@@ -20,20 +20,21 @@
 //! (4xx) change nothing. Nothing here touches the reconcile path: it only writes the inbox
 //! and wakes the loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path as AxumPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::contact::AccountName;
 use crate::metrics::Metrics;
 use crate::store::{InboxEvent, Received, Store};
 use crate::webhook::{self, EventKind, Refused};
@@ -83,7 +84,12 @@ impl std::fmt::Debug for Secret {
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
     pub listen: SocketAddr,
-    pub secret: Secret,
+    /// Each account's secret: its route is `PATH/{account}`, and its events feed only its
+    /// own policies.
+    pub secrets: BTreeMap<AccountName, Secret>,
+    /// The account `PATH` itself serves (the default account): what AutoSend was pointed
+    /// at before there were accounts keeps working.
+    pub bare: Option<AccountName>,
     /// Events older than this are refused, and retries are recognised for this long.
     pub window: Duration,
     /// How far in the future an event may be dated.
@@ -91,10 +97,24 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// One secret, for the default account, on `PATH`.
     pub fn new(listen: SocketAddr, secret: Secret) -> WebhookConfig {
+        WebhookConfig::for_accounts(
+            listen,
+            BTreeMap::from([(AccountName::default_account(), secret)]),
+            Some(AccountName::default_account()),
+        )
+    }
+
+    pub fn for_accounts(
+        listen: SocketAddr,
+        secrets: BTreeMap<AccountName, Secret>,
+        bare: Option<AccountName>,
+    ) -> WebhookConfig {
         WebhookConfig {
             listen,
-            secret,
+            secrets,
+            bare,
             window: webhook::DEFAULT_WINDOW,
             skew: webhook::DEFAULT_SKEW,
         }
@@ -197,7 +217,8 @@ pub async fn serve(
         by_address: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
-        .route(PATH, post(deliver))
+        .route(PATH, post(deliver_bare))
+        .route(&format!("{PATH}/{{account}}"), post(deliver_account))
         .with_state(receiver);
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -237,9 +258,33 @@ fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
-async fn deliver(
+async fn deliver_bare(
     State(r): State<Arc<Receiver>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let account = r.config.bare.clone();
+    deliver(r, account, peer, headers, body).await
+}
+
+async fn deliver_account(
+    State(r): State<Arc<Receiver>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxumPath(account): AxumPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let account = AccountName::parse(&account).ok();
+    deliver(r, account, peer, headers, body).await
+}
+
+/// One delivery for `account` (`None`: a route no account serves, refused like a bad
+/// signature, as it is most likely probing).
+async fn deliver(
+    r: Arc<Receiver>,
+    account: Option<AccountName>,
+    peer: SocketAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -331,12 +376,21 @@ async fn deliver(
             &reason.to_string(),
         );
     }
-    // Signature first: nothing unauthenticated is parsed.
-    if let Err(e) = webhook::verify_signature(
-        &r.config.secret.0,
-        &body,
-        header_text("x-webhook-signature"),
-    ) {
+    // Signature first: nothing unauthenticated is parsed. Each account's route checks
+    // its own secret, so one account's secret cannot feed another's policies.
+    let Some((account, secret)) = account.and_then(|a| {
+        let secret = r.config.secrets.get(&a)?;
+        Some((a, secret))
+    }) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "invalid",
+            "other",
+            "no account receives webhooks on this path",
+        );
+    };
+    if let Err(e) = webhook::verify_signature(&secret.0, &body, header_text("x-webhook-signature"))
+    {
         let (status, result) = refused(&e);
         tracing::warn!(reason = %e, peer = %peer.ip(), "webhook delivery refused");
         return refuse(status, result, "other", &e.to_string());
@@ -392,6 +446,7 @@ async fn deliver(
         email,
         contact_id,
         bounce_type,
+        account: account.to_string(),
     };
     let now_ms = unix_ms(now);
     let keep_since = now_ms - (r.config.window + r.config.skew).as_millis() as i64;

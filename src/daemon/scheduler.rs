@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use autosend::Client;
+use crate::account::Clients;
+use crate::contact::AccountName;
 use backon::BackoffBuilder;
 use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
@@ -22,7 +23,7 @@ use super::requeue::{self, Action};
 use super::watch::{self, Changed, Watch};
 use super::{DaemonConfig, http};
 use crate::condition::Ready;
-use crate::contact::ContactListId;
+use crate::contact::ListKey;
 use crate::desired::DesiredState;
 use crate::gate::Gates;
 use crate::manifest::{self, Manifests};
@@ -48,7 +49,7 @@ pub(super) struct ListState {
 }
 
 pub(super) struct Done {
-    pub(super) list: ContactListId,
+    pub(super) list: ListKey,
     /// The load the reconcile planned from.
     pub(super) generation: u64,
     /// `None` when the list was no longer in the manifests by the time its turn came.
@@ -164,33 +165,42 @@ fn plain_file(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
 }
 
+/// An account whose key AutoSend refused: its lists wait until `until`.
+pub(super) struct AuthPause {
+    pub(super) until: Instant,
+    pub(super) backoff: backon::ExponentialBackoff,
+}
+
 pub(super) struct Scheduler {
     pub(super) config: DaemonConfig,
-    pub(super) client: Client,
+    pub(super) clients: Clients,
     pub(super) store: Arc<Store>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) shared: Arc<http::Shared>,
     pub(super) manifests: Arc<Manifests>,
     pub(super) snapshot: Arc<std::sync::RwLock<Snapshot>>,
-    pub(super) lists: BTreeMap<ContactListId, ListState>,
+    pub(super) lists: BTreeMap<ListKey, ListState>,
+    /// Lists at once over every account.
     pub(super) limit: Arc<Semaphore>,
+    /// Lists at once per account (its `concurrency`, else `--concurrency`).
+    pub(super) account_limits: HashMap<AccountName, Arc<Semaphore>>,
     pub(super) gates: Arc<Gates>,
     /// Which lists each file source (comparable path) feeds.
-    pub(super) concerns: HashMap<PathBuf, Vec<ContactListId>>,
+    pub(super) concerns: HashMap<PathBuf, Vec<ListKey>>,
     /// What each manifest yielded at the last load, so a reload reads only what changed.
     pub(super) cache: manifest::Cache,
     /// Which manifests (canonical) read each file source (canonical), from the last load.
     pub(super) readers: HashMap<PathBuf, Vec<PathBuf>>,
     /// Policies the forget threshold holds in the current load.
     pub(super) holds: Vec<crate::hold::Hold>,
-    pub(super) auth_paused_until: Option<Instant>,
-    pub(super) auth_backoff: Option<backon::ExponentialBackoff>,
+    /// Accounts whose key was refused, each paused on its own backoff: the others go on.
+    pub(super) auth_paused: HashMap<AccountName, AuthPause>,
     /// While the store cannot be written: when to try again. No reconcile starts meanwhile.
     pub(super) store_retry_at: Option<Instant>,
     /// The last reload did not complete: sends stay held, and it is tried again.
     pub(super) reload_failed: bool,
     /// Lists with webhook events waiting to be asserted, and when the first was received.
-    pub(super) event_waits: HashMap<ContactListId, Instant>,
+    pub(super) event_waits: HashMap<ListKey, Instant>,
     /// What `Store::event_forget_mark` said at the last look.
     pub(super) forget_mark: Option<i64>,
 }
@@ -212,7 +222,7 @@ impl Scheduler {
 
     /// Holds the sends of the lists `changed` concerns until the next reload.
     pub(super) fn hold_changed(&self, changed: &Changed) {
-        let lists: Option<HashSet<&ContactListId>> = match changed {
+        let lists: Option<HashSet<&ListKey>> = match changed {
             Changed::Unknown => None,
             // A symlink, a path that is gone or a hard-linked file may concern lists other
             // than the ones its current target feeds: every list, then.
@@ -311,6 +321,7 @@ impl Scheduler {
         let before = self.manifests.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let mut manifests = manifest::load_cached(&path, &mut cache, stale.as_ref());
+            crate::account::resolve(&mut manifests, &options.accounts);
             crate::feed::join_event_contacts(&mut manifests, &store)?;
             let baselines = store.baselines()?;
             let holds = crate::hold::check(
@@ -423,7 +434,7 @@ impl Scheduler {
         // next request, then `finished` drops them).
         self.lists.retain(|id, s| seen.contains(id) || s.running);
         if resync_all {
-            self.auth_paused_until = None;
+            self.auth_paused.clear();
         }
         tracing::info!(
             policies = manifests.policies.len(),
@@ -467,13 +478,13 @@ impl Scheduler {
     /// Which lists each file source (comparable path) feeds. Only data files: an edit of a
     /// manifest can rename a policy, duplicate another's name or move it to another list, so
     /// it may concern any list, and holds them all until the reload.
-    pub(super) fn concerns_of(manifests: &Manifests) -> HashMap<PathBuf, Vec<ContactListId>> {
-        let mut out: HashMap<PathBuf, Vec<ContactListId>> = HashMap::new();
+    pub(super) fn concerns_of(manifests: &Manifests) -> HashMap<PathBuf, Vec<ListKey>> {
+        let mut out: HashMap<PathBuf, Vec<ListKey>> = HashMap::new();
         for p in &manifests.policies {
             for s in &p.sources {
                 let lists = out.entry(comparable(s)).or_default();
-                if !lists.contains(&p.contact_list_id) {
-                    lists.push(p.contact_list_id.clone());
+                if !lists.contains(&p.list) {
+                    lists.push(p.list.clone());
                 }
             }
         }
@@ -482,34 +493,34 @@ impl Scheduler {
 
     pub(super) fn next_wake(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
-        let mut wake = self
-            .lists
-            .values()
-            .filter(|s| !s.running)
-            .map(|s| s.next_due)
+        self.lists
+            .iter()
+            .filter(|(_, s)| !s.running)
+            .map(|(id, s)| match self.auth_paused.get(&id.account) {
+                Some(p) => s.next_due.max(p.until),
+                None => s.next_due,
+            })
             .min()
-            .unwrap_or(far);
-        if let Some(p) = self.auth_paused_until {
-            wake = wake.max(p);
-        }
-        wake
+            .unwrap_or(far)
     }
 
     pub(super) fn start_due(&mut self, done: &mpsc::UnboundedSender<Done>) {
         let now = Instant::now();
-        if let Some(until) = self.auth_paused_until
-            && until > now
-        {
-            return;
-        }
         // A store that cannot be written would lose what the requests establish.
         if self.store_retry_at.is_some() || self.shared.store_fault().is_some() {
             return;
         }
-        let due: Vec<ContactListId> = self
+        let due: Vec<ListKey> = self
             .lists
             .iter()
-            .filter(|(_, s)| !s.running && s.next_due <= now)
+            .filter(|(id, s)| {
+                !s.running
+                    && s.next_due <= now
+                    && self
+                        .auth_paused
+                        .get(&id.account)
+                        .is_none_or(|p| p.until <= now)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
@@ -518,8 +529,18 @@ impl Scheduler {
             state.dirty = false;
             let mut options = self.config.plan.clone();
             options.resync_all = std::mem::take(&mut state.resync_all);
+            let account_limit = self
+                .account_limits
+                .entry(id.account.clone())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(
+                        self.clients
+                            .concurrency(&id.account, self.config.concurrency),
+                    ))
+                })
+                .clone();
             let ctx = Context {
-                client: self.client.clone(),
+                clients: self.clients.clone(),
                 store: self.store.clone(),
                 batch_size: options.batch_size,
                 progress: Arc::new(NoProgress),
@@ -528,6 +549,9 @@ impl Scheduler {
             };
             let (snapshot, limit, done) = (self.snapshot.clone(), self.limit.clone(), done.clone());
             tokio::spawn(async move {
+                // The account's slot first, so a busy account never holds a slot of the
+                // total while it waits for one of its own.
+                let _mine = account_limit.acquire_owned().await;
                 let _permit = limit.acquire_owned().await;
                 let (generation, policies, desired, source_revision) = {
                     let snap = snapshot.read().unwrap_or_else(|p| p.into_inner());
@@ -669,27 +693,30 @@ impl Scheduler {
                 Action::PauseAll => {}
             }
         }
+        let account = &done.list.account;
         if unauthorized {
-            let wait = {
-                let mut b = self.auth_backoff.take().unwrap_or_else(|| {
-                    backon::ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_secs(30).min(self.config.max_backoff))
-                        .with_max_delay(self.config.max_backoff)
+            let max_backoff = self.config.max_backoff;
+            let pause = self
+                .auth_paused
+                .entry(account.clone())
+                .or_insert_with(|| AuthPause {
+                    until: now,
+                    backoff: backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_secs(30).min(max_backoff))
+                        .with_max_delay(max_backoff)
                         .with_jitter()
                         .without_max_times()
-                        .build()
+                        .build(),
                 });
-                let w = b.next().unwrap_or(self.config.max_backoff);
-                self.auth_backoff = Some(b);
-                w
-            };
+            let wait = pause.backoff.next().unwrap_or(max_backoff);
+            pause.until = now + wait;
             tracing::error!(
+                %account,
                 wait_s = wait.as_secs(),
-                "AutoSend refused the API key: pausing all API work"
+                "AutoSend refused the account's API key: pausing its API work (other accounts go on)"
             );
-            self.shared.unauthorized.store(true, Ordering::Relaxed);
-            self.auth_paused_until = Some(now + wait);
             if let Some(ListResult::Unauthorized(m)) = result {
+                self.shared.set_unauthorized(account, Some(m));
                 let snap = self
                     .snapshot
                     .read()
@@ -699,7 +726,7 @@ impl Scheduler {
                         self.holds.iter().map(|h| h.policy.as_str()).collect();
                     reconcile::mark_unauthorized(
                         &self.store,
-                        policies.iter(),
+                        policies.iter().filter(|p| p.list.account == *account),
                         &held,
                         m,
                         revision.as_deref(),
@@ -707,8 +734,12 @@ impl Scheduler {
                     );
                 }
             }
-            // Every list waits for the pause, then tries again.
-            for s in self.lists.values_mut() {
+            // Every list of the account waits for the pause, then tries again.
+            for (_, s) in self
+                .lists
+                .iter_mut()
+                .filter(|(id, _)| id.account == *account)
+            {
                 s.next_due = s.next_due.max(now + wait);
             }
         } else if done.outcome.as_ref().is_some_and(|o| o.requests > 0)
@@ -716,9 +747,8 @@ impl Scheduler {
         {
             // Only a list that actually reached AutoSend proves the key works again; one with
             // nothing pending made no request and proves nothing.
-            self.auth_backoff = None;
-            self.auth_paused_until = None;
-            self.shared.unauthorized.store(false, Ordering::Relaxed);
+            self.auth_paused.remove(account);
+            self.shared.set_unauthorized(account, None);
         }
         self.refresh_ready_gauges();
         self.update_first_pass();
@@ -745,10 +775,10 @@ impl Scheduler {
                 .set(i64::from(p.condition.ready == Ready::True));
         }
         if let Ok(drifts) = self.store.drifts() {
-            for (list, drift) in drifts {
+            for (account, list, drift) in drifts {
                 self.metrics
                     .drift
-                    .get_or_create(&ListLabel { list })
+                    .get_or_create(&ListLabel { account, list })
                     .set(drift as i64);
             }
         }

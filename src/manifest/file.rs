@@ -17,7 +17,7 @@ use crate::contact::clipped;
 /// libyaml's messages read `problem at line L column C, context at line X column Y`: only the
 /// problem's place (the diagnostic's own `path:L:C:`) is cut; the context's place (e.g. where
 /// an unclosed `[` started) stays, as it is the hint that finds the mistake.
-fn yaml_error(e: &serde_yaml::Error) -> (String, Option<(usize, usize)>) {
+pub(crate) fn yaml_error(e: &serde_yaml::Error) -> (String, Option<(usize, usize)>) {
     let text = e.to_string();
     let place = e.location().map(|l| (l.line(), l.column()));
     let message = match place {
@@ -217,7 +217,7 @@ pub(super) fn load_file(path: &Path, out: &mut Manifests) {
         for p in file_policies {
             out.invalid.push(InvalidPolicy {
                 name: Some(p.name.to_string()),
-                contact_list_id: Some(p.contact_list_id.to_string()),
+                contact_list_id: Some(p.list.id.to_string()),
                 origin: p.origin,
                 reason: "the file has a YAML syntax error".into(),
             });
@@ -249,7 +249,7 @@ fn reject(
 
 /// serde's and libyaml's messages name the problem; the common ones also get the fix. Values
 /// they repeat are shortened.
-fn fix_hint(message: &str) -> String {
+pub(crate) fn fix_hint(message: &str) -> String {
     let message = diag::clip_echoed(message)
         .replace("expected i64", "expected a whole number")
         .replace("expected u64", "expected a positive whole number");

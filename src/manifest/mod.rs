@@ -23,10 +23,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::contact::{ContactId, ContactListId, Email, PolicyName, clipped, quoted};
+use crate::contact::{AccountName, ContactId, Email, ListKey, PolicyName, clipped, quoted};
 pub use diag::{Diagnostic, Severity};
 pub use events::{EventFilter, EventSourceKind};
 use file::load_file;
+// The config file reads YAML the same way and words its problems the same way.
+pub(crate) use file::{fix_hint, yaml_error};
 pub use validate::{digest, revision, revision_with_events};
 
 pub const API_VERSION: &str = "listwarden.dev/v1";
@@ -104,7 +106,11 @@ pub struct Origin {
 pub struct Policy {
     pub name: PolicyName,
     pub labels: BTreeMap<String, String>,
-    pub contact_list_id: ContactListId,
+    /// The list: `spec.contactListId` in the policy's account (`spec.account`, or the
+    /// default account; [`Manifests::resolve_accounts`] settles which that is).
+    pub list: ListKey,
+    /// `spec.account` as written.
+    pub spec_account: Option<AccountName>,
     pub suspend: bool,
     pub max_removals_per_sync: Option<u64>,
     /// Share of its contacts (percent) the policy may lose in one load before the change is
@@ -490,7 +496,7 @@ fn reject_duplicate_names(out: &mut Manifests) {
             if p.name.as_str() == name {
                 out.invalid.push(InvalidPolicy {
                     name: Some(name.clone()),
-                    contact_list_id: Some(p.contact_list_id.to_string()),
+                    contact_list_id: Some(p.list.id.to_string()),
                     origin: p.origin.clone(),
                     reason: format!("policy name {} is used more than once", quoted(&name)),
                 });

@@ -141,6 +141,13 @@ pub(super) struct RawSpec {
         extend("not" = {"const": crate::contact::GLOBAL_CONTACT_LIST})
     )]
     pub(super) contact_list_id: Option<String>,
+    /// The AutoSend account of the list, as the config file (`--config`) names it; the
+    /// config's `defaultAccount` when omitted. The same list id in two accounts is two lists.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub(super) account: Option<String>,
     /// A suspended policy is loaded and planned, never applied.
     #[serde(default)]
     pub(super) suspend: bool,

@@ -9,7 +9,9 @@ use super::events::{self, EventFilter};
 use super::raw::{RawDocument, RawEntryType};
 use super::source::{self, EntryType};
 use super::{API_VERSION, Diagnostic, InvalidPolicy, KIND, Origin, Policy};
-use crate::contact::{ContactId, ContactListId, Email, PolicyName, clipped, quoted};
+use crate::contact::{
+    AccountName, ContactId, ContactListId, Email, ListKey, PolicyName, clipped, quoted,
+};
 
 /// Checks one document. Every broken rule becomes a diagnostic; the policy is returned only
 /// when there was no error. `id_problems` are the ids refused for how they were written
@@ -110,6 +112,14 @@ pub(super) fn validate(
                 None
             }
         },
+    };
+    let account = match spec.account.as_deref().map(AccountName::parse) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            err("spec.account", e);
+            None
+        }
     };
     if let Some(n) = spec.max_removals_per_sync
         && n <= 0
@@ -232,11 +242,20 @@ pub(super) fn validate(
                 .field("spec.exclude"),
         );
     }
-    let revision = revision_with_events(&list, &emails, &contact_ids, &events);
+    let mut revision = revision_with_events(&list, &emails, &contact_ids, &events);
+    if let Some(account) = &account {
+        // Only a written account joins the digest: policies from before accounts keep
+        // their revision.
+        revision = digest(format!("{revision}\0account\n{account}").as_bytes());
+    }
     Ok(Policy {
         name,
         labels: raw.metadata.map(|m| m.labels).unwrap_or_default(),
-        contact_list_id: list,
+        list: ListKey::new(
+            account.clone().unwrap_or_else(AccountName::default_account),
+            list,
+        ),
+        spec_account: account,
         suspend: spec.suspend,
         max_removals_per_sync: spec.max_removals_per_sync.map(|n| n as u64),
         max_forget_percent: spec.max_forget_percent.map(|n| n.clamp(0, 100) as u8),

@@ -60,6 +60,7 @@ fn sorted(mut v: Vec<Pending<'_>>) -> Vec<Pending<'_>> {
 /// Sends `items` in batches, splitting refused batches, committing each outcome.
 pub(super) async fn send_all(
     ctx: &Context,
+    client: &autosend::Client,
     plan: &ListPlan,
     kind: ContactKind,
     items: Vec<Pending<'_>>,
@@ -104,8 +105,7 @@ pub(super) async fn send_all(
             list: &plan.list,
             revision: &plan.revision,
         };
-        let sent = ctx
-            .client
+        let sent = client
             .remove_admitted(plan.list.as_str(), &request, tally, Some(&gate))
             .await;
         match sent {

@@ -36,8 +36,9 @@ use autosend::{ApiError, Client, Tally};
 use futures_util::FutureExt;
 use serde::Serialize;
 
+use crate::account::Clients;
 use crate::condition::{Condition, Ready, Reason};
-use crate::contact::{ContactKind, ContactListId};
+use crate::contact::{ContactKind, ListKey};
 use crate::gate::{Admit, Gates};
 use crate::manifest::{Policy, Strategy};
 use crate::observe;
@@ -55,8 +56,8 @@ const FIRST_ERRORS: usize = 5;
 
 /// Told about progress, for a progress bar or log lines. Default: nothing.
 pub trait Progress: Send + Sync {
-    fn list_started(&self, _list: &ContactListId, _contacts: usize) {}
-    fn batch_done(&self, _list: &ContactListId, _contacts: usize) {}
+    fn list_started(&self, _list: &ListKey, _contacts: usize) {}
+    fn batch_done(&self, _list: &ListKey, _contacts: usize) {}
 }
 
 pub struct NoProgress;
@@ -65,7 +66,8 @@ impl Progress for NoProgress {}
 /// What `reconcile_list` needs besides the plan.
 #[derive(Clone)]
 pub struct Context {
-    pub client: Client,
+    /// Each account's client: a list is reconciled with its account's.
+    pub clients: Clients,
     pub store: Arc<Store>,
     pub batch_size: usize,
     pub progress: Arc<dyn Progress>,
@@ -77,10 +79,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context with no progress reporting, no source revision and no gates.
+    /// A context for one client (the default account's), with no progress reporting, no
+    /// source revision and no gates.
     pub fn new(client: Client, store: Arc<Store>, batch_size: usize) -> Context {
+        Context::for_accounts(Clients::single(client), store, batch_size)
+    }
+
+    /// [`Context::new`], for every account's client.
+    pub fn for_accounts(clients: Clients, store: Arc<Store>, batch_size: usize) -> Context {
         Context {
-            client,
+            clients,
             store,
             batch_size,
             progress: Arc::new(NoProgress),
@@ -154,7 +162,7 @@ impl std::fmt::Display for ListResult {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ListOutcome {
-    pub list: ContactListId,
+    pub list: ListKey,
     pub result: ListResult,
     pub removed: u64,
     pub not_in_list: u64,
@@ -174,7 +182,7 @@ pub struct ListOutcome {
 
 impl ListOutcome {
     /// An outcome with nothing done yet.
-    pub fn new(list: ContactListId, result: ListResult) -> ListOutcome {
+    pub fn new(list: ListKey, result: ListResult) -> ListOutcome {
         ListOutcome {
             list,
             result,
@@ -342,9 +350,14 @@ pub async fn reconcile_list(ctx: &Context, policies: &[Policy], plan: &ListPlan)
         ListResult::Refused(refusal.to_string())
     } else if plan.to_assert() == 0 {
         ListResult::Converged
+    } else if let Err(why) = ctx.clients.get(&plan.list.account) {
+        // The account's key could not be read: its lists fail, no other account's.
+        ListResult::Unauthorized(why)
     } else {
         ctx.progress.list_started(&plan.list, plan.to_assert());
-        let converge = AssertUnwindSafe(run(ctx, plan, &tally, &mut acc, &mut contact_count));
+        let client = ctx.clients.get(&plan.list.account).expect("checked above");
+        let converge =
+            AssertUnwindSafe(run(ctx, client, plan, &tally, &mut acc, &mut contact_count));
         match converge.catch_unwind().await {
             Ok(Ok(())) if acc.outcome.failed > 0 || acc.outcome.unaccounted > 0 => {
                 ListResult::PartiallyFailed
@@ -390,29 +403,30 @@ fn quiet_outcome(plan: &ListPlan) -> ListOutcome {
 
 async fn run(
     ctx: &Context,
+    client: &Client,
     plan: &ListPlan,
     tally: &Tally,
     acc: &mut Acc,
     contact_count: &mut Option<u64>,
 ) -> Result<(), Stop> {
-    let info = ctx.client.get_list(plan.list.as_str(), tally).await?;
+    let info = client.get_list(plan.list.as_str(), tally).await?;
     if info.is_segment() {
         return Err(Stop::Segment);
     }
     *contact_count = info.contact_count;
-    let last_drift = ctx.store.last_drift(plan.list.as_str())?;
+    let last_drift = ctx.store.last_drift(&plan.list)?;
     let choice = observe::choose(
         plan,
         info.contact_count,
         ctx.batch_size,
-        ctx.client.rate_limits(),
+        client.rate_limits(),
         last_drift,
     );
     let mut reason = choice.reason.clone();
     let mut members = None;
     if choice.strategy() == Strategy::Observe {
         members = observe::read_members(
-            &ctx.client,
+            client,
             plan.list.as_str(),
             info.contact_count.unwrap_or(0),
             tally,
@@ -434,11 +448,8 @@ async fn run(
     let (emails, ids) = match members {
         Some(members) => {
             let drift = observe::drift(&plan.desired, &members);
-            ctx.store.record_drift(
-                plan.list.as_str(),
-                drift.len() as u64,
-                crate::clock::now_unix(),
-            )?;
+            ctx.store
+                .record_drift(&plan.list, drift.len() as u64, crate::clock::now_unix())?;
             record_observed_absent(ctx, plan, &members, acc)?;
             // Every desired-absent member goes, pending or confirmed earlier: the read has
             // just shown it is back. A kind the read could not see completely is asserted
@@ -457,8 +468,8 @@ async fn run(
         }
         None => (pending(&plan.emails), pending(&plan.contact_ids)),
     };
-    send_all(ctx, plan, ContactKind::Email, emails, tally, acc).await?;
-    send_all(ctx, plan, ContactKind::ContactId, ids, tally, acc).await?;
+    send_all(ctx, client, plan, ContactKind::Email, emails, tally, acc).await?;
+    send_all(ctx, client, plan, ContactKind::ContactId, ids, tally, acc).await?;
     Ok(())
 }
 
@@ -512,7 +523,7 @@ fn record_observed_absent(
 /// the list's desired revision is no longer the one the plan was made from.
 struct AtTheGate<'a> {
     gates: &'a Gates,
-    list: &'a ContactListId,
+    list: &'a ListKey,
     revision: &'a str,
 }
 

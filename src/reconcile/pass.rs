@@ -2,14 +2,18 @@
 //! recorded together in one transaction; the others are reconciled up to `concurrency` at a
 //! time, sharing the key's pacing budget.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::record::status_write;
 use super::{
     Acc, Context, ListOutcome, ListResult, mark_unauthorized, quiet_outcome, reconcile_list,
 };
-use crate::contact::ContactListId;
+use crate::account::MAX_TOTAL_CONCURRENCY;
+use crate::contact::{AccountName, ListKey};
 use crate::manifest::Policy;
 use crate::plan::ListPlan;
 use crate::store::StatusWrite;
@@ -18,8 +22,9 @@ use crate::store::StatusWrite;
 #[derive(Debug, Default)]
 pub struct SyncReport {
     pub outcomes: Vec<ListOutcome>,
-    /// Set when the key was refused: the pass stopped there.
-    pub unauthorized: Option<String>,
+    /// The accounts whose key was refused (or could not be read), with why: each one's
+    /// lists stopped there, the other accounts' went on.
+    pub unauthorized: BTreeMap<AccountName, String>,
 }
 
 impl SyncReport {
@@ -29,7 +34,7 @@ impl SyncReport {
 
     /// True when a list ended in an error other than per-contact failures.
     pub fn has_list_errors(&self) -> bool {
-        self.unauthorized.is_some()
+        !self.unauthorized.is_empty()
             || self.outcomes.iter().any(|o| {
                 !matches!(
                     o.result,
@@ -50,10 +55,11 @@ impl SyncReport {
     }
 }
 
-/// Reconciles every list of `lists`, up to `concurrency` at a time, all sharing the client's
-/// pacing budget. Lists that need no request (nothing pending, or refused by a threshold)
-/// are recorded together in one transaction. A refused key cancels the lists still running
-/// and marks every policy of the pass `Unauthorized`.
+/// Reconciles every list of `lists`, up to `concurrency` at a time per account (or the
+/// account's own bound), each account's lists sharing its client's pacing budget. Lists that
+/// need no request (nothing pending, or refused by a threshold) are recorded together in one
+/// transaction. A refused key cancels its account's lists still running and marks their
+/// policies `Unauthorized`; other accounts go on.
 pub async fn sync_all(
     ctx: &Context,
     policies: Arc<Vec<Policy>>,
@@ -94,26 +100,41 @@ pub async fn sync_all(
         }
     }
 
-    // A child token: shutdown stops the pass, and a refused key stops only this pass.
-    let auth_stop = ctx.client.cancel_token().child_token();
-    let client = ctx.client.clone().with_cancel(auth_stop.clone());
+    // A child token per account: shutdown stops the pass, and a refused key stops only its
+    // own account's lists, in this pass.
+    let mut auth_stops: BTreeMap<AccountName, CancellationToken> = BTreeMap::new();
+    let clients = ctx.clients.map(|account, client| {
+        let stop = client.cancel_token().child_token();
+        auth_stops.insert(account.clone(), stop.clone());
+        client.with_cancel(stop)
+    });
     let ctx = Arc::new(Context {
-        client,
+        clients,
         ..ctx.clone()
     });
-    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let total = Arc::new(Semaphore::new(MAX_TOTAL_CONCURRENCY));
+    let mut per_account: BTreeMap<AccountName, Arc<Semaphore>> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, ContactListId> = HashMap::new();
+    let mut running: HashMap<tokio::task::Id, ListKey> = HashMap::new();
     for plan in busy {
-        let (ctx, policies, limit, auth_stop) = (
-            ctx.clone(),
-            policies.clone(),
-            limit.clone(),
-            auth_stop.clone(),
-        );
+        let account = plan.list.account.clone();
+        let limit = per_account
+            .entry(account.clone())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    ctx.clients.concurrency(&account, concurrency),
+                ))
+            })
+            .clone();
+        // An account without a client has no token: its lists fail at once, alone.
+        let auth_stop = auth_stops.get(&account).cloned().unwrap_or_default();
+        let (ctx, policies, total) = (ctx.clone(), policies.clone(), total.clone());
         let list = plan.list.clone();
         let handle = tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
+            // The account's own slot first: waiting for it must not hold a slot of the total
+            // that another account's list could use.
+            let _mine = limit.acquire_owned().await;
+            let _any = total.acquire_owned().await;
             if auth_stop.is_cancelled() {
                 return (plan, None);
             }
@@ -130,7 +151,10 @@ pub async fn sync_all(
         match joined {
             Ok((_, (_, Some(outcome)))) => {
                 if let ListResult::Unauthorized(m) = &outcome.result {
-                    report.unauthorized.get_or_insert_with(|| m.clone());
+                    report
+                        .unauthorized
+                        .entry(outcome.list.account.clone())
+                        .or_insert_with(|| m.clone());
                 }
                 report.outcomes.push(outcome);
             }
@@ -149,40 +173,50 @@ pub async fn sync_all(
             }
         }
     }
-    if let Some(message) = &report.unauthorized {
+    for (account, message) in &report.unauthorized {
         let now = crate::clock::now_unix();
         for o in report
             .outcomes
             .iter_mut()
-            .filter(|o| o.result == ListResult::Interrupted)
+            .filter(|o| o.list.account == *account && o.result == ListResult::Interrupted)
         {
             o.result = ListResult::Unauthorized(message.clone());
         }
         // Lists that converged in this pass keep their condition; only those the refused key
         // stopped (mid-way, or before they started) are marked.
-        let interrupted: Vec<&ContactListId> = report
+        let interrupted: Vec<&ListKey> = report
             .outcomes
             .iter()
-            .filter(|o| matches!(o.result, ListResult::Unauthorized(_)))
+            .filter(|o| {
+                o.list.account == *account && matches!(o.result, ListResult::Unauthorized(_))
+            })
             .map(|o| &o.list)
-            .chain(skipped.iter().map(|p| &p.list))
+            .chain(
+                skipped
+                    .iter()
+                    .filter(|p| p.list.account == *account)
+                    .map(|p| &p.list),
+            )
             .collect();
         mark_unauthorized(
             &ctx.store,
-            policies
-                .iter()
-                .filter(|p| interrupted.contains(&&p.contact_list_id)),
+            policies.iter().filter(|p| interrupted.contains(&&p.list)),
             &held,
             message,
             ctx.source_revision.as_deref(),
             now,
         );
-        for plan in skipped {
-            report.outcomes.push(ListOutcome::new(
-                plan.list.clone(),
-                ListResult::Unauthorized(message.clone()),
-            ));
-        }
+    }
+    for plan in skipped {
+        let message = report
+            .unauthorized
+            .get(&plan.list.account)
+            .cloned()
+            .unwrap_or_default();
+        report.outcomes.push(ListOutcome::new(
+            plan.list.clone(),
+            ListResult::Unauthorized(message),
+        ));
     }
     report.outcomes.sort_by(|a, b| a.list.cmp(&b.list));
     report

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::{Acc, Context, ListResult};
 use crate::condition::{Condition, Ready, Reason};
-use crate::contact::{ContactKind, ContactListId};
+use crate::contact::{ContactKind, ListKey};
 use crate::hold::Hold;
 use crate::manifest::{Manifests, Policy};
 use crate::plan::ListPlan;
@@ -19,7 +19,7 @@ use crate::store::{
 fn row(p: &Policy, condition: Condition) -> PolicyUpdate<'_> {
     PolicyUpdate {
         name: p.name.as_str(),
-        list: Some(p.contact_list_id.as_str()),
+        list: Some(&p.list),
         file: &p.origin.file,
         document: p.origin.document,
         revision: None,
@@ -114,7 +114,7 @@ pub(super) fn status_write<'a>(
     StatusWrite {
         policies: updates,
         list: Some((
-            plan.list.as_str(),
+            &plan.list,
             ListSync {
                 attempt_at: now,
                 success: ok,
@@ -188,7 +188,8 @@ pub fn record_manifests_since(
         if let Some(name) = &inv.name {
             load.policies.push(PolicyUpdate {
                 name,
-                list: inv.contact_list_id.as_deref(),
+                // Its list as written may not even parse: the row keeps the last valid one.
+                list: None,
                 file: &inv.origin.file,
                 document: inv.origin.document,
                 revision: None,
@@ -221,10 +222,10 @@ pub fn record_manifests_since(
         .map(|h| (h.policy.as_str(), h))
         .collect();
     // Policies gone from the manifests but held: their rows and their lists' contacts stay.
-    let gone_lists: Vec<ContactListId> = holds
+    let gone_lists: Vec<ListKey> = holds
         .iter()
         .filter(|h| h.gone)
-        .filter_map(|h| h.list.as_deref().and_then(|l| ContactListId::parse(l).ok()))
+        .filter_map(|h| h.list.clone())
         .collect();
     for h in holds.iter().filter(|h| h.gone) {
         load.gone.push((
@@ -253,11 +254,11 @@ pub fn record_manifests_since(
                         Condition::new(Ready::False, Reason::ThresholdExceeded, hold.to_string()),
                     )
                 });
-                load.spare.push(&p.contact_list_id);
+                load.spare.push(&p.list);
             }
             None => load.accepted.push(Accepted {
                 name: p.name.as_str(),
-                list: p.contact_list_id.as_str(),
+                list: &p.list,
                 file: &p.origin.file,
                 document: p.origin.document,
                 contacts: p.declared_contacts() as u64,
@@ -306,24 +307,24 @@ pub fn record_manifests_since(
 }
 
 /// A list, who its policies ask for, the digest of that, and the digest before if it only grew.
-type ListKeeper<'p> = (&'p ContactListId, Box<Keep<'p>>, String, Option<String>);
+type ListKeeper<'p> = (&'p ListKey, Box<Keep<'p>>, String, Option<String>);
 
 /// Per list, who a policy of it still asks for, the digest of that keep-set, and (given the
 /// policies of the load before) the digest the list had then if its keep-set only grew since.
 fn keepers<'p>(policies: &'p [Policy], previous: Option<&[Policy]>) -> Vec<ListKeeper<'p>> {
     let by_list = |policies: &'p [Policy]| {
-        let mut by_list: std::collections::BTreeMap<&'p ContactListId, Vec<&'p Policy>> =
+        let mut by_list: std::collections::BTreeMap<&'p ListKey, Vec<&'p Policy>> =
             std::collections::BTreeMap::new();
         for p in policies {
-            by_list.entry(&p.contact_list_id).or_default().push(p);
+            by_list.entry(&p.list).or_default().push(p);
         }
         by_list
     };
-    let before: HashMap<&ContactListId, Vec<&Policy>> = previous
+    let before: HashMap<&ListKey, Vec<&Policy>> = previous
         .map(|old| {
-            let mut m: HashMap<&ContactListId, Vec<&Policy>> = HashMap::new();
+            let mut m: HashMap<&ListKey, Vec<&Policy>> = HashMap::new();
             for p in old {
-                m.entry(&p.contact_list_id).or_default().push(p);
+                m.entry(&p.list).or_default().push(p);
             }
             m
         })
@@ -462,6 +463,7 @@ pub fn mark_policies<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contact::ContactListId;
     use proptest::prelude::*;
 
     proptest! {
@@ -560,7 +562,7 @@ mod tests {
         let m = dir.path().join("m");
         std::fs::create_dir_all(&m).unwrap();
         let store = Store::open(&dir.path().join("state.db"), "test").unwrap();
-        let list = ContactListId::parse("l1").unwrap();
+        let list = ListKey::default_account(ContactListId::parse("l1").unwrap());
         let confirm = |contacts: &[&str]| {
             let outcomes: Vec<(&str, crate::store::ContactOutcome)> = contacts
                 .iter()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Store, StoreError, kind_code, stored_text};
-use crate::contact::{ContactKind, ContactListId};
+use crate::contact::{ContactKind, ListKey};
 
 /// A contact left unaccounted by this many answers in a row is reported failed.
 pub const UNACCOUNTED_LIMIT: i64 = 3;
@@ -130,26 +130,33 @@ pub enum ContactOutcome {
 impl Store {
     /// Makes the next load read `list` again when forgetting: a reconcile planned from an
     /// older load may have recorded contacts the current one no longer names.
-    pub fn reset_forget(&self, list: &ContactListId) -> Result<(), StoreError> {
+    pub fn reset_forget(&self, list: &ListKey) -> Result<(), StoreError> {
         self.with(|conn| {
             conn.execute(
-                "UPDATE lists SET forget_revision = NULL WHERE list_id = ?1",
-                params![list.as_str()],
+                "UPDATE lists SET forget_revision = NULL WHERE account = ?1 AND list_id = ?2",
+                params![list.account.as_str(), list.as_str()],
             )
             .map(drop)
         })
     }
 
     /// Everything the store remembers of `list`, for planning.
-    pub fn records(&self, list: &ContactListId) -> Result<ListRecords, StoreError> {
+    pub fn records(&self, list: &ListKey) -> Result<ListRecords, StoreError> {
         self.read(|conn| {
             let Some((key, rows)) = conn
                 .prepare_cached(
-                    "SELECT id, confirmed + failed + unaccounted FROM lists WHERE list_id = ?1",
+                    "SELECT id, confirmed + failed + unaccounted FROM lists
+                     WHERE account IN (?1, ?3) AND list_id = ?2
+                     ORDER BY account = ?1 DESC LIMIT 1",
                 )?
-                .query_row(params![list.as_str()], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                })
+                .query_row(
+                    params![
+                        list.account.as_str(),
+                        list.as_str(),
+                        self.stored_as(&list.account)
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
                 .optional()?
             else {
                 return Ok(ListRecords::default());
@@ -186,7 +193,7 @@ impl Store {
     /// Commits the outcome of one request, in one transaction.
     pub fn record_batch(
         &self,
-        list: &ContactListId,
+        list: &ListKey,
         kind: ContactKind,
         outcomes: &[(&str, ContactOutcome)],
         now: i64,
@@ -195,7 +202,7 @@ impl Store {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let key = list_key(&tx, list.as_str())?;
+                let key = list_key(&tx, list)?;
                 let mut confirm = tx.prepare_cached(
                     "INSERT INTO contacts (list, kind, contact, confirmed_at, attempts)
                      VALUES (?1, ?2, ?3, ?4, 1)
@@ -253,10 +260,7 @@ impl Store {
     /// says who must not be in a list). `keep(kind, contact)` says who stays. Lists not in
     /// `lists` are forgotten whole. Only call this after a load without errors, or the
     /// contacts of a temporarily broken manifest would be forgotten and re-sent later.
-    pub fn forget_unlisted(
-        &self,
-        lists: &[(&ContactListId, &Keep<'_>)],
-    ) -> Result<u64, StoreError> {
+    pub fn forget_unlisted(&self, lists: &[(&ListKey, &Keep<'_>)]) -> Result<u64, StoreError> {
         let keepers: Vec<Keeper<'_>> = lists
             .iter()
             .map(|(list, keep)| Keeper {
@@ -274,20 +278,24 @@ impl Store {
         })
     }
 
-    /// The error of one contact, if its last attempt failed (for tests and status).
+    /// The error of one contact, if its last attempt failed (for tests and status). `list`
+    /// as a [`ListKey`] is shown: `account/list`, or the bare id in the default account.
     pub fn contact_error(
         &self,
         list: &str,
         kind: ContactKind,
         contact: &str,
     ) -> Result<Option<String>, StoreError> {
+        let (account, list) = list
+            .split_once('/')
+            .unwrap_or((crate::contact::AccountName::DEFAULT, list));
         self.with(|conn| {
             Ok(conn
                 .query_row(
                     "SELECT last_error FROM contacts
-                     WHERE list = (SELECT id FROM lists WHERE list_id = ?1) AND kind = ?2
-                       AND contact = ?3",
-                    params![list, kind_code(kind), contact],
+                     WHERE list = (SELECT id FROM lists WHERE account = ?4 AND list_id = ?1)
+                       AND kind = ?2 AND contact = ?3",
+                    params![list, kind_code(kind), contact, account],
                     |r| r.get::<_, Option<String>>(0),
                 )
                 .optional()?
@@ -307,7 +315,7 @@ pub fn unaccounted_message(times: i64) -> String {
 /// that set. A list last forgotten against the same digest holds nothing to forget (its rows
 /// were all desired then, and only desired contacts are recorded since), so it is not read.
 pub struct Keeper<'a> {
-    pub list: &'a ContactListId,
+    pub list: &'a ListKey,
     pub keep: &'a Keep<'a>,
     /// `None`: always read the list.
     pub revision: Option<&'a str>,
@@ -318,28 +326,28 @@ pub struct Keeper<'a> {
 
 /// The store's integer key of `list`, created on first use: contact rows carry it instead
 /// of the list id's text.
-pub(super) fn list_key(tx: &Connection, list: &str) -> rusqlite::Result<i64> {
+pub(super) fn list_key(tx: &Connection, list: &ListKey) -> rusqlite::Result<i64> {
     tx.prepare_cached(
-        "INSERT INTO lists (list_id) VALUES (?1)
-         ON CONFLICT (list_id) DO UPDATE SET list_id = excluded.list_id
+        "INSERT INTO lists (account, list_id) VALUES (?1, ?2)
+         ON CONFLICT (account, list_id) DO UPDATE SET list_id = excluded.list_id
          RETURNING id",
     )?
-    .query_row(params![list], |r| r.get(0))
+    .query_row(params![list.account.as_str(), list.as_str()], |r| r.get(0))
 }
 
 pub(super) fn forget_in(
     tx: &Connection,
     lists: &[Keeper<'_>],
-    spare: &[&ContactListId],
+    spare: &[&ListKey],
 ) -> rusqlite::Result<u64> {
     let mut forgotten = 0u64;
     // Each list with contacts, one index seek apiece: `SELECT DISTINCT` would walk every row.
-    let mut known: Vec<(i64, String, Option<String>)> = Vec::new();
+    let mut known: Vec<(i64, (String, String), Option<String>)> = Vec::new();
     {
         let mut next =
             tx.prepare_cached("SELECT list FROM contacts WHERE list > ?1 ORDER BY list LIMIT 1")?;
         let mut about =
-            tx.prepare_cached("SELECT list_id, forget_revision FROM lists WHERE id = ?1")?;
+            tx.prepare_cached("SELECT account, list_id, forget_revision FROM lists WHERE id = ?1")?;
         let mut after = i64::MIN;
         while let Some(key) = next
             .query_row(params![after], |r| r.get::<_, i64>(0))
@@ -347,18 +355,25 @@ pub(super) fn forget_in(
         {
             after = key;
             let (list_id, forgotten_at) =
-                about.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                about.query_row(params![key], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
             known.push((key, list_id, forgotten_at));
         }
     }
     // Lookups by list, not scans: a load with 100,000 lists must stay linear.
-    let keepers: HashMap<&str, &Keeper<'_>> = lists.iter().map(|k| (k.list.as_str(), k)).collect();
-    let spare: std::collections::HashSet<&str> = spare.iter().map(|l| l.as_str()).collect();
-    for (key, list_id, forgotten_at) in known {
-        if spare.contains(list_id.as_str()) {
+    let keepers: HashMap<(&str, &str), &Keeper<'_>> = lists
+        .iter()
+        .map(|k| ((k.list.account.as_str(), k.list.as_str()), k))
+        .collect();
+    let spare: std::collections::HashSet<(&str, &str)> = spare
+        .iter()
+        .map(|l| (l.account.as_str(), l.as_str()))
+        .collect();
+    for (key, (account, list_id), forgotten_at) in known {
+        let at = (account.as_str(), list_id.as_str());
+        if spare.contains(&at) {
             continue;
         }
-        let Some(keeper) = keepers.get(list_id.as_str()) else {
+        let Some(keeper) = keepers.get(&at) else {
             forgotten += tx.execute("DELETE FROM contacts WHERE list = ?1", params![key])? as u64;
             continue;
         };
@@ -408,9 +423,10 @@ pub(super) fn forget_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contact::ContactListId;
 
-    fn list() -> ContactListId {
-        ContactListId::parse("l1").unwrap()
+    fn list() -> ListKey {
+        ListKey::default_account(ContactListId::parse("l1").unwrap())
     }
 
     #[test]
@@ -492,7 +508,7 @@ mod tests {
     #[test]
     fn contacts_no_policy_asks_for_are_forgotten() {
         let s = Store::in_memory().unwrap();
-        let l2 = ContactListId::parse("l2").unwrap();
+        let l2 = ListKey::default_account(ContactListId::parse("l2").unwrap());
         for l in [&list(), &l2] {
             s.record_batch(
                 l,

@@ -33,6 +33,9 @@ pub struct InboxEvent {
     pub email: Option<String>,
     pub contact_id: Option<String>,
     pub bounce_type: Option<String>,
+    /// The account whose route received it (its secret verified it): it feeds only that
+    /// account's policies.
+    pub account: String,
 }
 
 /// What the inbox made of a delivery.
@@ -56,13 +59,15 @@ pub struct EventContact {
     /// The event's signed `createdAt`, unix milliseconds.
     pub event_at_ms: i64,
     pub delivery_id: Option<String>,
-    /// The policy's list when the event arrived.
+    /// The policy's list when the event arrived, and its account.
     pub list_id: String,
+    pub account: String,
 }
 
 /// A confirmed contact of a list that an event says may be back: assert it again now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resync {
+    pub account: String,
     pub list_id: String,
     pub kind: ContactKind,
     pub contact: String,
@@ -117,8 +122,8 @@ impl Store {
             }
             tx.execute(
                 "INSERT INTO webhook_events (digest, delivery_id, event_type, created_at,
-                    received_at, email, contact_id, bounce_type)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    received_at, email, contact_id, bounce_type, account)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     &event.digest[..],
                     delivery,
@@ -128,6 +133,7 @@ impl Store {
                     event.email.as_deref().map(stored_text),
                     event.contact_id.as_deref().map(capped),
                     event.bounce_type.as_deref().map(capped),
+                    capped(&event.account),
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -147,7 +153,7 @@ impl Store {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, digest, delivery_id, event_type, created_at, email, contact_id,
-                        bounce_type
+                        bounce_type, account
                  FROM webhook_events
                  WHERE handled_at IS NULL AND (?2 = 0 OR event_type LIKE 'contact.%')
                  ORDER BY id LIMIT ?1",
@@ -168,6 +174,7 @@ impl Store {
                         email: r.get(5)?,
                         contact_id: r.get(6)?,
                         bounce_type: r.get(7)?,
+                        account: r.get(8)?,
                     },
                 ))
             })?;
@@ -193,12 +200,13 @@ impl Store {
                 // the budget is asserted whatever it was.
                 let mut feed = tx.prepare_cached(
                     "INSERT INTO event_contacts (policy, kind, contact, event_type, event_at,
-                        delivery_id, list_id, added_at, bounce_type, held_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                        delivery_id, list_id, added_at, bounce_type, held_at, account)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (policy, kind, contact, event_type) DO UPDATE SET
                        event_at = excluded.event_at,
                        bounce_type = excluded.bounce_type,
                        delivery_id = excluded.delivery_id, list_id = excluded.list_id,
+                       account = excluded.account,
                        added_at = excluded.added_at,
                        held_at = CASE
                          WHEN excluded.held_at IS NULL THEN NULL
@@ -221,21 +229,29 @@ impl Store {
                         now_ms,
                         f.bounce_type.as_deref().map(capped),
                         held_at,
+                        f.account,
                     ])?;
                 }
                 let mut resync = tx.prepare_cached(
                     "UPDATE contacts SET confirmed_at = 0
-                     WHERE list = (SELECT id FROM lists WHERE list_id = ?1) AND kind = ?2
-                       AND contact = ?3 AND confirmed_at IS NOT NULL",
+                     WHERE list = (SELECT id FROM lists WHERE account = ?4 AND list_id = ?1)
+                       AND kind = ?2 AND contact = ?3 AND confirmed_at IS NOT NULL",
                 )?;
                 // A contact back in a list is drift, as an observation of the list would
                 // have found it: counted where the strategy's estimate reads drift.
                 let mut drift = tx.prepare_cached(
-                    "UPDATE lists SET drift = COALESCE(drift, 0) + 1 WHERE list_id = ?1",
+                    "UPDATE lists SET drift = COALESCE(drift, 0) + 1
+                     WHERE account = ?2 AND list_id = ?1",
                 )?;
                 for r in &handling.resync {
-                    if resync.execute(params![r.list_id, kind_code(r.kind), r.contact])? > 0 {
-                        drift.execute(params![r.list_id])?;
+                    if resync.execute(params![
+                        r.list_id,
+                        kind_code(r.kind),
+                        r.contact,
+                        r.account
+                    ])? > 0
+                    {
+                        drift.execute(params![r.list_id, r.account])?;
                     }
                 }
                 let mut mark = tx.prepare_cached(
@@ -281,7 +297,7 @@ impl Store {
     pub fn event_contact_sources(&self, policy: &str) -> Result<Vec<EventContact>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT kind, contact, event_type, bounce_type, list_id FROM event_contacts
+                "SELECT kind, contact, event_type, bounce_type, list_id, account FROM event_contacts
                  WHERE policy = ?1 AND forgotten_at IS NULL AND held_at IS NULL
                  ORDER BY kind, contact",
             )?;
@@ -300,6 +316,7 @@ impl Store {
                     event_at_ms: 0,
                     delivery_id: None,
                     list_id: r.get(4)?,
+                    account: r.get(5)?,
                 })
             })?;
             rows.collect()
@@ -316,7 +333,7 @@ impl Store {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT kind, contact, event_type, event_at, delivery_id, list_id, forgotten_at,
-                        bounce_type
+                        bounce_type, account
                  FROM event_contacts WHERE policy = ?1 AND event_at >= ?2
                  ORDER BY event_at, contact",
             )?;
@@ -336,6 +353,7 @@ impl Store {
                         event_at_ms: r.get(3)?,
                         delivery_id: r.get(4)?,
                         list_id: r.get(5)?,
+                        account: r.get(8)?,
                     },
                     r.get(6)?,
                 ))
@@ -457,7 +475,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contact::ContactListId;
+    use crate::contact::{ContactListId, ListKey};
     use crate::store::ContactOutcome;
 
     fn event(digest: u8, delivery: Option<&str>, email: &str) -> InboxEvent {
@@ -469,6 +487,7 @@ mod tests {
             email: Some(email.into()),
             contact_id: None,
             bounce_type: Some("Permanent".into()),
+            account: "default".into(),
         }
     }
 
@@ -482,6 +501,7 @@ mod tests {
             event_at_ms: 1_700_000_000_000,
             delivery_id: Some("d-1".into()),
             list_id: "l1".into(),
+            account: "default".into(),
         }
     }
 
@@ -560,7 +580,7 @@ mod tests {
     #[test]
     fn handling_feeds_policies_resyncs_confirmed_contacts_and_marks_in_one_step() {
         let store = Store::in_memory().unwrap();
-        let l1 = ContactListId::parse("l1").unwrap();
+        let l1 = ListKey::default_account(ContactListId::parse("l1").unwrap());
         store
             .record_batch(
                 &l1,
@@ -580,12 +600,14 @@ mod tests {
             fed: vec![fed("bounces", "x@example.com")],
             resync: vec![
                 Resync {
+                    account: "default".into(),
                     list_id: "l1".into(),
                     kind: ContactKind::Email,
                     contact: "back@example.com".into(),
                 },
                 // Never confirmed: nothing to resync, no row made up.
                 Resync {
+                    account: "default".into(),
                     list_id: "l1".into(),
                     kind: ContactKind::Email,
                     contact: "never@example.com".into(),

@@ -12,7 +12,7 @@ use super::contacts::{Keeper, forget_in};
 use super::status::{PolicyUpdate, write_policy};
 use super::{Store, StoreError, stored_text};
 use crate::condition::Condition;
-use crate::contact::ContactListId;
+use crate::contact::{AccountName, ContactListId, ListKey};
 
 /// What the store knows of a policy for the forget threshold: the size of its last accepted
 /// load, the change held back, and the change a person approved.
@@ -22,7 +22,7 @@ pub struct Baseline {
     pub held_revision: Option<String>,
     pub approved_revision: Option<String>,
     /// The list the policy targeted.
-    pub list: Option<String>,
+    pub list: Option<ListKey>,
 }
 
 /// A policy whose load is accepted: its size becomes the new baseline (its row is created
@@ -30,7 +30,7 @@ pub struct Baseline {
 #[derive(Clone, Debug)]
 pub struct Accepted<'a> {
     pub name: &'a str,
-    pub list: &'a str,
+    pub list: &'a ListKey,
     pub file: &'a Path,
     pub document: usize,
     pub contacts: u64,
@@ -77,7 +77,7 @@ pub struct LoadRecord<'a> {
     /// are forgotten whole, except those in `spare`.
     pub forget: Option<Vec<Keeper<'a>>>,
     /// Lists whose contacts are never forgotten by this load (a policy on them is held).
-    pub spare: Vec<&'a ContactListId>,
+    pub spare: Vec<&'a ListKey>,
     pub now: i64,
 }
 
@@ -126,18 +126,20 @@ impl Store {
             }
             for a in &load.accepted {
                 tx.prepare_cached(
-                    "INSERT INTO policies (name, contact_list_id, file, document, updated_at, contacts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO policies (name, contact_list_id, file, document, updated_at, contacts,
+                                           account)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (name) DO UPDATE SET contacts = excluded.contacts,
                        held_revision = NULL, held_contacts = NULL, approved_revision = NULL",
                 )?
                 .execute(params![
                     a.name,
-                    a.list,
+                    a.list.as_str(),
                     a.file.display().to_string(),
                     a.document as i64,
                     load.now,
-                    a.contacts.min(i64::MAX as u64) as i64
+                    a.contacts.min(i64::MAX as u64) as i64,
+                    a.list.account.as_str()
                 ])?;
                 tx.prepare_cached(
                     "UPDATE policies SET ready = 'Unknown', reason = 'Progressing', message = ?3,
@@ -227,7 +229,7 @@ impl Store {
     pub fn baselines(&self) -> Result<HashMap<String, Baseline>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT name, contacts, held_revision, approved_revision, contact_list_id
+                "SELECT name, contacts, held_revision, approved_revision, contact_list_id, account
                  FROM policies",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -237,7 +239,7 @@ impl Store {
                         contacts: r.get::<_, Option<i64>>(1)?.map(|n| n.max(0) as u64),
                         held_revision: r.get(2)?,
                         approved_revision: r.get(3)?,
-                        list: r.get(4)?,
+                        list: list_of(r.get(5)?, r.get(4)?),
                     },
                 ))
             })?;
@@ -310,6 +312,15 @@ pub struct Approval {
     pub after: u64,
 }
 
+/// A list as the store wrote it; `None` when the row holds no valid list (a policy recorded
+/// while invalid), which then compares unequal to every loaded one.
+fn list_of(account: String, list: Option<String>) -> Option<ListKey> {
+    Some(ListKey::new(
+        AccountName::parse(&account).ok()?,
+        ContactListId::parse(&list?).ok()?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,14 +328,17 @@ mod tests {
     use crate::contact::ContactKind;
     use crate::store::{ContactOutcome, Keeper};
 
-    fn list() -> ContactListId {
-        ContactListId::parse("l1").unwrap()
+    fn list() -> ListKey {
+        ListKey::default_account(ContactListId::parse("l1").unwrap())
     }
 
     #[test]
     fn a_load_spares_the_lists_of_held_policies() {
         let s = Store::in_memory().unwrap();
-        let (l1, l2) = (list(), ContactListId::parse("l2").unwrap());
+        let (l1, l2) = (
+            list(),
+            ListKey::default_account(ContactListId::parse("l2").unwrap()),
+        );
         for l in [&l1, &l2] {
             s.record_batch(
                 l,
@@ -354,10 +368,11 @@ mod tests {
     #[test]
     fn an_approval_needs_a_held_change_and_records_its_revision() {
         let s = Store::in_memory().unwrap();
+        let l1 = list();
         let condition = Condition::new(Ready::False, Reason::ThresholdExceeded, "held");
         let update = PolicyUpdate {
             name: "p",
-            list: Some("l1"),
+            list: Some(&l1),
             file: Path::new("p.yaml"),
             document: 1,
             revision: Some("sha256:new"),
@@ -383,7 +398,7 @@ mod tests {
         let load = LoadRecord {
             accepted: vec![Accepted {
                 name: "p",
-                list: "l1",
+                list: &l1,
                 file: Path::new("p.yaml"),
                 document: 1,
                 contacts: 1000,

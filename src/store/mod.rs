@@ -156,6 +156,9 @@ pub struct Store {
     identity: Option<(u64, u64)>,
     /// Held for as long as the store is open for writing.
     _lock: Option<StoreLock>,
+    /// The config's default account, when the store's rows from before accounts are not
+    /// adopted yet (a read-only `plan`): its lists are read from those rows.
+    adopting: Option<crate::contact::AccountName>,
 }
 
 impl std::fmt::Debug for Store {
@@ -275,6 +278,7 @@ impl Store {
             path: path.to_path_buf(),
             identity: file_identity(path),
             _lock: None,
+            adopting: None,
         })
     }
 
@@ -308,11 +312,56 @@ impl Store {
             path: path.to_path_buf(),
             identity: on_disk.then(|| file_identity(path)).flatten(),
             _lock: None,
+            adopting: None,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Gives the rows from before accounts (account `default`) to `account`, the config
+    /// file's default account, where it has no list of the same id already: they were
+    /// written with the one key of the environment, which the default account now stands
+    /// for. Returns the lists adopted. An account literally named `default` needs none.
+    pub fn adopt_default_rows(
+        &self,
+        account: &crate::contact::AccountName,
+    ) -> Result<u64, StoreError> {
+        if account.is_default() {
+            return Ok(0);
+        }
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let lists = tx.execute(
+                "UPDATE lists SET account = ?1 WHERE account = 'default' AND NOT EXISTS
+                   (SELECT 1 FROM lists o WHERE o.account = ?1 AND o.list_id = lists.list_id)",
+                [account.as_str()],
+            )?;
+            for table in ["policies", "event_contacts", "webhook_events"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET account = ?1 WHERE account = 'default'"),
+                    [account.as_str()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(lists as u64)
+        })
+    }
+
+    /// For a read-only store: reads `account`'s lists from the rows from before accounts
+    /// too, as [`Store::adopt_default_rows`] will make them at the next `apply` or `run`, so
+    /// a `plan` made first does not show confirmed contacts as new.
+    pub fn reading_default_rows_as(&mut self, account: Option<crate::contact::AccountName>) {
+        self.adopting = account.filter(|a| !a.is_default());
+    }
+
+    /// The account name `account`'s rows may be stored under besides its own.
+    fn stored_as<'a>(&'a self, account: &'a crate::contact::AccountName) -> &'a str {
+        match &self.adopting {
+            Some(a) if a == account => crate::contact::AccountName::DEFAULT,
+            _ => account.as_str(),
+        }
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -435,10 +484,10 @@ fn check_openable(path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contact::ContactListId;
+    use crate::contact::{ContactListId, ListKey};
 
-    fn list() -> ContactListId {
-        ContactListId::parse("l1").unwrap()
+    fn list() -> ListKey {
+        ListKey::default_account(ContactListId::parse("l1").unwrap())
     }
 
     fn open(path: &Path) -> Store {

@@ -204,6 +204,77 @@ pub(super) const MIGRATIONS: &[&str] = &[
         policy TEXT PRIMARY KEY,
         at     INTEGER NOT NULL                 -- unix ms of the last `listwarden approve`
      );",
+    // 5 -> 6: accounts. The same list id in two accounts is two lists, so a list is keyed
+    // by (account, list id). Rows from before belong to the default account (`default`; a
+    // config file's default account adopts them, `Store::adopt_default_rows`). Only the
+    // small `lists` table is rebuilt: contact rows key their list by its integer id, which
+    // is kept, so a store of ten million contacts migrates in moments. The count triggers
+    // name `lists`, so they are dropped and made again around the rebuild.
+    "DROP TRIGGER contacts_count_insert;
+     DROP TRIGGER contacts_count_delete;
+     DROP TRIGGER contacts_count_update;
+     CREATE TABLE lists_v6 (
+        id               INTEGER PRIMARY KEY,
+        account          TEXT NOT NULL DEFAULT 'default',
+        list_id          TEXT NOT NULL,
+        last_attempt_at  INTEGER,
+        last_success_at  INTEGER,
+        last_error       TEXT,
+        strategy         TEXT,
+        strategy_reason  TEXT,
+        requests         INTEGER NOT NULL DEFAULT 0,
+        rate_limited     INTEGER NOT NULL DEFAULT 0,
+        drift            INTEGER,
+        last_observed_at INTEGER,
+        contact_count    INTEGER,
+        forget_revision  TEXT,
+        confirmed        INTEGER NOT NULL DEFAULT 0,
+        failed           INTEGER NOT NULL DEFAULT 0,
+        unaccounted      INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (account, list_id)
+     );
+     INSERT INTO lists_v6 (id, list_id, last_attempt_at, last_success_at, last_error, strategy,
+            strategy_reason, requests, rate_limited, drift, last_observed_at, contact_count,
+            forget_revision, confirmed, failed, unaccounted)
+        SELECT id, list_id, last_attempt_at, last_success_at, last_error, strategy,
+               strategy_reason, requests, rate_limited, drift, last_observed_at, contact_count,
+               forget_revision, confirmed, failed, unaccounted
+        FROM lists;
+     DROP TABLE lists;
+     ALTER TABLE lists_v6 RENAME TO lists;
+     CREATE TRIGGER contacts_count_insert AFTER INSERT ON contacts BEGIN
+        UPDATE lists SET
+          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
+                                   AND NEW.unaccounted = 0),
+          failed = failed + (NEW.failed_at IS NOT NULL),
+          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
+        WHERE id = NEW.list;
+     END;
+     CREATE TRIGGER contacts_count_delete AFTER DELETE ON contacts BEGIN
+        UPDATE lists SET
+          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
+                                   AND OLD.unaccounted = 0),
+          failed = failed - (OLD.failed_at IS NOT NULL),
+          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
+        WHERE id = OLD.list;
+     END;
+     CREATE TRIGGER contacts_count_update AFTER UPDATE ON contacts BEGIN
+        UPDATE lists SET
+          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
+                                   AND OLD.unaccounted = 0),
+          failed = failed - (OLD.failed_at IS NOT NULL),
+          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
+        WHERE id = OLD.list;
+        UPDATE lists SET
+          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
+                                   AND NEW.unaccounted = 0),
+          failed = failed + (NEW.failed_at IS NOT NULL),
+          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
+        WHERE id = NEW.list;
+     END;
+     ALTER TABLE policies ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+     ALTER TABLE event_contacts ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+     ALTER TABLE webhook_events ADD COLUMN account TEXT NOT NULL DEFAULT 'default';",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -265,7 +336,7 @@ pub(super) fn schema_version(conn: &Connection, path: &Path) -> Result<i64, Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contact::{ContactKind, ContactListId};
+    use crate::contact::{ContactKind, ContactListId, ListKey};
     use crate::store::{ContactOutcome, Store};
 
     /// A store as version 3 wrote it: list ids and revisions as text in every row.
@@ -322,7 +393,7 @@ mod tests {
         let now = 1_800_000_000;
         version_3_store(&path, now);
         let store = Store::open(&path, "test").unwrap();
-        let l1 = ContactListId::parse("l1").unwrap();
+        let l1 = ListKey::default_account(ContactListId::parse("l1").unwrap());
         let records = store.records(&l1).unwrap();
         assert_eq!(records.emails["a@example.com"].confirmed_at, Some(now - 10));
         assert_eq!(records.emails["b@example.com"].failed_at, Some(now - 10));
@@ -431,7 +502,7 @@ mod tests {
         ) {
             let store = Store::in_memory().unwrap();
             for (i, (list, batch, forget)) in steps.iter().enumerate() {
-                let list = ContactListId::parse(&format!("l{list}")).unwrap();
+                let list = ListKey::default_account(ContactListId::parse(&format!("l{list}")).unwrap());
                 let outcomes: Vec<(String, ContactOutcome)> = batch
                     .iter()
                     .map(|(c, o)| {
@@ -448,7 +519,7 @@ mod tests {
                 store.record_batch(&list, ContactKind::Email, &refs, i as i64).unwrap();
                 if *forget == 0 {
                     // Keep only even-numbered contacts of l0; l1 is forgotten whole.
-                    let l0 = ContactListId::parse("l0").unwrap();
+                    let l0 = ListKey::default_account(ContactListId::parse("l0").unwrap());
                     let keep = |_: ContactKind, c: &str| {
                         c.as_bytes()[1].is_ascii_digit() && (c.as_bytes()[1] - b'0').is_multiple_of(2)
                     };

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{Store, StoreError, stored_text};
 use crate::condition::{Condition, Ready, Reason};
+use crate::contact::ListKey;
 
 /// What a sync did for one policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -22,7 +23,7 @@ pub struct PolicyCounts {
 #[derive(Clone, Debug)]
 pub struct PolicyUpdate<'a> {
     pub name: &'a str,
-    pub list: Option<&'a str>,
+    pub list: Option<&'a ListKey>,
     pub file: &'a Path,
     pub document: usize,
     pub revision: Option<&'a str>,
@@ -40,13 +41,15 @@ pub struct PolicyUpdate<'a> {
 #[derive(Clone, Debug)]
 pub struct StatusWrite<'a> {
     pub policies: Vec<PolicyUpdate<'a>>,
-    pub list: Option<(&'a str, ListSync)>,
+    pub list: Option<(&'a ListKey, ListSync)>,
 }
 
 /// A policy's row as status shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct PolicyStatus {
     pub name: String,
+    /// The account of its list (`default` without a config file).
+    pub account: String,
     pub contact_list_id: Option<String>,
     pub file: String,
     pub document: i64,
@@ -67,6 +70,7 @@ pub struct PolicyStatus {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ListStatus {
+    pub account: String,
     pub contact_list_id: String,
     pub last_attempt_at: Option<i64>,
     pub last_success_at: Option<i64>,
@@ -135,41 +139,50 @@ impl Store {
         })
     }
 
-    pub fn update_list(&self, list: &str, sync: &ListSync) -> Result<(), StoreError> {
+    pub fn update_list(&self, list: &ListKey, sync: &ListSync) -> Result<(), StoreError> {
         self.with(|conn| write_list(conn, list, sync))
     }
 
     /// Records what an observation (a full read of the list) found.
-    pub fn record_drift(&self, list: &str, drift: u64, at: i64) -> Result<(), StoreError> {
+    pub fn record_drift(&self, list: &ListKey, drift: u64, at: i64) -> Result<(), StoreError> {
         self.with(|conn| {
             conn.execute(
-                "INSERT INTO lists (list_id, drift, last_observed_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (list_id) DO UPDATE SET drift = excluded.drift,
+                "INSERT INTO lists (account, list_id, drift, last_observed_at)
+                 VALUES (?4, ?1, ?2, ?3)
+                 ON CONFLICT (account, list_id) DO UPDATE SET drift = excluded.drift,
                    last_observed_at = excluded.last_observed_at",
-                params![list, drift.min(i64::MAX as u64) as i64, at],
+                params![
+                    list.as_str(),
+                    drift.min(i64::MAX as u64) as i64,
+                    at,
+                    list.account.as_str()
+                ],
             )
             .map(drop)
         })
     }
 
     /// The last observed drift of every list that was observed.
-    pub fn drifts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    /// (account, list id, drift).
+    pub fn drifts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
         self.with(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT list_id, drift FROM lists WHERE drift IS NOT NULL")?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT account, list_id, drift FROM lists WHERE drift IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+            })?;
             rows.collect()
         })
     }
 
     /// How many desired-absent members the list's last observation found.
-    pub fn last_drift(&self, list: &str) -> Result<Option<u64>, StoreError> {
+    pub fn last_drift(&self, list: &ListKey) -> Result<Option<u64>, StoreError> {
         self.with(|conn| {
             Ok(conn
                 .query_row(
-                    "SELECT drift FROM lists WHERE list_id = ?1",
-                    params![list],
+                    "SELECT drift FROM lists WHERE account = ?2 AND list_id = ?1",
+                    params![list.as_str(), list.account.as_str()],
                     |r| r.get::<_, Option<i64>>(0),
                 )
                 .optional()?
@@ -183,7 +196,7 @@ impl Store {
             let mut stmt = conn.prepare(
                 "SELECT name, contact_list_id, file, document, revision, last_attempted_revision,
                         last_applied_revision, last_attempt_at, last_success_at, removed,
-                        not_in_list, failed, pending, ready, reason, message, last_error
+                        not_in_list, failed, pending, ready, reason, message, last_error, account
                  FROM policies ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -209,6 +222,7 @@ impl Store {
                         message: r.get(15)?,
                     },
                     last_error: r.get(16)?,
+                    account: r.get(17)?,
                     event_contacts: 0,
                     event_contacts_held: 0,
                 })
@@ -220,51 +234,52 @@ impl Store {
     /// Lists with their counts and up to `failing_per_list` failing contacts each.
     pub fn lists(&self, failing_per_list: usize) -> Result<Vec<ListStatus>, StoreError> {
         self.with(|conn| {
-            let mut out: Vec<ListStatus> = {
+            let mut out: Vec<(i64, ListStatus)> = {
                 let mut stmt = conn.prepare(
                     "SELECT l.list_id, l.last_attempt_at, l.last_success_at, l.last_error,
                             l.strategy, l.strategy_reason, l.requests, l.rate_limited, l.drift,
-                            l.last_observed_at, l.contact_count
-                     FROM lists l ORDER BY l.list_id",
+                            l.last_observed_at, l.contact_count, l.account, l.id
+                     FROM lists l ORDER BY l.account, l.list_id",
                 )?;
                 stmt.query_map([], |r| {
-                    Ok(ListStatus {
-                        contact_list_id: r.get(0)?,
-                        last_attempt_at: r.get(1)?,
-                        last_success_at: r.get(2)?,
-                        last_error: r.get(3)?,
-                        strategy: r.get(4)?,
-                        strategy_reason: r.get(5)?,
-                        requests: r.get(6)?,
-                        rate_limited: r.get(7)?,
-                        drift: r.get(8)?,
-                        last_observed_at: r.get(9)?,
-                        contact_count: r.get(10)?,
-                        ..ListStatus::default()
-                    })
+                    Ok((
+                        r.get::<_, i64>(12)?,
+                        ListStatus {
+                            account: r.get(11)?,
+                            contact_list_id: r.get(0)?,
+                            last_attempt_at: r.get(1)?,
+                            last_success_at: r.get(2)?,
+                            last_error: r.get(3)?,
+                            strategy: r.get(4)?,
+                            strategy_reason: r.get(5)?,
+                            requests: r.get(6)?,
+                            rate_limited: r.get(7)?,
+                            drift: r.get(8)?,
+                            last_observed_at: r.get(9)?,
+                            contact_count: r.get(10)?,
+                            ..ListStatus::default()
+                        },
+                    ))
                 })?
                 .collect::<Result<_, _>>()?
             };
             // The counts are kept per list by the store's triggers: reading them costs the
             // same for ten contacts or ten million; the failing ones have their own index.
-            let mut counts = conn.prepare_cached(
-                "SELECT confirmed, failed, unaccounted FROM lists WHERE list_id = ?1",
-            )?;
+            let mut counts = conn
+                .prepare_cached("SELECT confirmed, failed, unaccounted FROM lists WHERE id = ?1")?;
             let mut failing = conn.prepare_cached(
                 "SELECT kind, contact, last_error, attempts, failed_at FROM contacts
-                 WHERE list = (SELECT id FROM lists WHERE list_id = ?1) AND failed_at IS NOT NULL
+                 WHERE list = ?1 AND failed_at IS NOT NULL
                  ORDER BY failed_at DESC, contact LIMIT ?2",
             )?;
-            for l in &mut out {
-                let (confirmed, failed, unaccounted): (i64, i64, i64) = counts
-                    .query_row(params![l.contact_list_id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })?;
+            for (key, l) in &mut out {
+                let (confirmed, failed, unaccounted): (i64, i64, i64) =
+                    counts.query_row(params![*key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 l.confirmed = confirmed;
                 l.failed = failed;
                 l.unaccounted = unaccounted;
                 l.failing = failing
-                    .query_map(params![l.contact_list_id, failing_per_list as i64], |r| {
+                    .query_map(params![*key, failing_per_list as i64], |r| {
                         Ok(FailingContact {
                             kind: if r.get::<_, i64>(0)? == 0 {
                                 "email"
@@ -279,7 +294,7 @@ impl Store {
                     })?
                     .collect::<Result<_, _>>()?;
             }
-            Ok(out)
+            Ok(out.into_iter().map(|(_, l)| l).collect())
         })
     }
 }
@@ -290,21 +305,24 @@ pub(super) fn write_policy(
     now: i64,
 ) -> rusqlite::Result<()> {
     let mut upsert = conn.prepare_cached(
-        "INSERT INTO policies (name, contact_list_id, file, document, revision, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO policies (name, contact_list_id, file, document, revision, updated_at,
+                               account)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, 'default'))
          ON CONFLICT (name) DO UPDATE SET
            contact_list_id = COALESCE(excluded.contact_list_id, contact_list_id),
+           account = COALESCE(?7, account),
            file = excluded.file, document = excluded.document,
            revision = COALESCE(excluded.revision, revision),
            updated_at = excluded.updated_at",
     )?;
     upsert.execute(params![
         u.name,
-        u.list,
+        u.list.map(ListKey::as_str),
         u.file.display().to_string(),
         u.document as i64,
         u.revision,
-        now
+        now,
+        u.list.map(|l| l.account.as_str())
     ])?;
     if let Some((at, rev)) = u.attempt {
         conn.prepare_cached(
@@ -347,13 +365,13 @@ pub(super) fn write_policy(
     Ok(())
 }
 
-fn write_list(conn: &Connection, list: &str, sync: &ListSync) -> rusqlite::Result<()> {
+fn write_list(conn: &Connection, list: &ListKey, sync: &ListSync) -> rusqlite::Result<()> {
     let n = |v: u64| v.min(i64::MAX as u64) as i64;
     conn.prepare_cached(
         "INSERT INTO lists (list_id, last_attempt_at, last_success_at, last_error, strategy,
-                            strategy_reason, requests, rate_limited, contact_count)
-         VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (list_id) DO UPDATE SET
+                            strategy_reason, requests, rate_limited, contact_count, account)
+         VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 END, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (account, list_id) DO UPDATE SET
            last_attempt_at = excluded.last_attempt_at,
            last_success_at = CASE WHEN ?3 THEN excluded.last_attempt_at ELSE last_success_at END,
            last_error = excluded.last_error,
@@ -363,7 +381,7 @@ fn write_list(conn: &Connection, list: &str, sync: &ListSync) -> rusqlite::Resul
            contact_count = COALESCE(excluded.contact_count, contact_count)",
     )?
     .execute(params![
-        list,
+        list.as_str(),
         sync.attempt_at,
         sync.success,
         sync.error.as_deref().map(stored_text),
@@ -371,7 +389,8 @@ fn write_list(conn: &Connection, list: &str, sync: &ListSync) -> rusqlite::Resul
         sync.strategy_reason.as_deref().map(stored_text),
         n(sync.requests),
         n(sync.rate_limited),
-        sync.contact_count.map(n)
+        sync.contact_count.map(n),
+        list.account.as_str()
     ])?;
     Ok(())
 }

@@ -260,7 +260,7 @@ impl Pass {
             "{:?}",
             self.manifests.diagnostics
         );
-        assert!(self.report.unauthorized.is_none(), "{:?}", self.report);
+        assert!(self.report.unauthorized.is_empty(), "{:?}", self.report);
         self.report.outcomes
     }
 }
@@ -359,7 +359,11 @@ impl Local {
 /// Contacts (emails and contact ids) the store holds as confirmed absent and not failed, for
 /// `list`.
 pub fn confirmed(store: &Store, list: &str) -> BTreeSet<String> {
-    let r = store.records(&ContactListId::parse(list).unwrap()).unwrap();
+    let r = store
+        .records(&listwarden::contact::ListKey::default_account(
+            ContactListId::parse(list).unwrap(),
+        ))
+        .unwrap();
     r.emails
         .iter()
         .chain(r.contact_ids.iter())
@@ -370,7 +374,11 @@ pub fn confirmed(store: &Store, list: &str) -> BTreeSet<String> {
 
 /// Whether the store holds `contact`, named as `kind`, as confirmed absent and not failed.
 pub fn is_confirmed(store: &Store, list: &str, kind: ContactKind, contact: &str) -> bool {
-    let r = store.records(&ContactListId::parse(list).unwrap()).unwrap();
+    let r = store
+        .records(&listwarden::contact::ListKey::default_account(
+            ContactListId::parse(list).unwrap(),
+        ))
+        .unwrap();
     let records = match kind {
         ContactKind::Email => &r.emails,
         ContactKind::ContactId => &r.contact_ids,

@@ -177,6 +177,8 @@ pub fn listwarden() -> Command {
         .env_remove("AUTOSEND_API_KEY")
         .env_remove("AUTOSEND_API_KEY_FILE")
         .env_remove("AUTOSEND_PROJECT_ID")
+        .env_remove("LISTWARDEN_CONFIG")
+        .env_remove("AUTOSEND_WEBHOOK_SECRET")
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());

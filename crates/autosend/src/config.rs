@@ -19,6 +19,9 @@ pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_millis(500);
 
 pub const DEFAULT_BASE_URL: &str = "https://api.autosend.com/v1";
 
+/// The largest key file read. Keys are well under a hundred bytes.
+pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
 /// An API key. It has no `Display`, its `Debug` is redacted, and it is exposed only to build
 /// the `Authorization` header, so it cannot reach a log line, an error or the store.
 #[derive(Clone)]
@@ -27,6 +30,61 @@ pub struct ApiKey(Arc<SecretString>);
 impl ApiKey {
     pub fn new(key: &str) -> ApiKey {
         ApiKey(Arc::new(SecretString::from(key.trim().to_string())))
+    }
+
+    /// Reads the key from a file (surrounding whitespace removed: `echo` ends it with a
+    /// newline). The file is read only up to [`MAX_KEY_FILE_BYTES`], so a path pointing at a
+    /// device or a large file by mistake fails at once instead of filling memory.
+    pub fn from_file(path: &Path) -> Result<ApiKey, ConfigError> {
+        use std::io::Read;
+        let shown = || path.display().to_string();
+        let unreadable = |e: std::io::Error| ConfigError::KeyFile {
+            path: shown(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".into(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+                // Not the bytes themselves: they may be the key.
+                std::io::ErrorKind::InvalidData => "it is not UTF-8 text".into(),
+                _ => e.to_string(),
+            },
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(unreadable)?;
+        if text.len() as u64 > MAX_KEY_FILE_BYTES {
+            return Err(ConfigError::KeyFile {
+                path: shown(),
+                reason: format!(
+                    "it is larger than {MAX_KEY_FILE_BYTES} bytes, which no API key is; is it \
+                     the right file?"
+                ),
+            });
+        }
+        if text.trim().is_empty() {
+            return Err(ConfigError::EmptyKeyFile(shown()));
+        }
+        ApiKey::new(&text).checked()
+    }
+
+    /// Reads the key from the environment variable `var`; unset and blank are the same
+    /// mistake.
+    pub fn from_env(var: &str) -> Result<ApiKey, ConfigError> {
+        match std::env::var(var) {
+            Ok(k) if !k.trim().is_empty() => ApiKey::new(&k).checked(),
+            // Not valid Unicode: it cannot go in a header either.
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::BadKey),
+            _ => Err(ConfigError::MissingEnv(var.to_string())),
+        }
+    }
+
+    /// Refuses a key that cannot go in the `Authorization` header now, rather than on the
+    /// first request, whose error would come from deep inside the HTTP client.
+    fn checked(self) -> Result<ApiKey, ConfigError> {
+        match HeaderValue::from_str(&format!("Bearer {}", self.expose())) {
+            Ok(_) => Ok(self),
+            Err(_) => Err(ConfigError::BadKey),
+        }
     }
 
     /// Only for the `Authorization` header and for redacting the key out of server text.
@@ -50,6 +108,9 @@ pub enum ConfigError {
     KeyFile { path: String, reason: String },
     #[error("the API key file {0} is empty")]
     EmptyKeyFile(String),
+    /// The named environment variable is unset or blank.
+    #[error("the environment variable {0} that should hold the API key is not set (or blank)")]
+    MissingEnv(String),
     #[error("AUTOSEND_API_URL {0:?} is not an http(s) URL")]
     BadUrl(String),
     #[error(
@@ -109,28 +170,12 @@ impl ClientConfig {
         project_id: Option<&str>,
     ) -> Result<ClientConfig, ConfigError> {
         let key = match api_key_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::KeyFile {
-                    path: path.display().to_string(),
-                    reason: match e.kind() {
-                        std::io::ErrorKind::NotFound => "no such file".into(),
-                        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-                        _ => e.to_string(),
-                    },
-                })?;
-                if text.trim().is_empty() {
-                    return Err(ConfigError::EmptyKeyFile(path.display().to_string()));
-                }
-                ApiKey::new(&text)
-            }
-            None => match std::env::var("AUTOSEND_API_KEY") {
-                Ok(k) if !k.trim().is_empty() => ApiKey::new(&k),
-                _ => return Err(ConfigError::MissingKey),
-            },
+            Some(path) => ApiKey::from_file(path)?,
+            None => ApiKey::from_env("AUTOSEND_API_KEY").map_err(|e| match e {
+                ConfigError::BadKey => ConfigError::BadKey,
+                _ => ConfigError::MissingKey,
+            })?,
         };
-        if HeaderValue::from_str(&format!("Bearer {}", key.expose())).is_err() {
-            return Err(ConfigError::BadKey);
-        }
         let base = base_url
             .filter(|s| !s.trim().is_empty())
             .unwrap_or(DEFAULT_BASE_URL)
@@ -156,5 +201,52 @@ mod tests {
         assert!(!format!("{key:?}").contains("very-secret"));
         let cfg = ClientConfig::new("http://x/v1", key);
         assert!(!format!("{cfg:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn a_key_file_is_read_trimmed_and_its_errors_never_hold_the_key() {
+        // No tempfile dependency for one test: a name of this process's own.
+        let dir = std::env::temp_dir().join(format!("autosend-key-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        std::fs::write(&path, "AS_file-key\n").unwrap();
+        assert_eq!(ApiKey::from_file(&path).unwrap().expose(), "AS_file-key");
+
+        std::fs::write(&path, "AS_very-secret\u{1}x\n").unwrap();
+        let e = ApiKey::from_file(&path).unwrap_err();
+        assert!(matches!(e, ConfigError::BadKey), "{e}");
+        std::fs::write(&path, b"AS_very-secret\xff").unwrap();
+        let e = ApiKey::from_file(&path).unwrap_err().to_string();
+        assert!(e.ends_with("key: it is not UTF-8 text"), "{e}");
+        std::fs::write(&path, "x".repeat(MAX_KEY_FILE_BYTES as usize + 1)).unwrap();
+        let e = ApiKey::from_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("larger than 65536 bytes") && !e.contains("xx"),
+            "{e}"
+        );
+        std::fs::write(&path, " \n").unwrap();
+        assert!(matches!(
+            ApiKey::from_file(&path),
+            Err(ConfigError::EmptyKeyFile(_))
+        ));
+        let e = ApiKey::from_file(&dir.join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("nope: no such file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_from_the_environment_is_read_and_a_missing_one_names_its_variable() {
+        // SAFETY: a variable no other test reads or writes.
+        unsafe { std::env::set_var("AUTOSEND_TEST_KEY_FROM_ENV", " AS_env-key\n") };
+        let key = ApiKey::from_env("AUTOSEND_TEST_KEY_FROM_ENV").unwrap();
+        assert_eq!(key.expose(), "AS_env-key");
+        let e = ApiKey::from_env("AUTOSEND_TEST_KEY_NEVER_SET").unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::MissingEnv(v) if v == "AUTOSEND_TEST_KEY_NEVER_SET"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("AUTOSEND_TEST_KEY_NEVER_SET"), "{e}");
     }
 }

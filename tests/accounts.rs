@@ -1,0 +1,389 @@
+//! Several AutoSend accounts in one listwarden (`--config`): each account's lists go to its
+//! own server with its own key; a refused or unreadable key, or a 429 storm, stays within its
+//! account; the same list id in two accounts is two lists; a store from before accounts is
+//! adopted by the default account without re-sending anything.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use autosend_fake::{FakeAutoSend, RateLimit, RunningFake};
+use support::fake::fake_config;
+use support::{Policy, Run, emails, listwarden, output, write};
+
+const KEY_EU: &str = "key-eu-7f3a9c";
+const KEY_US: &str = "key-us-2b8d41";
+
+/// Two fakes (one per account), a config naming them, manifests and a store.
+struct Two {
+    eu: RunningFake,
+    us: RunningFake,
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+}
+
+impl Two {
+    fn new() -> Two {
+        Two::with_limits(vec![], vec![])
+    }
+
+    fn with_limits(eu: Vec<RateLimit>, us: Vec<RateLimit>) -> Two {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let serve = |key: &str, limits: Vec<RateLimit>| {
+            let mut config = fake_config(key);
+            config.rate_limits = limits;
+            rt.block_on(FakeAutoSend::new(config).serve_local())
+                .unwrap()
+        };
+        let (eu, us) = (serve(KEY_EU, eu), serve(KEY_US, us));
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("keys/eu.key"), &format!("{KEY_EU}\n"));
+        Two { eu, us, rt, dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A config: brand-eu (key file, the default) and brand-us (key from BRAND_US_KEY).
+    fn config(&self, extra_us: &str) -> PathBuf {
+        let text = format!(
+            "apiVersion: listwarden.dev/v1\nkind: Config\naccounts:\n  - name: brand-eu\n    \
+             apiKeyFile: keys/eu.key\n    apiUrl: {}\n    rateLimit: 100/s\n  - name: brand-us\n    \
+             apiKeyEnv: BRAND_US_KEY\n    apiUrl: {}\n    rateLimit: 100/s\n{extra_us}\
+             defaultAccount: brand-eu\n",
+            self.eu.base_url(),
+            self.us.base_url()
+        );
+        let path = self.path("listwarden.yaml");
+        write(&path, &text);
+        path
+    }
+
+    fn manifest(&self, file: &str, text: &str) {
+        write(&self.path("manifests").join(file), text);
+    }
+
+    fn command(&self, args: &[&str], us_key: &str) -> Run {
+        let mut cmd = listwarden();
+        cmd.current_dir(self.dir.path())
+            .env_remove("AUTOSEND_API_URL")
+            .env("BRAND_US_KEY", us_key)
+            .args(args);
+        output(&mut cmd)
+    }
+
+    fn apply(&self, config: &Path, us_key: &str) -> Run {
+        self.command(
+            &[
+                "apply",
+                "manifests",
+                "--state",
+                "state.db",
+                "--strategy",
+                "assert",
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            us_key,
+        )
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let run = self.command(&["status", "--state", "state.db", "--output", "json"], "");
+        run.json()
+    }
+
+    /// Policies: one per account, on the same list id, and one more on the default account.
+    fn same_list_id_in_both(&self) -> (Vec<String>, Vec<String>) {
+        let (eu, us) = (emails("eu", 3), emails("us", 4));
+        self.eu.handle().add_contacts("list-1", &eu);
+        self.us.handle().add_contacts("list-1", &us);
+        self.manifest("eu.yaml", &Policy::new("eu", "list-1").emails(&eu).yaml());
+        self.manifest(
+            "us.yaml",
+            &Policy::new("us", "list-1")
+                .spec("  account: brand-us\n")
+                .emails(&us)
+                .yaml(),
+        );
+        (eu, us)
+    }
+}
+
+fn policy<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no policy {name} in {status}"))
+}
+
+#[test]
+fn each_account_s_lists_go_to_its_own_server_with_its_own_key() {
+    let t = Two::new();
+    let (eu, us) = t.same_list_id_in_both();
+    let config = t.config("");
+    let run = t.apply(&config, KEY_US);
+    run.code(0);
+    for e in &eu {
+        assert!(!t.eu.handle().is_member("list-1", e), "{e} left in eu");
+    }
+    for u in &us {
+        assert!(!t.us.handle().is_member("list-1", u), "{u} left in us");
+    }
+    // Nothing crossed over: each server saw only its own account's contacts.
+    let c_eu = t.eu.handle().counters();
+    let c_us = t.us.handle().counters();
+    assert_eq!(c_eu.count("remove", 200), 1, "{}", run.all());
+    assert_eq!(c_us.count("remove", 200), 1, "{}", run.all());
+    assert_eq!(c_eu.count("remove", 401) + c_us.count("remove", 401), 0);
+
+    let status = t.status();
+    assert_eq!(policy(&status, "eu")["account"], "brand-eu");
+    assert_eq!(policy(&status, "us")["account"], "brand-us");
+    let lists = status["lists"].as_array().unwrap();
+    assert_eq!(
+        lists.len(),
+        2,
+        "the same id in two accounts is two lists: {status}"
+    );
+
+    // A second apply sends nothing to either.
+    t.apply(&config, KEY_US).code(0);
+    assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
+    assert_eq!(t.us.handle().counters().count("remove", 200), 1);
+
+    // No key anywhere: output, status, the store's bytes.
+    let store = std::fs::read(t.path("state.db")).unwrap();
+    for key in [KEY_EU, KEY_US] {
+        assert!(!run.all().contains(key));
+        assert!(!status.to_string().contains(key));
+        assert!(
+            !store.windows(key.len()).any(|w| w == key.as_bytes()),
+            "a key is in the store"
+        );
+    }
+}
+
+#[test]
+fn a_refused_key_fails_only_its_account_and_the_other_converges() {
+    let t = Two::new();
+    let (eu, _) = t.same_list_id_in_both();
+    let config = t.config("");
+    let run = t.apply(&config, "not-the-us-key");
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.all().contains("brand-us"), "{}", run.all());
+    for e in &eu {
+        assert!(!t.eu.handle().is_member("list-1", e));
+    }
+    let status = t.status();
+    assert_eq!(
+        policy(&status, "eu")["condition"]["ready"],
+        "True",
+        "{status}"
+    );
+    assert_eq!(
+        policy(&status, "us")["condition"]["reason"],
+        "Unauthorized",
+        "{status}"
+    );
+    assert!(!run.all().contains("not-the-us-key"));
+}
+
+#[test]
+fn an_unreadable_key_file_fails_only_its_account() {
+    let t = Two::new();
+    let (_, us) = t.same_list_id_in_both();
+    let config = t.config("");
+    std::fs::remove_file(t.path("keys/eu.key")).unwrap();
+    let run = t.apply(&config, KEY_US);
+    assert_ne!(run.code, 0);
+    assert!(run.all().contains("brand-eu"), "{}", run.all());
+    for u in &us {
+        assert!(!t.us.handle().is_member("list-1", u));
+    }
+    let status = t.status();
+    assert_eq!(
+        policy(&status, "eu")["condition"]["reason"],
+        "Unauthorized",
+        "{status}"
+    );
+    assert_eq!(
+        policy(&status, "us")["condition"]["ready"],
+        "True",
+        "{status}"
+    );
+}
+
+#[test]
+fn a_key_in_the_environment_beside_a_config_is_refused_as_two_sources_of_truth() {
+    let t = Two::new();
+    t.same_list_id_in_both();
+    let config = t.config("");
+    let mut cmd = listwarden();
+    cmd.current_dir(t.dir.path())
+        .env("AUTOSEND_API_KEY", KEY_EU)
+        .env("BRAND_US_KEY", KEY_US)
+        .args(["apply", "manifests", "--state", "state.db", "--config"])
+        .arg(&config);
+    let run = output(&mut cmd);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stderr.contains("two sources of truth"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("AUTOSEND_API_KEY"), "{}", run.stderr);
+    assert!(!run.all().contains(KEY_EU));
+    assert_eq!(t.eu.handle().counters().endpoint_total("remove"), 0);
+}
+
+#[test]
+fn a_policy_naming_an_undeclared_account_is_a_manifest_error_and_sends_nothing() {
+    let t = Two::new();
+    t.same_list_id_in_both();
+    t.eu.handle().add_contacts("list-2", ["x@example.com"]);
+    t.us.handle().add_contacts("list-2", ["x@example.com"]);
+    t.manifest(
+        "typo.yaml",
+        &Policy::new("typo", "list-2")
+            .spec("  account: brand-uss\n")
+            .emails(&["x@example.com"])
+            .yaml(),
+    );
+    let config = t.config("");
+    let run = t.command(
+        &[
+            "validate",
+            "manifests",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        KEY_US,
+    );
+    assert_eq!(run.code, 1);
+    let line = run
+        .errors()
+        .into_iter()
+        .find(|l| l.contains("spec.account"))
+        .unwrap_or_else(|| panic!("{}", run.stderr))
+        .to_string();
+    assert!(line.contains("typo.yaml"), "{line}");
+    assert!(line.contains("did you mean \"brand-us\""), "{line}");
+    // Without --config, naming any account but `default` is an error too.
+    let run = t.command(&["validate", "manifests"], KEY_US);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("--config"), "{}", run.stderr);
+    // apply: the others converge, nothing is sent for it.
+    let run = t.apply(&config, KEY_US);
+    assert_ne!(run.code, 0);
+    assert!(t.eu.handle().is_member("list-2", "x@example.com"));
+    assert!(t.us.handle().is_member("list-2", "x@example.com"));
+    let status = t.status();
+    assert_eq!(
+        policy(&status, "eu")["condition"]["ready"],
+        "True",
+        "{status}"
+    );
+    assert_eq!(
+        policy(&status, "us")["condition"]["ready"],
+        "True",
+        "{status}"
+    );
+}
+
+#[test]
+fn a_store_from_before_accounts_is_adopted_by_the_default_account_and_nothing_is_sent_again() {
+    let t = Two::new();
+    let eu = emails("eu", 5);
+    t.eu.handle().add_contacts("list-1", &eu);
+    t.manifest("eu.yaml", &Policy::new("eu", "list-1").emails(&eu).yaml());
+    // Before accounts: the one key of the environment.
+    let mut cmd = listwarden();
+    cmd.current_dir(t.dir.path())
+        .env("AUTOSEND_API_URL", t.eu.base_url())
+        .env("AUTOSEND_API_KEY", KEY_EU)
+        .args([
+            "apply",
+            "manifests",
+            "--state",
+            "state.db",
+            "--strategy",
+            "assert",
+        ]);
+    output(&mut cmd).code(0);
+    assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
+
+    let config = t.config("");
+    // A dry run first: it reads the old rows as the default account's.
+    let run = t.command(
+        &[
+            "plan",
+            "manifests",
+            "--state",
+            "state.db",
+            "--output",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        KEY_US,
+    );
+    run.code(0);
+    assert_eq!(run.json()["summary"]["to_assert"], 0, "{}", run.stdout);
+    // Then apply: nothing confirmed is sent again.
+    t.apply(&config, KEY_US).code(0);
+    assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
+    let status = t.status();
+    assert_eq!(policy(&status, "eu")["account"], "brand-eu", "{status}");
+}
+
+#[test]
+fn a_429_storm_in_one_account_leaves_the_other_converging() {
+    // brand-us's server allows 2 requests a second, its client is told 100/s: it is
+    // answered 429 again and again. brand-eu's lists must not wait for it.
+    let t = Two::with_limits(
+        vec![],
+        vec![RateLimit {
+            max: 2,
+            window: Duration::from_secs(1),
+        }],
+    );
+    let mut eu_lists = Vec::new();
+    for i in 0..4 {
+        let list = format!("eu-{i}");
+        let e = emails(&format!("e{i}-"), 2);
+        t.eu.handle().add_contacts(&list, &e);
+        t.manifest(
+            &format!("{list}.yaml"),
+            &Policy::new(&list, &list).emails(&e).yaml(),
+        );
+        eu_lists.push(list);
+    }
+    for i in 0..8 {
+        let list = format!("us-{i}");
+        let u = emails(&format!("u{i}-"), 2);
+        t.us.handle().add_contacts(&list, &u);
+        t.manifest(
+            &format!("{list}.yaml"),
+            &Policy::new(&list, &list)
+                .spec("  account: brand-us\n")
+                .emails(&u)
+                .yaml(),
+        );
+    }
+    let config = t.config("");
+    let run = t.apply(&config, KEY_US);
+    for list in &eu_lists {
+        assert_eq!(t.eu.handle().member_count(list), 0, "{list}: {}", run.all());
+    }
+    assert_eq!(t.eu.handle().counters().count("remove", 429), 0);
+    let _ = &t.rt;
+}
