@@ -387,3 +387,79 @@ fn a_429_storm_in_one_account_leaves_the_other_converging() {
     assert_eq!(t.eu.handle().counters().count("remove", 429), 0);
     let _ = &t.rt;
 }
+
+/// `GET http://127.0.0.1:{port}{path}` on the test's runtime.
+fn get(rt: &tokio::runtime::Runtime, port: u16, path: &str) -> Option<(u16, String)> {
+    rt.block_on(async {
+        let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    })
+}
+
+#[test]
+fn one_daemon_converges_an_account_while_another_s_key_is_refused_and_says_which() {
+    let t = Two::new();
+    let (eu, us) = t.same_list_id_in_both();
+    let config = t.config("");
+    let port = support::free_port();
+    let child = listwarden()
+        .current_dir(t.dir.path())
+        .env_remove("AUTOSEND_API_URL")
+        .env("BRAND_US_KEY", "not-the-us-key")
+        .args([
+            "run",
+            "manifests",
+            "--state",
+            "state.db",
+            "--strategy",
+            "assert",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let converged = || eu.iter().all(|e| !t.eu.handle().is_member("list-1", e));
+    while !converged() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        converged(),
+        "brand-eu did not converge beside brand-us's refused key"
+    );
+    // brand-us's list is untouched, and the refusal is named, never green.
+    let readyz = loop {
+        let r = get(&t.rt, port, "/readyz");
+        if r.as_ref().is_some_and(|(_, b)| b.contains("brand-us"))
+            || std::time::Instant::now() > deadline
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (code, body) = readyz.expect("/readyz answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("brand-us"), "{body}");
+    assert!(us.iter().all(|u| t.us.handle().is_member("list-1", u)));
+    let (_, metrics) = get(&t.rt, port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("account=\"brand-eu\",list=\"list-1\",result=\"converged\""),
+        "{metrics}"
+    );
+    let (_, status) = get(&t.rt, port, "/status").unwrap();
+    assert!(!status.contains(KEY_EU) && !status.contains("not-the-us-key"));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains(KEY_EU) && !log.contains("not-the-us-key"),
+        "{log}"
+    );
+}
