@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use autosend_fake::{FakeAutoSend, FakeConfig, ListKind, RateLimit, RateWindow, RunningFake};
-use common::{email, list_id, release_dir};
+use common::{email, list_id, median_f64, release_dir, wait_watching};
 
 const BATCH: usize = 500;
 
@@ -162,18 +162,14 @@ fn one_run(args: &Args, dir: &Path, accounts: &[Account]) -> Run {
     }
     let mut child = cmd.spawn().expect("run listwarden (cargo build --release)");
     let mut last = vec![(0u64, Duration::ZERO); accounts.len()];
-    let status = loop {
+    let status = wait_watching(&mut child, || {
         for (i, a) in accounts.iter().enumerate() {
             let n = a.fake.counters().requests;
             if n != last[i].0 {
                 last[i] = (n, start.elapsed());
             }
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    });
     let wall = start.elapsed();
     Run {
         wall,
@@ -184,11 +180,6 @@ fn one_run(args: &Args, dir: &Path, accounts: &[Account]) -> Run {
             .collect(),
         ok: status.success(),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -227,7 +218,7 @@ fn main() {
             r.wall.as_secs_f64()
         );
     }
-    println!("| median | | | | {:.4} |\n", median(ratios));
+    println!("| median | | | | {:.4} |\n", median_f64(ratios));
     drop(accounts);
 
     // Storm isolation: A alone, then A beside B (server 1/s, budget 5/s).
@@ -264,6 +255,6 @@ fn main() {
             b.per_account[1].1
         );
     }
-    println!("| median | | | | {:.4} |", median(ratios));
+    println!("| median | | | | {:.4} |", median_f64(ratios));
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -174,7 +174,7 @@ async fn one_run(dir: &Path, memory_store: bool, run: usize) -> RunResult {
     assert!(!manifests.has_errors(), "{:?}", manifests.diagnostics);
     let options = PlanOptions {
         batch_size: BATCH,
-        rate_limits: format!("{RATE}/s").parse().unwrap(),
+        accounts: listwarden::account::Accounts::single(format!("{RATE}/s").parse().unwrap()),
         strategy: Strategy::Auto,
         ..PlanOptions::default()
     };

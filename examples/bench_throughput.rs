@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use autosend_fake::{FakeAutoSend, FakeConfig, ListKind, RateLimit, RateWindow};
-use common::{email, list_id, release_dir};
+use common::{email, list_id, median_f64, release_dir, wait_watching};
 
 const KEY: &str = "bench-key";
 const LISTS: usize = 4;
@@ -131,15 +131,11 @@ fn one_run(rt: &tokio::runtime::Runtime, args: &Args, dir: &Path, window: RateWi
         .expect("run listwarden (cargo build --release --bin listwarden)");
     // The fake has no clock of its own for its first request: watch its counter.
     let mut first_request = None;
-    let status = loop {
+    let status = wait_watching(&mut child, || {
         if first_request.is_none() && fake.counters().requests > 0 {
             first_request = Some(start.elapsed());
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    });
     let wall = start.elapsed();
     let counters = fake.counters();
     drop(running);
@@ -151,11 +147,6 @@ fn one_run(rt: &tokio::runtime::Runtime, args: &Args, dir: &Path, window: RateWi
         rate_limited: counters.rate_limited,
         ok: status.success(),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -195,7 +186,10 @@ fn main() {
                 r.rate_limited,
             );
         }
-        println!("| {window:?} | median | | | | | | {:.4} |", median(ratios));
+        println!(
+            "| {window:?} | median | | | | | | {:.4} |",
+            median_f64(ratios)
+        );
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }

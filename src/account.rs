@@ -17,14 +17,13 @@ use autosend::{Client, RateLimits};
 
 use crate::contact::{AccountName, quoted};
 use crate::manifest::{Diagnostic, InvalidPolicy, Manifests};
+use crate::store::{Store, StoreError};
 
 /// One account as planning sees it: no key needed (`plan` is offline).
 #[derive(Clone, Debug)]
 pub struct AccountInfo {
     pub name: AccountName,
     pub rate_limits: RateLimits,
-    /// Lists of this account reconciled at once; the command's `--concurrency` when unset.
-    pub concurrency: Option<usize>,
 }
 
 /// Which accounts exist, and the default one.
@@ -44,7 +43,6 @@ impl Accounts {
             accounts: vec![AccountInfo {
                 name: AccountName::default_account(),
                 rate_limits,
-                concurrency: None,
             }],
             default: Some(AccountName::default_account()),
             configured: false,
@@ -55,7 +53,6 @@ impl Accounts {
     /// checks it).
     pub fn configured(mut accounts: Vec<AccountInfo>, default: Option<AccountName>) -> Accounts {
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
-        accounts.dedup_by(|a, b| a.name == b.name);
         Accounts {
             accounts,
             default,
@@ -67,18 +64,6 @@ impl Accounts {
         self.configured
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &AccountInfo> {
-        self.accounts.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.accounts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
-    }
-
     pub fn get(&self, name: &AccountName) -> Option<&AccountInfo> {
         self.accounts
             .binary_search_by(|a| a.name.cmp(name))
@@ -88,6 +73,14 @@ impl Accounts {
 
     pub fn default_account(&self) -> Option<&AccountName> {
         self.default.as_ref()
+    }
+
+    /// The budget shown for the run as a whole: the one account's, or the default one's.
+    pub fn default_rate_limits(&self) -> RateLimits {
+        self.default
+            .as_ref()
+            .map(|a| self.rate_limits(a))
+            .unwrap_or_default()
     }
 
     /// The budget of `account`'s key (the default budget for an account not declared, which
@@ -161,6 +154,28 @@ pub fn resolve(manifests: &mut Manifests, accounts: &Accounts) {
         }
     }
     manifests.policies = kept;
+}
+
+/// With a config file, gives the store's rows from before accounts to the default account
+/// ([`Store::adopt_default_rows`]), and says so once: they were written with the one key of
+/// the environment, which the default account stands for. `apply` and `run` call it right
+/// after opening the store for writing, before any plan.
+pub fn adopt_default_rows(store: &Store, accounts: &Accounts) -> Result<(), StoreError> {
+    let Some(default) = accounts
+        .default_account()
+        .filter(|_| accounts.is_configured())
+    else {
+        return Ok(());
+    };
+    let lists = store.adopt_default_rows(default)?;
+    if lists > 0 {
+        tracing::info!(
+            account = %default,
+            lists,
+            "the state store's lists from before accounts now belong to the default account"
+        );
+    }
+    Ok(())
 }
 
 /// Lists reconciled at once over every account: each account's own bound keeps one
@@ -249,7 +264,6 @@ mod tests {
                 .map(|n| AccountInfo {
                     name: name(n),
                     rate_limits: RateLimits::default(),
-                    concurrency: None,
                 })
                 .collect(),
             default.map(name),

@@ -28,7 +28,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::contact::{AccountName, clipped, quoted};
-use crate::manifest::{API_VERSION, Diagnostic, bounds, fix_hint, source, yaml_error};
+use crate::manifest::{
+    API_VERSION, Diagnostic, bounds, check_header, fix_hint, source, yaml_error,
+};
 
 pub const KIND: &str = "Config";
 
@@ -232,31 +234,13 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
         return Err(diagnostics);
     };
 
-    match raw.api_version.as_deref() {
-        Some(API_VERSION) => {}
-        Some(other) => err(
-            "apiVersion",
-            format!(
-                "unsupported apiVersion {}; use {API_VERSION:?}",
-                quoted(other)
-            ),
-        ),
-        None => err(
-            "apiVersion",
-            format!("missing apiVersion; add `apiVersion: {API_VERSION}`"),
-        ),
-    }
-    match raw.kind.as_deref() {
-        Some(KIND) => {}
-        Some(other) => err(
-            "kind",
-            format!(
-                "unsupported kind {}; a config file is `kind: {KIND}`",
-                quoted(other)
-            ),
-        ),
-        None => err("kind", format!("missing kind; add `kind: {KIND}`")),
-    }
+    check_header(
+        raw.api_version.as_deref(),
+        raw.kind.as_deref(),
+        KIND,
+        "a config file is",
+        &mut err,
+    );
 
     let dir = path
         .parent()

@@ -87,7 +87,7 @@ fn assemble(blocks: &[String], limit: usize) -> String {
 
 fn blocks(manifests: &Manifests, plan: &Plan, verbose: bool) -> Vec<String> {
     let mut blocks = vec![format!("{MARKER}\n### listwarden plan\n\n")];
-    let limits = &plan.options.rate_limits;
+    let limits = plan.options.accounts.default_rate_limits();
     let refused: Vec<&ListPlan> = plan.lists.iter().filter(|l| l.refused.is_some()).collect();
     let changing = plan.lists.iter().filter(|l| l.has_work()).count();
     let requests = plan_requests(plan);

@@ -119,10 +119,8 @@ impl ListPlan {
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
     pub batch_size: usize,
-    /// The key's budget without a config file ([`PlanOptions::limits_for`]).
-    pub rate_limits: RateLimits,
-    /// The accounts served: each policy's account is settled against them after a load, and
-    /// each account's requests are timed at its own budget.
+    /// The accounts served, with each key's budget: each policy's account is settled
+    /// against them after a load, and each account's requests are timed at its budget.
     pub accounts: Accounts,
     /// Unix seconds.
     pub now: i64,
@@ -140,13 +138,9 @@ pub struct PlanOptions {
 }
 
 impl PlanOptions {
-    /// The budget of `account`'s key: the config file's, or `rate_limits` without one.
+    /// The budget of `account`'s key.
     pub fn limits_for(&self, account: &AccountName) -> RateLimits {
-        if self.accounts.is_configured() {
-            self.accounts.rate_limits(account)
-        } else {
-            self.rate_limits.clone()
-        }
+        self.accounts.rate_limits(account)
     }
 }
 
@@ -163,7 +157,6 @@ impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             batch_size: DEFAULT_BATCH_SIZE,
-            rate_limits: RateLimits::default(),
             accounts: Accounts::single(RateLimits::default()),
             now: crate::clock::now_unix(),
             resync_after: DEFAULT_RESYNC_AFTER,

@@ -203,7 +203,7 @@ pub fn plan_document<'a>(
             .map(|&i| manifests.policies[i].name.as_str())
             .collect()
     };
-    let limits = &plan.options.rate_limits;
+    let limits = plan.options.accounts.default_rate_limits();
     let lists = plan
         .lists
         .iter()
@@ -316,7 +316,7 @@ fn counts_line(label: &str, c: &Counts) -> String {
 
 pub fn plan_text(manifests: &Manifests, plan: &Plan, verbose: bool) -> String {
     let mut out = String::new();
-    let limits = &plan.options.rate_limits;
+    let limits = plan.options.accounts.default_rate_limits();
     let name = |i: usize| manifests.policies[i].name.as_str();
     for l in &plan.lists {
         let _ = writeln!(out, "list {}", l.list);

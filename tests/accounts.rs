@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use autosend_fake::{FakeAutoSend, RateLimit, RunningFake};
+use autosend_fake::{FakeAutoSend, RunningFake};
 
 use support::fake::fake_config;
 use support::{Policy, Run, emails, listwarden, output, write};
@@ -26,22 +26,16 @@ struct Two {
 
 impl Two {
     fn new() -> Two {
-        Two::with_limits(vec![], vec![])
-    }
-
-    fn with_limits(eu: Vec<RateLimit>, us: Vec<RateLimit>) -> Two {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let serve = |key: &str, limits: Vec<RateLimit>| {
-            let mut config = fake_config(key);
-            config.rate_limits = limits;
-            rt.block_on(FakeAutoSend::new(config).serve_local())
+        let serve = |key: &str| {
+            rt.block_on(FakeAutoSend::new(fake_config(key)).serve_local())
                 .unwrap()
         };
-        let (eu, us) = (serve(KEY_EU, eu), serve(KEY_US, us));
+        let (eu, us) = (serve(KEY_EU), serve(KEY_US));
         let dir = tempfile::tempdir().unwrap();
         write(&dir.path().join("keys/eu.key"), &format!("{KEY_EU}\n"));
         Two { eu, us, rt, dir }
@@ -52,11 +46,11 @@ impl Two {
     }
 
     /// A config: brand-eu (key file, the default) and brand-us (key from BRAND_US_KEY).
-    fn config(&self, extra_us: &str) -> PathBuf {
+    fn config(&self) -> PathBuf {
         let text = format!(
             "apiVersion: listwarden.dev/v1\nkind: Config\naccounts:\n  - name: brand-eu\n    \
              apiKeyFile: keys/eu.key\n    apiUrl: {}\n    rateLimit: 100/s\n  - name: brand-us\n    \
-             apiKeyEnv: BRAND_US_KEY\n    apiUrl: {}\n    rateLimit: 100/s\n{extra_us}\
+             apiKeyEnv: BRAND_US_KEY\n    apiUrl: {}\n    rateLimit: 100/s\n\
              defaultAccount: brand-eu\n",
             self.eu.base_url(),
             self.us.base_url()
@@ -117,6 +111,15 @@ impl Two {
     }
 }
 
+/// (ready, reason) of policy `name` in a status document.
+fn condition(status: &serde_json::Value, name: &str) -> (String, String) {
+    let c = &policy(status, name)["condition"];
+    (
+        c["ready"].as_str().unwrap_or("?").to_string(),
+        c["reason"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
 fn policy<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["policies"]
         .as_array()
@@ -130,7 +133,7 @@ fn policy<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 fn each_account_s_lists_go_to_its_own_server_with_its_own_key() {
     let t = Two::new();
     let (eu, us) = t.same_list_id_in_both();
-    let config = t.config("");
+    let config = t.config();
     let run = t.apply(&config, KEY_US);
     run.code(0);
     for e in &eu {
@@ -177,7 +180,7 @@ fn each_account_s_lists_go_to_its_own_server_with_its_own_key() {
 fn a_refused_key_fails_only_its_account_and_the_other_converges() {
     let t = Two::new();
     let (eu, _) = t.same_list_id_in_both();
-    let config = t.config("");
+    let config = t.config();
     let run = t.apply(&config, "not-the-us-key");
     assert_ne!(run.code, 0, "{}", run.all());
     assert!(run.all().contains("brand-us"), "{}", run.all());
@@ -185,16 +188,8 @@ fn a_refused_key_fails_only_its_account_and_the_other_converges() {
         assert!(!t.eu.handle().is_member("list-1", e));
     }
     let status = t.status();
-    assert_eq!(
-        policy(&status, "eu")["condition"]["ready"],
-        "True",
-        "{status}"
-    );
-    assert_eq!(
-        policy(&status, "us")["condition"]["reason"],
-        "Unauthorized",
-        "{status}"
-    );
+    assert_eq!(condition(&status, "eu").0, "True", "{status}");
+    assert_eq!(condition(&status, "us").1, "Unauthorized", "{status}");
     assert!(!run.all().contains("not-the-us-key"));
 }
 
@@ -202,7 +197,7 @@ fn a_refused_key_fails_only_its_account_and_the_other_converges() {
 fn an_unreadable_key_file_fails_only_its_account() {
     let t = Two::new();
     let (_, us) = t.same_list_id_in_both();
-    let config = t.config("");
+    let config = t.config();
     std::fs::remove_file(t.path("keys/eu.key")).unwrap();
     let run = t.apply(&config, KEY_US);
     assert_ne!(run.code, 0);
@@ -211,23 +206,15 @@ fn an_unreadable_key_file_fails_only_its_account() {
         assert!(!t.us.handle().is_member("list-1", u));
     }
     let status = t.status();
-    assert_eq!(
-        policy(&status, "eu")["condition"]["reason"],
-        "Unauthorized",
-        "{status}"
-    );
-    assert_eq!(
-        policy(&status, "us")["condition"]["ready"],
-        "True",
-        "{status}"
-    );
+    assert_eq!(condition(&status, "eu").1, "Unauthorized", "{status}");
+    assert_eq!(condition(&status, "us").0, "True", "{status}");
 }
 
 #[test]
 fn a_key_in_the_environment_beside_a_config_is_refused_as_two_sources_of_truth() {
     let t = Two::new();
     t.same_list_id_in_both();
-    let config = t.config("");
+    let config = t.config();
     let mut cmd = listwarden();
     cmd.current_dir(t.dir.path())
         .env("AUTOSEND_API_KEY", KEY_EU)
@@ -259,7 +246,7 @@ fn a_policy_naming_an_undeclared_account_is_a_manifest_error_and_sends_nothing()
             .emails(&["x@example.com"])
             .yaml(),
     );
-    let config = t.config("");
+    let config = t.config();
     let run = t.command(
         &[
             "validate",
@@ -288,16 +275,8 @@ fn a_policy_naming_an_undeclared_account_is_a_manifest_error_and_sends_nothing()
     assert!(t.eu.handle().is_member("list-2", "x@example.com"));
     assert!(t.us.handle().is_member("list-2", "x@example.com"));
     let status = t.status();
-    assert_eq!(
-        policy(&status, "eu")["condition"]["ready"],
-        "True",
-        "{status}"
-    );
-    assert_eq!(
-        policy(&status, "us")["condition"]["ready"],
-        "True",
-        "{status}"
-    );
+    assert_eq!(condition(&status, "eu").0, "True", "{status}");
+    assert_eq!(condition(&status, "us").0, "True", "{status}");
 }
 
 #[test]
@@ -322,7 +301,7 @@ fn a_store_from_before_accounts_is_adopted_by_the_default_account_and_nothing_is
     output(&mut cmd).code(0);
     assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
 
-    let config = t.config("");
+    let config = t.config();
     // A dry run first: it reads the old rows as the default account's.
     let run = t.command(
         &[
@@ -380,7 +359,7 @@ fn a_429_storm_in_one_account_leaves_the_other_converging() {
                 .yaml(),
         );
     }
-    let config = t.config("");
+    let config = t.config();
     let run = t.apply(&config, KEY_US);
     for list in &eu_lists {
         assert_eq!(t.eu.handle().member_count(list), 0, "{list}: {}", run.all());
@@ -409,7 +388,7 @@ fn get(rt: &tokio::runtime::Runtime, port: u16, path: &str) -> Option<(u16, Stri
 fn one_daemon_converges_an_account_while_another_s_key_is_refused_and_says_which() {
     let t = Two::new();
     let (eu, us) = t.same_list_id_in_both();
-    let config = t.config("");
+    let config = t.config();
     let port = support::free_port();
     let child = listwarden()
         .current_dir(t.dir.path())

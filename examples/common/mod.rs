@@ -100,3 +100,21 @@ pub fn wrapped(cmd: &Command, tool: &str, tool_args: &[&std::ffi::OsStr]) -> Com
         .current_dir(cmd.get_current_dir().unwrap_or(Path::new(".")));
     out
 }
+
+/// Waits for `child` to exit, calling `watch` every 2 ms meanwhile: the fake has no clock
+/// of its own for when it saw a request, so a benchmark reads its counters this often.
+pub fn wait_watching(child: &mut Child, mut watch: impl FnMut()) -> std::process::ExitStatus {
+    loop {
+        watch();
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

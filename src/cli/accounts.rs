@@ -3,12 +3,13 @@
 //! `plan --refresh` get the same clients from the same settings.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::{ApiFlags, PlanFlags};
 use autosend::{Client, RateLimits};
 use listwarden::account::{AccountInfo, Accounts, Clients};
-use listwarden::config::Config;
+use listwarden::config::{Config, KeySource};
 use listwarden::contact::AccountName;
 
 /// The accounts of a command, and the config file they came from, if any.
@@ -19,15 +20,20 @@ pub struct Setup {
 
 /// Reads the config file when one is given, and refuses settings that would be a second
 /// source of truth beside it (a key, a URL or a budget from flags or the environment).
-pub fn setup(flags: &PlanFlags, api: Option<&ApiFlags>) -> Result<Setup, String> {
-    let Some(path) = &flags.config else {
+/// `api` is `None` for commands that never call AutoSend.
+pub fn setup(
+    config: Option<&Path>,
+    rate_limit: Option<&RateLimits>,
+    api: Option<&ApiFlags>,
+) -> Result<Setup, String> {
+    let Some(path) = config else {
         return Ok(Setup {
-            accounts: Accounts::single(flags.rate_limit.clone().unwrap_or_default()),
+            accounts: Accounts::single(rate_limit.cloned().unwrap_or_default()),
             config: None,
         });
     };
     let mut clashes: Vec<&str> = Vec::new();
-    if flags.rate_limit.is_some() {
+    if rate_limit.is_some() {
         clashes.push("--rate-limit (or LISTWARDEN_RATE_LIMIT)");
     }
     if let Some(api) = api {
@@ -68,7 +74,6 @@ pub fn setup(flags: &PlanFlags, api: Option<&ApiFlags>) -> Result<Setup, String>
             .map(|a| AccountInfo {
                 name: a.name.clone(),
                 rate_limits: a.rate_limits.clone().unwrap_or_default(),
-                concurrency: a.concurrency,
             })
             .collect(),
         config.default_account.clone(),
@@ -100,7 +105,11 @@ pub fn clients(
     let mut concurrency = BTreeMap::new();
     for spec in &config.accounts {
         let client = spec.client_config().and_then(|mut c| {
-            super::commands::warn_exposure(None, &c.base_url);
+            let key_file = match &spec.api_key {
+                KeySource::File(path) => Some(path.as_path()),
+                KeySource::Env(_) => None,
+            };
+            super::commands::warn_exposure(key_file, &c.base_url);
             tune(&mut c, api);
             Client::new(c).map_err(|e| format!("account {}: {e}", spec.name))
         });
@@ -120,11 +129,6 @@ pub fn tune(config: &mut autosend::ClientConfig, api: &ApiFlags) {
     config.max_retries = api.max_retries;
     config.min_backoff = api.retry_backoff.0;
     config.max_backoff = config.max_backoff.max(api.retry_backoff.0);
-}
-
-/// The budget shown for an account without a config file.
-pub fn single_rate(flags: &PlanFlags) -> RateLimits {
-    flags.rate_limit.clone().unwrap_or_default()
 }
 
 /// Observes nothing.

@@ -89,25 +89,6 @@ fn plain_http_to_another_host(base_url: &str) -> bool {
     !loopback
 }
 
-/// With a config file, gives the store's rows from before accounts to the default account
-/// (they were written with the one key of the environment it stands for), and says so once.
-fn adopt(store: &Store, setup: &super::accounts::Setup) -> Result<(), String> {
-    let (Some(_), Some(default)) = (&setup.config, setup.accounts.default_account()) else {
-        return Ok(());
-    };
-    let adopted = store
-        .adopt_default_rows(default)
-        .map_err(|e| e.to_string())?;
-    if adopted > 0 {
-        tracing::info!(
-            account = %default,
-            lists = adopted,
-            "the state store's lists from before accounts now belong to the default account"
-        );
-    }
-    Ok(())
-}
-
 /// A progress bar on a terminal, a log line a batch otherwise.
 struct ApplyProgress {
     bar: Option<ProgressBar>,
@@ -159,10 +140,7 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let setup = match or_exit(super::accounts::setup(
-        &args.sync.flags,
-        Some(&args.sync.api),
-    )) {
+    let setup = match or_exit(args.sync.flags.accounts(Some(&args.sync.api))) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -180,7 +158,8 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         Ok(s) => Arc::new(s),
         Err(code) => return code,
     };
-    if let Err(code) = or_exit(adopt(&store, &setup)) {
+    let adopted = listwarden::account::adopt_default_rows(&store, &setup.accounts);
+    if let Err(code) = or_exit(adopted.map_err(|e| e.to_string())) {
         return code;
     }
     let mut options = plan_options(&args.sync.flags, setup.accounts.clone());
@@ -521,10 +500,7 @@ fn webhook_config(
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.sync.log_format);
     let metrics = Arc::new(listwarden::metrics::Metrics::new());
-    let setup = match or_exit(super::accounts::setup(
-        &args.sync.flags,
-        Some(&args.sync.api),
-    )) {
+    let setup = match or_exit(args.sync.flags.accounts(Some(&args.sync.api))) {
         Ok(s) => s,
         Err(code) => return code,
     };

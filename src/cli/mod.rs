@@ -447,16 +447,9 @@ pub enum PlanOutput {
 }
 
 impl PlanFlags {
-    /// The defaults, for `validate`, which takes none of these flags but `--config`.
-    fn default_for_validate() -> PlanFlags {
-        PlanFlags {
-            batch_size: plan::DEFAULT_BATCH_SIZE,
-            rate_limit: None,
-            config: None,
-            max_removals: None,
-            strategy: Strategy::Auto,
-            max_forget_percent: listwarden::hold::DEFAULT_MAX_FORGET_PERCENT,
-        }
+    /// The accounts these flags name: the config file's, or the environment's one.
+    pub fn accounts(&self, api: Option<&ApiFlags>) -> Result<accounts::Setup, String> {
+        accounts::setup(self.config.as_deref(), self.rate_limit.as_ref(), api)
     }
 }
 
@@ -587,20 +580,11 @@ fn validate(args: &ValidateArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let accounts = match &args.config {
-        None => listwarden::account::Accounts::single(Default::default()),
-        Some(config) => {
-            let flags = PlanFlags {
-                config: Some(config.clone()),
-                ..PlanFlags::default_for_validate()
-            };
-            match accounts::setup(&flags, None) {
-                Ok(s) => s.accounts,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return EXIT_ERROR;
-                }
-            }
+    let accounts = match accounts::setup(args.config.as_deref(), None, None) {
+        Ok(s) => s.accounts,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERROR;
         }
     };
     let mut m = manifest::load(&args.path);
@@ -644,7 +628,6 @@ pub fn print_json(doc: &impl serde::Serialize) {
 pub fn plan_options(flags: &PlanFlags, accounts: listwarden::account::Accounts) -> PlanOptions {
     PlanOptions {
         batch_size: flags.batch_size,
-        rate_limits: accounts::single_rate(flags),
         accounts,
         max_removals: flags.max_removals,
         max_forget_percent: flags.max_forget_percent,
@@ -665,7 +648,7 @@ fn plan_command(args: &PlanArgs) -> u8 {
             return EXIT_ERROR;
         }
     };
-    let setup = match accounts::setup(&args.flags, args.refresh.then_some(&args.api)) {
+    let setup = match args.flags.accounts(args.refresh.then_some(&args.api)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

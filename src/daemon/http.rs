@@ -87,21 +87,20 @@ impl Shared {
             return Some("waiting for the state store: another listwarden holds its lock".into());
         }
         {
-            let refused = self.unauthorized.lock().unwrap_or_else(|p| p.into_inner());
             // A refused key never looks green, even when other accounts converge.
-            if refused
-                .keys()
-                .any(|a| a == crate::contact::AccountName::DEFAULT)
-                && refused.len() == 1
-            {
-                return Some("AutoSend refused the API key".into());
-            }
-            if !refused.is_empty() {
-                let names: Vec<&str> = refused.keys().map(String::as_str).collect();
-                return Some(format!(
-                    "AutoSend refused the API key of account {} (or it could not be read)",
-                    names.join(", ")
-                ));
+            let refused = self.unauthorized.lock().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<&str> = refused.keys().map(String::as_str).collect();
+            match names.as_slice() {
+                [] => {}
+                [only] if *only == crate::contact::AccountName::DEFAULT => {
+                    return Some("AutoSend refused the API key".into());
+                }
+                _ => {
+                    return Some(format!(
+                        "the API key of account {} was refused by AutoSend or cannot be read",
+                        names.join(", ")
+                    ));
+                }
             }
         }
         if !self.first_pass_done.load(Ordering::Relaxed) {

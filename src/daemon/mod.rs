@@ -166,22 +166,7 @@ pub async fn run(
         },
     };
     let _ = shared.store.set(store.clone());
-    // With a config file, the rows from before accounts are the default account's.
-    if config.plan.accounts.is_configured()
-        && let Some(default) = config.plan.accounts.default_account()
-    {
-        match store.adopt_default_rows(default) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(account = %default, lists = n, "the state store's lists from before accounts now belong to the default account")
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot adopt the store's rows for account {default}: {e}"
-                ));
-            }
-        }
-    }
+    crate::account::adopt_default_rows(&store, &config.plan.accounts).map_err(|e| e.to_string())?;
     let inbox = Arc::new(tokio::sync::Notify::new());
     let webhook_task = match config.webhook.clone() {
         Some(wh) => {

@@ -29,6 +29,7 @@ pub use events::{EventFilter, EventSourceKind};
 use file::load_file;
 // The config file reads YAML the same way and words its problems the same way.
 pub(crate) use file::{fix_hint, yaml_error};
+pub(crate) use validate::check_header;
 pub use validate::{digest, revision, revision_with_events};
 
 pub const API_VERSION: &str = "listwarden.dev/v1";

@@ -41,31 +41,13 @@ pub(super) fn validate(
         );
     };
 
-    match raw.api_version.as_deref() {
-        Some(API_VERSION) => {}
-        Some(other) => err(
-            "apiVersion",
-            format!(
-                "unsupported apiVersion {}; use {API_VERSION:?}",
-                quoted(other)
-            ),
-        ),
-        None => err(
-            "apiVersion",
-            format!("missing apiVersion; add `apiVersion: {API_VERSION}`"),
-        ),
-    }
-    match raw.kind.as_deref() {
-        Some(KIND) => {}
-        Some(other) => err(
-            "kind",
-            format!(
-                "unsupported kind {}; listwarden reads only `kind: {KIND}`",
-                quoted(other)
-            ),
-        ),
-        None => err("kind", format!("missing kind; add `kind: {KIND}`")),
-    }
+    check_header(
+        raw.api_version.as_deref(),
+        raw.kind.as_deref(),
+        KIND,
+        "listwarden reads only",
+        &mut err,
+    );
     match (&raw.metadata, &name_raw) {
         (None, _) => err(
             "metadata",
@@ -270,6 +252,43 @@ pub(super) fn validate(
         event_only_ids: std::sync::Arc::from([]),
         revision,
     })
+}
+
+/// The `apiVersion` and `kind` of a document (a manifest's, the config file's): each problem
+/// reported on its field, with the line to write. `wrong_kind` starts the hint of a kind
+/// that is not `kind` ("a config file is").
+pub(crate) fn check_header(
+    api_version: Option<&str>,
+    kind: Option<&str>,
+    expected_kind: &str,
+    wrong_kind: &str,
+    err: &mut impl FnMut(&str, String),
+) {
+    match api_version {
+        Some(API_VERSION) => {}
+        Some(other) => err(
+            "apiVersion",
+            format!(
+                "unsupported apiVersion {}; use {API_VERSION:?}",
+                quoted(other)
+            ),
+        ),
+        None => err(
+            "apiVersion",
+            format!("missing apiVersion; add `apiVersion: {API_VERSION}`"),
+        ),
+    }
+    match kind {
+        Some(k) if k == expected_kind => {}
+        Some(other) => err(
+            "kind",
+            format!(
+                "unsupported kind {}; {wrong_kind} `kind: {expected_kind}`",
+                quoted(other)
+            ),
+        ),
+        None => err("kind", format!("missing kind; add `kind: {expected_kind}`")),
+    }
 }
 
 fn invalid(

@@ -232,6 +232,9 @@ impl Acc {
 
 /// Why a list's sends stopped.
 enum Stop {
+    /// The list's account has no client (its key could not be read): its lists fail, no
+    /// other account's.
+    NoClient(String),
     Api(ApiError),
     Store(StoreError),
     Segment,
@@ -261,6 +264,7 @@ impl From<Stop> for ListResult {
             },
             Stop::Store(e) => ListResult::StoreFailed(e.to_string()),
             Stop::Segment => ListResult::ListIsSegment,
+            Stop::NoClient(why) => ListResult::Unauthorized(why),
         }
     }
 }
@@ -350,14 +354,9 @@ pub async fn reconcile_list(ctx: &Context, policies: &[Policy], plan: &ListPlan)
         ListResult::Refused(refusal.to_string())
     } else if plan.to_assert() == 0 {
         ListResult::Converged
-    } else if let Err(why) = ctx.clients.get(&plan.list.account) {
-        // The account's key could not be read: its lists fail, no other account's.
-        ListResult::Unauthorized(why)
     } else {
         ctx.progress.list_started(&plan.list, plan.to_assert());
-        let client = ctx.clients.get(&plan.list.account).expect("checked above");
-        let converge =
-            AssertUnwindSafe(run(ctx, client, plan, &tally, &mut acc, &mut contact_count));
+        let converge = AssertUnwindSafe(run(ctx, plan, &tally, &mut acc, &mut contact_count));
         match converge.catch_unwind().await {
             Ok(Ok(())) if acc.outcome.failed > 0 || acc.outcome.unaccounted > 0 => {
                 ListResult::PartiallyFailed
@@ -403,12 +402,15 @@ fn quiet_outcome(plan: &ListPlan) -> ListOutcome {
 
 async fn run(
     ctx: &Context,
-    client: &Client,
     plan: &ListPlan,
     tally: &Tally,
     acc: &mut Acc,
     contact_count: &mut Option<u64>,
 ) -> Result<(), Stop> {
+    let client = ctx
+        .clients
+        .get(&plan.list.account)
+        .map_err(Stop::NoClient)?;
     let info = client.get_list(plan.list.as_str(), tally).await?;
     if info.is_segment() {
         return Err(Stop::Segment);

@@ -7,6 +7,44 @@ use rusqlite::Connection;
 
 use super::{StoreError, sql};
 
+/// The triggers that keep each list's counts of confirmed, failed and unaccounted contacts,
+/// in the same transaction as the rows. Schema 4 made them; schema 6 drops and makes them
+/// again around its rebuild of `lists`: one text, so the two can never differ.
+macro_rules! count_triggers {
+    () => {
+        "CREATE TRIGGER contacts_count_insert AFTER INSERT ON contacts BEGIN
+        UPDATE lists SET
+          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
+                                   AND NEW.unaccounted = 0),
+          failed = failed + (NEW.failed_at IS NOT NULL),
+          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
+        WHERE id = NEW.list;
+     END;
+     CREATE TRIGGER contacts_count_delete AFTER DELETE ON contacts BEGIN
+        UPDATE lists SET
+          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
+                                   AND OLD.unaccounted = 0),
+          failed = failed - (OLD.failed_at IS NOT NULL),
+          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
+        WHERE id = OLD.list;
+     END;
+     CREATE TRIGGER contacts_count_update AFTER UPDATE ON contacts BEGIN
+        UPDATE lists SET
+          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
+                                   AND OLD.unaccounted = 0),
+          failed = failed - (OLD.failed_at IS NOT NULL),
+          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
+        WHERE id = OLD.list;
+        UPDATE lists SET
+          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
+                                   AND NEW.unaccounted = 0),
+          failed = failed + (NEW.failed_at IS NOT NULL),
+          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
+        WHERE id = NEW.list;
+     END;"
+    };
+}
+
 /// Each entry migrates from version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
     // 0 -> 1
@@ -81,7 +119,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     //
     // List ids are numbered in list order and the old rows are read in key order, so the new
     // table is written by appending, never by splitting pages.
-    "CREATE TABLE lists_v4 (
+    concat!(
+        "CREATE TABLE lists_v4 (
         id               INTEGER PRIMARY KEY,
         list_id          TEXT NOT NULL UNIQUE,
         last_attempt_at  INTEGER,
@@ -134,36 +173,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
                 COUNT(failed_at),
                 COUNT(*) FILTER (WHERE unaccounted > 0 AND failed_at IS NULL)
          FROM contacts WHERE list = lists.id);
-     CREATE TRIGGER contacts_count_insert AFTER INSERT ON contacts BEGIN
-        UPDATE lists SET
-          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
-                                   AND NEW.unaccounted = 0),
-          failed = failed + (NEW.failed_at IS NOT NULL),
-          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
-        WHERE id = NEW.list;
-     END;
-     CREATE TRIGGER contacts_count_delete AFTER DELETE ON contacts BEGIN
-        UPDATE lists SET
-          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
-                                   AND OLD.unaccounted = 0),
-          failed = failed - (OLD.failed_at IS NOT NULL),
-          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
-        WHERE id = OLD.list;
-     END;
-     CREATE TRIGGER contacts_count_update AFTER UPDATE ON contacts BEGIN
-        UPDATE lists SET
-          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
-                                   AND OLD.unaccounted = 0),
-          failed = failed - (OLD.failed_at IS NOT NULL),
-          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
-        WHERE id = OLD.list;
-        UPDATE lists SET
-          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
-                                   AND NEW.unaccounted = 0),
-          failed = failed + (NEW.failed_at IS NOT NULL),
-          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
-        WHERE id = NEW.list;
-     END;",
+     ",
+        count_triggers!()
+    ),
     // 4 -> 5: webhooks. The inbox of verified events (committed before the delivery is
     // answered, handled after; kept through the freshness window to recognise retries and
     // replays by digest or delivery id), and the contacts events fed to policies: one row
@@ -210,7 +222,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // small `lists` table is rebuilt: contact rows key their list by its integer id, which
     // is kept, so a store of ten million contacts migrates in moments. The count triggers
     // name `lists`, so they are dropped and made again around the rebuild.
-    "DROP TRIGGER contacts_count_insert;
+    concat!(
+        "DROP TRIGGER contacts_count_insert;
      DROP TRIGGER contacts_count_delete;
      DROP TRIGGER contacts_count_update;
      CREATE TABLE lists_v6 (
@@ -242,39 +255,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         FROM lists;
      DROP TABLE lists;
      ALTER TABLE lists_v6 RENAME TO lists;
-     CREATE TRIGGER contacts_count_insert AFTER INSERT ON contacts BEGIN
-        UPDATE lists SET
-          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
-                                   AND NEW.unaccounted = 0),
-          failed = failed + (NEW.failed_at IS NOT NULL),
-          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
-        WHERE id = NEW.list;
-     END;
-     CREATE TRIGGER contacts_count_delete AFTER DELETE ON contacts BEGIN
-        UPDATE lists SET
-          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
-                                   AND OLD.unaccounted = 0),
-          failed = failed - (OLD.failed_at IS NOT NULL),
-          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
-        WHERE id = OLD.list;
-     END;
-     CREATE TRIGGER contacts_count_update AFTER UPDATE ON contacts BEGIN
-        UPDATE lists SET
-          confirmed = confirmed - (OLD.confirmed_at IS NOT NULL AND OLD.failed_at IS NULL
-                                   AND OLD.unaccounted = 0),
-          failed = failed - (OLD.failed_at IS NOT NULL),
-          unaccounted = unaccounted - (OLD.unaccounted > 0 AND OLD.failed_at IS NULL)
-        WHERE id = OLD.list;
-        UPDATE lists SET
-          confirmed = confirmed + (NEW.confirmed_at IS NOT NULL AND NEW.failed_at IS NULL
-                                   AND NEW.unaccounted = 0),
-          failed = failed + (NEW.failed_at IS NOT NULL),
-          unaccounted = unaccounted + (NEW.unaccounted > 0 AND NEW.failed_at IS NULL)
-        WHERE id = NEW.list;
-     END;
+     ",
+        count_triggers!(),
+        "
      ALTER TABLE policies ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
      ALTER TABLE event_contacts ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
-     ALTER TABLE webhook_events ADD COLUMN account TEXT NOT NULL DEFAULT 'default';",
+     ALTER TABLE webhook_events ADD COLUMN account TEXT NOT NULL DEFAULT 'default';"
+    ),
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

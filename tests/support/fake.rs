@@ -237,7 +237,7 @@ pub fn fast_config(base_url: &str, key: &str) -> ClientConfig {
 pub fn plan_options(batch_size: usize, strategy: Strategy) -> PlanOptions {
     PlanOptions {
         batch_size,
-        rate_limits: RateLimits(vec![]),
+        accounts: listwarden::account::Accounts::single(RateLimits(vec![])),
         strategy,
         ..PlanOptions::default()
     }
