@@ -130,6 +130,11 @@ impl AccountSpec {
             .as_deref()
             .unwrap_or(autosend::DEFAULT_BASE_URL);
         let mut config = autosend::ClientConfig::new(base, key);
+        config.key_source = format!(
+            "the {} of account {} in the config file",
+            self.api_key.describe("apiKey"),
+            self.name
+        );
         config.project_id = self.project_id.clone();
         if let Some(limits) = &self.rate_limits {
             config.rate_limits = limits.clone();

@@ -184,6 +184,13 @@ fn a_refused_key_fails_only_its_account_and_the_other_converges() {
     let run = t.apply(&config, "not-the-us-key");
     assert_ne!(run.code, 0, "{}", run.all());
     assert!(run.all().contains("brand-us"), "{}", run.all());
+    // The message says where this account's key comes from, not AUTOSEND_API_KEY.
+    assert!(
+        run.all()
+            .contains("environment variable BRAND_US_KEY (apiKeyEnv) of account brand-us"),
+        "{}",
+        run.all()
+    );
     for e in &eu {
         assert!(!t.eu.handle().is_member("list-1", e));
     }

@@ -391,6 +391,7 @@ impl Client {
                         status: status.as_u16(),
                         code,
                         message,
+                        key_source: self.config.key_source.clone(),
                     });
                 }
                 StatusCode::NOT_FOUND => {

@@ -125,6 +125,9 @@ pub enum ConfigError {
 pub struct ClientConfig {
     pub base_url: String,
     pub api_key: ApiKey,
+    /// Where the key came from, for the message of a refused key (never the key):
+    /// `AUTOSEND_API_KEY / --api-key-file` unless whoever read it says otherwise.
+    pub key_source: String,
     pub project_id: Option<String>,
     pub rate_limits: RateLimits,
     pub connect_timeout: Duration,
@@ -143,6 +146,7 @@ impl ClientConfig {
         ClientConfig {
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
+            key_source: "AUTOSEND_API_KEY / --api-key-file".to_string(),
             project_id: None,
             rate_limits: RateLimits::default(),
             connect_timeout: Duration::from_secs(10),

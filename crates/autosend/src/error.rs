@@ -9,11 +9,13 @@ use crate::sanitise::sanitise;
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401, 402, 403: the key is missing, invalid, unpaid or lacks permission. Stops the run.
-    #[error("AutoSend refused the API key ({status} {code}): {message}; check AUTOSEND_API_KEY / --api-key-file{}", if *status == 402 { " and the account's plan" } else { "" })]
+    #[error("AutoSend refused the API key ({status} {code}): {message}; check {key_source}{}", if *status == 402 { " and the account's plan" } else { "" })]
     Auth {
         status: u16,
         code: String,
         message: String,
+        /// Where the key came from ([`crate::ClientConfig::key_source`]).
+        key_source: String,
     },
     #[error("not found (404): {message}")]
     NotFound { message: String },
