@@ -92,7 +92,7 @@ fn plain_http_to_another_host(base_url: &str) -> bool {
 /// With a config file, gives the store's rows from before accounts to the default account
 /// (they were written with the one key of the environment it stands for), and says so once.
 fn adopt(store: &Store, setup: &super::accounts::Setup) -> Result<(), String> {
-    let (Some(_), Some(default)) = (&setup.config, setup.accounts.default_account()) else {
+    let Some(default) = setup.accounts.adopter() else {
         return Ok(());
     };
     let adopted = store

@@ -167,9 +167,7 @@ pub async fn run(
     };
     let _ = shared.store.set(store.clone());
     // With a config file, the rows from before accounts are the default account's.
-    if config.plan.accounts.is_configured()
-        && let Some(default) = config.plan.accounts.default_account()
-    {
+    if let Some(default) = config.plan.accounts.adopter() {
         match store.adopt_default_rows(default) {
             Ok(0) => {}
             Ok(n) => {

@@ -1,0 +1,157 @@
+//! Attacks on the isolation of accounts (`--config`): one account's confirmations must never
+//! stand for another's, whatever the accounts are named and however the runs interleave.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use autosend_fake::{FakeAutoSend, RunningFake};
+
+use support::fake::fake_config;
+use support::{Policy, Run, emails, listwarden, output, write};
+
+const KEY_EU: &str = "key-eu-7f3a9c";
+const KEY_US: &str = "key-us-2b8d41";
+
+/// Two fakes, one per AutoSend project, and a directory for config, manifests and store.
+struct Two {
+    eu: RunningFake,
+    us: RunningFake,
+    _rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+}
+
+impl Two {
+    fn new() -> Two {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let serve = |key: &str| {
+            rt.block_on(FakeAutoSend::new(fake_config(key)).serve_local())
+                .unwrap()
+        };
+        let (eu, us) = (serve(KEY_EU), serve(KEY_US));
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("keys/eu.key"), &format!("{KEY_EU}\n"));
+        Two {
+            eu,
+            us,
+            _rt: rt,
+            dir,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A config of two accounts: `eu_name` (key file, eu's server) and `us_name` (key from
+    /// BRAND_US_KEY, us's server); `default` is the defaultAccount.
+    fn config(&self, eu_name: &str, us_name: &str, default: &str) -> PathBuf {
+        let text = format!(
+            "apiVersion: listwarden.dev/v1\nkind: Config\naccounts:\n  - name: {eu_name}\n    \
+             apiKeyFile: keys/eu.key\n    apiUrl: {}\n    rateLimit: 100/s\n  - name: {us_name}\n    \
+             apiKeyEnv: BRAND_US_KEY\n    apiUrl: {}\n    rateLimit: 100/s\n\
+             defaultAccount: {default}\n",
+            self.eu.base_url(),
+            self.us.base_url()
+        );
+        let path = self.path("listwarden.yaml");
+        write(&path, &text);
+        path
+    }
+
+    fn manifest(&self, file: &str, text: &str) {
+        write(&self.path("manifests").join(file), text);
+    }
+
+    fn command(&self, args: &[&str]) -> Run {
+        let mut cmd = listwarden();
+        cmd.current_dir(self.dir.path())
+            .env_remove("AUTOSEND_API_URL")
+            .env("BRAND_US_KEY", KEY_US)
+            .args(args);
+        output(&mut cmd)
+    }
+
+    fn apply(&self, config: &Path) -> Run {
+        self.command(&[
+            "apply",
+            "manifests",
+            "--state",
+            "state.db",
+            "--strategy",
+            "assert",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    }
+
+    fn plan_to_assert(&self, config: &Path) -> serde_json::Value {
+        let run = self.command(&[
+            "plan",
+            "manifests",
+            "--state",
+            "state.db",
+            "--output",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        run.json()["summary"]["to_assert"].clone()
+    }
+}
+
+/// A config may declare an account named `default` (the name rows from before accounts are
+/// stored under) beside another default account. What that account confirms is its own:
+/// it must not be adopted by the default account at the next run, which would then believe
+/// its own list of the same id already converged and send nothing to it.
+#[test]
+fn an_account_named_default_keeps_its_confirmations_from_the_default_account() {
+    let t = Two::new();
+    let shared = emails("x", 3);
+    t.eu.handle().add_contacts("list-1", &shared);
+    t.us.handle().add_contacts("list-1", &shared);
+    // `default` is us's project; brand-eu is the default account.
+    let config = t.config("brand-eu", "default", "brand-eu");
+    t.manifest(
+        "us.yaml",
+        &Policy::new("us", "list-1")
+            .spec("  account: default\n")
+            .emails(&shared)
+            .yaml(),
+    );
+    let run = t.apply(&config);
+    run.code(0);
+    assert!(shared.iter().all(|e| !t.us.handle().is_member("list-1", e)));
+    assert_eq!(t.us.handle().counters().count("remove", 200), 1);
+
+    // brand-eu now excludes the same addresses from its own list-1.
+    t.manifest(
+        "eu.yaml",
+        &Policy::new("eu", "list-1").emails(&shared).yaml(),
+    );
+    assert_eq!(
+        t.plan_to_assert(&config),
+        3,
+        "a plan reads account default's confirmations as brand-eu's"
+    );
+    let run = t.apply(&config);
+    run.code(0);
+    for e in &shared {
+        assert!(
+            !t.eu.handle().is_member("list-1", e),
+            "{e} left in brand-eu's list-1: account default's confirmation stood for it\n{}",
+            run.all()
+        );
+    }
+    // And account default's own list was not forgotten (nothing sent to it again).
+    assert_eq!(
+        t.us.handle().counters().count("remove", 200),
+        1,
+        "{}",
+        run.all()
+    );
+}
