@@ -50,10 +50,15 @@ impl Two {
     /// A config of two accounts: `eu_name` (key file, eu's server) and `us_name` (key from
     /// BRAND_US_KEY, us's server); `default` is the defaultAccount.
     fn config(&self, eu_name: &str, us_name: &str, default: &str) -> PathBuf {
+        self.config_with(eu_name, us_name, default, "apiKeyEnv: BRAND_US_KEY")
+    }
+
+    /// [`Two::config`] with `us_key` the line that says where us's key is.
+    fn config_with(&self, eu_name: &str, us_name: &str, default: &str, us_key: &str) -> PathBuf {
         let text = format!(
             "apiVersion: listwarden.dev/v1\nkind: Config\naccounts:\n  - name: {eu_name}\n    \
              apiKeyFile: keys/eu.key\n    apiUrl: {}\n    rateLimit: 100/s\n  - name: {us_name}\n    \
-             apiKeyEnv: BRAND_US_KEY\n    apiUrl: {}\n    rateLimit: 100/s\n\
+             {us_key}\n    apiUrl: {}\n    rateLimit: 100/s\n\
              defaultAccount: {default}\n",
             self.eu.base_url(),
             self.us.base_url()
@@ -154,4 +159,43 @@ fn an_account_named_default_keeps_its_confirmations_from_the_default_account() {
         "{}",
         run.all()
     );
+}
+
+/// A key pasted into `apiKeyEnv` is a well-formed variable name: its account fails (no such
+/// variable), and the message saying so must not repeat it, on the terminal, in the store
+/// or in `status`.
+#[test]
+fn a_key_pasted_into_api_key_env_shows_nowhere() {
+    const PASTED: &str = "AS_live9f8e7d6c5b4a3f2e1d0c";
+    let t = Two::new();
+    let us = emails("us", 2);
+    t.us.handle().add_contacts("list-1", &us);
+    t.manifest(
+        "us.yaml",
+        &Policy::new("us", "list-1")
+            .spec("  account: brand-us\n")
+            .emails(&us)
+            .yaml(),
+    );
+    let config = t.config_with(
+        "brand-eu",
+        "brand-us",
+        "brand-eu",
+        &format!("apiKeyEnv: {PASTED}"),
+    );
+    let run = t.apply(&config);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.all().contains("brand-us"), "{}", run.all());
+    let status = t
+        .command(&["status", "--state", "state.db", "--output", "json"])
+        .stdout;
+    let store = std::fs::read(t.path("state.db")).unwrap();
+    let secret = &PASTED[3..];
+    assert!(!run.all().contains(secret), "{}", run.all());
+    assert!(!status.contains(secret), "{status}");
+    assert!(
+        !store.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the pasted key is in the store"
+    );
+    assert!(us.iter().all(|u| t.us.handle().is_member("list-1", u)));
 }
