@@ -199,3 +199,80 @@ fn a_key_pasted_into_api_key_env_shows_nowhere() {
     );
     assert!(us.iter().all(|u| t.us.handle().is_member("list-1", u)));
 }
+
+/// `GET http://127.0.0.1:{port}{path}`, blocking.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    })
+}
+
+/// An account whose key cannot be read is broken whether or not its lists have something
+/// to send now: the daemon must not look ready while one account could not send anything
+/// (the next bounce or manifest edit would fail), and `/readyz` names it.
+#[test]
+fn a_daemon_with_an_unreadable_key_is_not_ready_even_when_that_account_has_nothing_to_send() {
+    let t = Two::new();
+    let (eu, us) = (emails("eu", 2), emails("us", 2));
+    t.eu.handle().add_contacts("list-1", &eu);
+    t.us.handle().add_contacts("list-1", &us);
+    t.manifest("eu.yaml", &Policy::new("eu", "list-1").emails(&eu).yaml());
+    t.manifest(
+        "us.yaml",
+        &Policy::new("us", "list-1")
+            .spec("  account: brand-us\n")
+            .emails(&us)
+            .yaml(),
+    );
+    let config = t.config("brand-eu", "brand-us", "brand-eu");
+    t.apply(&config).code(0);
+    // The key's Secret is not mounted at the next start.
+    std::fs::remove_file(t.path("keys/eu.key")).unwrap();
+    let port = support::free_port();
+    let mut child = listwarden()
+        .current_dir(t.dir.path())
+        .env_remove("AUTOSEND_API_URL")
+        .env("BRAND_US_KEY", KEY_US)
+        .args([
+            "run",
+            "manifests",
+            "--state",
+            "state.db",
+            "--strategy",
+            "assert",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Wait for the first pass: /readyz stops saying so.
+    let readyz = loop {
+        let r = get(port, "/readyz");
+        let settled = r
+            .as_ref()
+            .is_some_and(|(_, b)| !b.contains("first reconcile pass"));
+        if settled || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let (code, body) = readyz.expect("/readyz answers");
+    assert_eq!(
+        code, 503,
+        "ready while brand-eu's key cannot be read: {body}"
+    );
+    assert!(body.contains("brand-eu"), "{body}");
+}
