@@ -83,6 +83,19 @@ impl Accounts {
             .unwrap_or_default()
     }
 
+    /// The account that adopts the store's rows from before accounts (stored under
+    /// [`AccountName::DEFAULT`]): the config's default account. None without a config (they
+    /// are already the one account's), and none when the config declares an account named
+    /// `default`: rows stored under that name are then that account's own, written with its
+    /// key, and giving them to another account would make its list of the same id look
+    /// converged.
+    pub fn adopter(&self) -> Option<&AccountName> {
+        if !self.configured || self.get(&AccountName::default_account()).is_some() {
+            return None;
+        }
+        self.default.as_ref().filter(|a| !a.is_default())
+    }
+
     /// The budget of `account`'s key (the default budget for an account not declared, which
     /// resolution has already refused).
     pub fn rate_limits(&self, account: &AccountName) -> RateLimits {
@@ -161,10 +174,7 @@ pub fn resolve(manifests: &mut Manifests, accounts: &Accounts) {
 /// the environment, which the default account stands for. `apply` and `run` call it right
 /// after opening the store for writing, before any plan.
 pub fn adopt_default_rows(store: &Store, accounts: &Accounts) -> Result<(), StoreError> {
-    let Some(default) = accounts
-        .default_account()
-        .filter(|_| accounts.is_configured())
-    else {
+    let Some(default) = accounts.adopter() else {
         return Ok(());
     };
     let lists = store.adopt_default_rows(default)?;
@@ -295,6 +305,30 @@ mod tests {
             .resolve(Some(&name("brand-eu")))
             .unwrap_err();
         assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn only_a_config_without_an_account_named_default_adopts_the_rows_from_before() {
+        assert_eq!(two(Some("brand-eu")).adopter(), Some(&name("brand-eu")));
+        assert_eq!(two(None).adopter(), None);
+        assert_eq!(Accounts::single(RateLimits::default()).adopter(), None);
+        // An account named `default`: the rows under that name are its own, whichever
+        // account is the default.
+        let with_default = |default: &str| {
+            Accounts::configured(
+                ["brand-eu", "default"]
+                    .iter()
+                    .map(|n| AccountInfo {
+                        name: name(n),
+                        rate_limits: RateLimits::default(),
+                        concurrency: None,
+                    })
+                    .collect(),
+                Some(name(default)),
+            )
+        };
+        assert_eq!(with_default("brand-eu").adopter(), None);
+        assert_eq!(with_default("default").adopter(), None);
     }
 
     #[test]

@@ -82,15 +82,46 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// Where the secret is, for messages: `file /run/secrets/a.key (apiKeyFile)`.
+    /// Where the secret is, for messages: `file /run/secrets/a.key (apiKeyFile)`. A name
+    /// that may be the secret itself, pasted where its place belongs, is not repeated.
     fn describe(&self, field: &str) -> String {
         match self {
+            KeySource::File(p)
+                if p.file_name()
+                    .is_some_and(|n| may_be_secret(&n.to_string_lossy())) =>
+            {
+                format!(
+                    "file named in {field}File (not repeated: it looks like a key; write the \
+                     path of the file holding it)"
+                )
+            }
             KeySource::File(p) => {
                 format!("file {} ({field}File)", clipped(&p.display().to_string()))
             }
+            KeySource::Env(v) if !variable_name_shown(v) => format!(
+                "environment variable named in {field}Env ({} characters, not repeated: \
+                 variable names are upper case, and this may be the secret itself)",
+                v.chars().count()
+            ),
             KeySource::Env(v) => format!("environment variable {v} ({field}Env)"),
         }
     }
+}
+
+/// Whether `text`, written where a name, a path or a URL belongs, may be an AutoSend key
+/// pasted there by mistake (`AS_...`, or an account key, `ASA_...`): such text is described
+/// by its field and length in messages, never repeated.
+fn may_be_secret(text: &str) -> bool {
+    let upper = text.get(..4).unwrap_or(text).to_ascii_uppercase();
+    upper.starts_with("AS_") || upper.starts_with("ASA_")
+}
+
+/// Whether a well-formed variable name is shown in messages: one in the upper case form of
+/// variable names (`BRAND_EU_KEY`). A key, or a webhook secret's hex, with no character a
+/// name cannot have would pass for a name; those have lower-case letters, a key's prefix,
+/// or a length no one types.
+fn variable_name_shown(name: &str) -> bool {
+    name.len() <= 48 && !may_be_secret(name) && !name.bytes().any(|b| b.is_ascii_lowercase())
 }
 
 impl AccountSpec {
@@ -506,6 +537,18 @@ fn check_account(
     let given = |field: &str, value: bool| value || broken.iter().any(|b| b == field);
 
     let name = match &raw.name {
+        Some(n) if may_be_secret(n) => {
+            fail(
+                "name",
+                format!(
+                    "the name ({} characters, not repeated: it looks like an API key) is not \
+                     an account name; use lowercase letters, digits and '-', e.g. `brand-eu`, \
+                     and give the key with apiKeyFile or apiKeyEnv",
+                    n.chars().count()
+                ),
+            );
+            None
+        }
         Some(n) => AccountName::parse(n).map_err(|e| fail("name", e)).ok(),
         None => {
             if !given("name", false) {
@@ -568,6 +611,16 @@ fn check_account(
                 "projectId",
                 "projectId is empty; give the AutoSend project's id, or remove the field".into(),
             );
+        } else if may_be_secret(id) {
+            fail(
+                "projectId",
+                format!(
+                    "projectId ({} characters, not repeated: it looks like an API key) is not \
+                     a project id; copy the id from AutoSend's project settings, and give the \
+                     key with apiKeyFile or apiKeyEnv",
+                    id.chars().count()
+                ),
+            );
         } else if id.len() > MAX_PROJECT_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
             // It is sent as a header: visible ASCII only.
             fail(
@@ -587,12 +640,19 @@ fn check_account(
             .or_else(|| url.strip_prefix("http://"));
         let well_formed = url.chars().all(|c| c.is_ascii_graphic());
         if !host.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) || !well_formed {
+            let shown = if may_be_secret(url) {
+                format!(
+                    "({} characters, not repeated: it looks like an API key)",
+                    url.chars().count()
+                )
+            } else {
+                quoted(url)
+            };
             fail(
                 "apiUrl",
                 format!(
-                    "apiUrl {} is not an http(s) URL; write it like {}, or remove it for that \
-                     default",
-                    quoted(url),
+                    "apiUrl {shown} is not an http(s) URL; write it like {}, or remove it for \
+                     that default",
                     autosend::DEFAULT_BASE_URL
                 ),
             );
@@ -1041,6 +1101,46 @@ defaultAccount: nobody
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(!errors[0].contains("key-material"), "{errors:?}");
         assert!(errors[0].contains("(15 characters)"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_key_pasted_where_a_name_a_path_or_a_url_belongs_is_never_repeated() {
+        // Each is well formed for its field (a variable name, a file name): only its shape
+        // says it is a key.
+        let key = "AS_9f8e7d6c5b4a3f2e1d0c";
+        let errors = errors(&format!(
+            "{HEAD}accounts:\n  - {{name: {key}, apiKeyEnv: A}}\n  - {{name: b, apiKeyEnv: B, \
+             apiUrl: {key}}}\n  - {{name: c, apiKeyEnv: C, projectId: {key}}}\n"
+        ));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for e in &errors {
+            assert!(!e.contains("9f8e7d6c"), "{e}");
+            assert!(e.contains("looks like an API key"), "{e}");
+        }
+        for (field, secret) in [
+            ("apiKeyEnv", key),
+            ("apiKeyFile", key),
+            // A webhook secret's hex passes for a variable name.
+            ("webhookSecretEnv", "a3f9c0d1e2b4a5968778695a4b3c2d1e"),
+        ] {
+            let key_source = if field.starts_with("apiKey") {
+                String::new()
+            } else {
+                "apiKeyEnv: K, ".to_string()
+            };
+            let spec = account(&format!("{{name: eu, {key_source}{field}: {secret}}}"));
+            let e = if field.starts_with("webhook") {
+                spec.webhook_secret_text().unwrap_err()
+            } else {
+                spec.client_config().unwrap_err()
+            };
+            assert!(!e.contains(&secret[4..14]), "{field}: {e}");
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        // A variable name as they are written is still named.
+        let spec = account("{name: eu, apiKeyEnv: LISTWARDEN_TEST_CONFIG_KEY_NEVER_SET}");
+        let e = spec.client_config().unwrap_err();
+        assert!(e.contains("LISTWARDEN_TEST_CONFIG_KEY_NEVER_SET"), "{e}");
     }
 
     #[test]

@@ -658,9 +658,7 @@ fn plan_command(args: &PlanArgs) -> u8 {
     // A dry run never writes: the store's rows from before accounts are read as the default
     // account's, as `apply` will make them.
     let store = store.map(|mut s| {
-        if setup.config.is_some() {
-            s.reading_default_rows_as(setup.accounts.default_account().cloned());
-        }
+        s.reading_default_rows_as(setup.accounts.adopter().cloned());
         s
     });
     let mut options = plan_options(&args.flags, setup.accounts.clone());

@@ -150,6 +150,13 @@ pub async fn run(
         }),
         expose_contacts: config.expose_contacts,
     });
+    // An account whose key could not be read has no client until a restart: not ready from
+    // the start, even while its lists have nothing to send (the next change would fail).
+    for (account, client) in clients.iter() {
+        if let Err(why) = client {
+            shared.set_unauthorized(account, Some(why));
+        }
+    }
     let http_stop = CancellationToken::new();
     let (addr, http_task) = http::serve(config.listen, shared.clone(), http_stop.clone())
         .await

@@ -161,6 +161,11 @@ pub struct Store {
     adopting: Option<crate::contact::AccountName>,
 }
 
+/// True once the store has rows of a named account: a run with a config has adopted the
+/// rows from before accounts, if there were any (see [`Store::adopt_default_rows`]).
+const ADOPTED_BEFORE: &str = "EXISTS (SELECT 1 FROM lists WHERE account != 'default')
+    OR EXISTS (SELECT 1 FROM policies WHERE account != 'default')";
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
@@ -324,6 +329,12 @@ impl Store {
     /// file's default account, where it has no list of the same id already: they were
     /// written with the one key of the environment, which the default account now stands
     /// for. Returns the lists adopted. An account literally named `default` needs none.
+    ///
+    /// Once only: a store with rows of a named account has had a run with a config, and
+    /// rows stored under `default` since were written by a run without it (an old cron
+    /// job, a rollback) with whatever key its environment had, maybe another account's.
+    /// They are left alone: the default account asserts its lists again, which is safe,
+    /// where adopting them could make its list of the same id look converged.
     pub fn adopt_default_rows(
         &self,
         account: &crate::contact::AccountName,
@@ -333,6 +344,11 @@ impl Store {
         }
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if tx.query_row(&format!("SELECT {ADOPTED_BEFORE}"), [], |r| {
+                r.get::<_, bool>(0)
+            })? {
+                return Ok(0);
+            }
             let lists = tx.execute(
                 "UPDATE lists SET account = ?1 WHERE account = 'default' AND NOT EXISTS
                    (SELECT 1 FROM lists o WHERE o.account = ?1 AND o.list_id = lists.list_id)",
@@ -353,7 +369,11 @@ impl Store {
     /// too, as [`Store::adopt_default_rows`] will make them at the next `apply` or `run`, so
     /// a `plan` made first does not show confirmed contacts as new.
     pub fn reading_default_rows_as(&mut self, account: Option<crate::contact::AccountName>) {
-        self.adopting = account.filter(|a| !a.is_default());
+        // An unreadable answer reads nothing more: showing more to assert is the safe side.
+        let adopted_before = self
+            .read(|conn| conn.query_row(&format!("SELECT {ADOPTED_BEFORE}"), [], |r| r.get(0)))
+            .unwrap_or(true);
+        self.adopting = account.filter(|a| !a.is_default() && !adopted_before);
     }
 
     /// The account name `account`'s rows may be stored under besides its own.
