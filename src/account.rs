@@ -321,7 +321,6 @@ mod tests {
                     .map(|n| AccountInfo {
                         name: name(n),
                         rate_limits: RateLimits::default(),
-                        concurrency: None,
                     })
                     .collect(),
                 Some(name(default)),

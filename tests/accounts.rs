@@ -5,136 +5,17 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use autosend_fake::{FakeAutoSend, RunningFake};
-
-use support::fake::fake_config;
-use support::{Policy, Run, emails, listwarden, output, write};
-
-const KEY_EU: &str = "key-eu-7f3a9c";
-const KEY_US: &str = "key-us-2b8d41";
-
-/// Two fakes (one per account), a config naming them, manifests and a store.
-struct Two {
-    eu: RunningFake,
-    us: RunningFake,
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-impl Two {
-    fn new() -> Two {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let serve = |key: &str| {
-            rt.block_on(FakeAutoSend::new(fake_config(key)).serve_local())
-                .unwrap()
-        };
-        let (eu, us) = (serve(KEY_EU), serve(KEY_US));
-        let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join("keys/eu.key"), &format!("{KEY_EU}\n"));
-        Two { eu, us, rt, dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A config: brand-eu (key file, the default) and brand-us (key from BRAND_US_KEY).
-    fn config(&self) -> PathBuf {
-        let text = format!(
-            "apiVersion: listwarden.dev/v1\nkind: Config\naccounts:\n  - name: brand-eu\n    \
-             apiKeyFile: keys/eu.key\n    apiUrl: {}\n    rateLimit: 100/s\n  - name: brand-us\n    \
-             apiKeyEnv: BRAND_US_KEY\n    apiUrl: {}\n    rateLimit: 100/s\n\
-             defaultAccount: brand-eu\n",
-            self.eu.base_url(),
-            self.us.base_url()
-        );
-        let path = self.path("listwarden.yaml");
-        write(&path, &text);
-        path
-    }
-
-    fn manifest(&self, file: &str, text: &str) {
-        write(&self.path("manifests").join(file), text);
-    }
-
-    fn command(&self, args: &[&str], us_key: &str) -> Run {
-        let mut cmd = listwarden();
-        cmd.current_dir(self.dir.path())
-            .env_remove("AUTOSEND_API_URL")
-            .env("BRAND_US_KEY", us_key)
-            .args(args);
-        output(&mut cmd)
-    }
-
-    fn apply(&self, config: &Path, us_key: &str) -> Run {
-        self.command(
-            &[
-                "apply",
-                "manifests",
-                "--state",
-                "state.db",
-                "--strategy",
-                "assert",
-                "--config",
-                config.to_str().unwrap(),
-            ],
-            us_key,
-        )
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let run = self.command(&["status", "--state", "state.db", "--output", "json"], "");
-        run.json()
-    }
-
-    /// Policies: one per account, on the same list id, and one more on the default account.
-    fn same_list_id_in_both(&self) -> (Vec<String>, Vec<String>) {
-        let (eu, us) = (emails("eu", 3), emails("us", 4));
-        self.eu.handle().add_contacts("list-1", &eu);
-        self.us.handle().add_contacts("list-1", &us);
-        self.manifest("eu.yaml", &Policy::new("eu", "list-1").emails(&eu).yaml());
-        self.manifest(
-            "us.yaml",
-            &Policy::new("us", "list-1")
-                .spec("  account: brand-us\n")
-                .emails(&us)
-                .yaml(),
-        );
-        (eu, us)
-    }
-}
-
-/// (ready, reason) of policy `name` in a status document.
-fn condition(status: &serde_json::Value, name: &str) -> (String, String) {
-    let c = &policy(status, name)["condition"];
-    (
-        c["ready"].as_str().unwrap_or("?").to_string(),
-        c["reason"].as_str().unwrap_or("?").to_string(),
-    )
-}
-
-fn policy<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["policies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no policy {name} in {status}"))
-}
+use support::accounts::{KEY_EU, KEY_US, Two, condition, get, policy};
+use support::{Policy, emails, listwarden, output};
 
 #[test]
 fn each_account_s_lists_go_to_its_own_server_with_its_own_key() {
     let t = Two::new();
     let (eu, us) = t.same_list_id_in_both();
     let config = t.config();
-    let run = t.apply(&config, KEY_US);
+    let run = t.apply(&config);
     run.code(0);
     for e in &eu {
         assert!(!t.eu.handle().is_member("list-1", e), "{e} left in eu");
@@ -160,7 +41,7 @@ fn each_account_s_lists_go_to_its_own_server_with_its_own_key() {
     );
 
     // A second apply sends nothing to either.
-    t.apply(&config, KEY_US).code(0);
+    t.apply(&config).code(0);
     assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
     assert_eq!(t.us.handle().counters().count("remove", 200), 1);
 
@@ -181,7 +62,7 @@ fn a_refused_key_fails_only_its_account_and_the_other_converges() {
     let t = Two::new();
     let (eu, _) = t.same_list_id_in_both();
     let config = t.config();
-    let run = t.apply(&config, "not-the-us-key");
+    let run = t.apply_with_us_key(&config, "not-the-us-key");
     assert_ne!(run.code, 0, "{}", run.all());
     assert!(run.all().contains("brand-us"), "{}", run.all());
     // The message says where this account's key comes from, not AUTOSEND_API_KEY.
@@ -206,7 +87,7 @@ fn an_unreadable_key_file_fails_only_its_account() {
     let (_, us) = t.same_list_id_in_both();
     let config = t.config();
     std::fs::remove_file(t.path("keys/eu.key")).unwrap();
-    let run = t.apply(&config, KEY_US);
+    let run = t.apply(&config);
     assert_ne!(run.code, 0);
     assert!(run.all().contains("brand-eu"), "{}", run.all());
     for u in &us {
@@ -254,15 +135,12 @@ fn a_policy_naming_an_undeclared_account_is_a_manifest_error_and_sends_nothing()
             .yaml(),
     );
     let config = t.config();
-    let run = t.command(
-        &[
-            "validate",
-            "manifests",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        KEY_US,
-    );
+    let run = t.command(&[
+        "validate",
+        "manifests",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 1);
     let line = run
         .errors()
@@ -273,11 +151,11 @@ fn a_policy_naming_an_undeclared_account_is_a_manifest_error_and_sends_nothing()
     assert!(line.contains("typo.yaml"), "{line}");
     assert!(line.contains("did you mean \"brand-us\""), "{line}");
     // Without --config, naming any account but `default` is an error too.
-    let run = t.command(&["validate", "manifests"], KEY_US);
+    let run = t.command(&["validate", "manifests"]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("--config"), "{}", run.stderr);
     // apply: the others converge, nothing is sent for it.
-    let run = t.apply(&config, KEY_US);
+    let run = t.apply(&config);
     assert_ne!(run.code, 0);
     assert!(t.eu.handle().is_member("list-2", "x@example.com"));
     assert!(t.us.handle().is_member("list-2", "x@example.com"));
@@ -310,23 +188,20 @@ fn a_store_from_before_accounts_is_adopted_by_the_default_account_and_nothing_is
 
     let config = t.config();
     // A dry run first: it reads the old rows as the default account's.
-    let run = t.command(
-        &[
-            "plan",
-            "manifests",
-            "--state",
-            "state.db",
-            "--output",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        KEY_US,
-    );
+    let run = t.command(&[
+        "plan",
+        "manifests",
+        "--state",
+        "state.db",
+        "--output",
+        "json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     run.code(0);
     assert_eq!(run.json()["summary"]["to_assert"], 0, "{}", run.stdout);
     // Then apply: nothing confirmed is sent again.
-    t.apply(&config, KEY_US).code(0);
+    t.apply(&config).code(0);
     assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
     let status = t.status();
     assert_eq!(policy(&status, "eu")["account"], "brand-eu", "{status}");
@@ -367,7 +242,7 @@ fn a_429_storm_in_one_account_leaves_the_other_converging() {
         );
     }
     let config = t.config();
-    let run = t.apply(&config, KEY_US);
+    let run = t.apply(&config);
     for list in &eu_lists {
         assert_eq!(t.eu.handle().member_count(list), 0, "{list}: {}", run.all());
     }
@@ -380,38 +255,15 @@ fn a_429_storm_in_one_account_leaves_the_other_converging() {
     );
 }
 
-/// `GET http://127.0.0.1:{port}{path}` on the test's runtime.
-fn get(rt: &tokio::runtime::Runtime, port: u16, path: &str) -> Option<(u16, String)> {
-    rt.block_on(async {
-        let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-            .await
-            .ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.text().await.ok()?))
-    })
-}
-
 #[test]
 fn one_daemon_converges_an_account_while_another_s_key_is_refused_and_says_which() {
     let t = Two::new();
     let (eu, us) = t.same_list_id_in_both();
     let config = t.config();
     let port = support::free_port();
-    let child = listwarden()
-        .current_dir(t.dir.path())
-        .env_remove("AUTOSEND_API_URL")
-        .env("BRAND_US_KEY", "not-the-us-key")
-        .args([
-            "run",
-            "manifests",
-            "--state",
-            "state.db",
-            "--strategy",
-            "assert",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
+    let child = t
+        .daemon_command(&config, port, "not-the-us-key")
+        .args(["--strategy", "assert"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -426,7 +278,7 @@ fn one_daemon_converges_an_account_while_another_s_key_is_refused_and_says_which
     );
     // brand-us's list is untouched, and the refusal is named, never green.
     let readyz = loop {
-        let r = get(&t.rt, port, "/readyz");
+        let r = get(port, "/readyz");
         if r.as_ref().is_some_and(|(_, b)| b.contains("brand-us"))
             || std::time::Instant::now() > deadline
         {
@@ -438,12 +290,12 @@ fn one_daemon_converges_an_account_while_another_s_key_is_refused_and_says_which
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("brand-us"), "{body}");
     assert!(us.iter().all(|u| t.us.handle().is_member("list-1", u)));
-    let (_, metrics) = get(&t.rt, port, "/metrics").unwrap();
+    let (_, metrics) = get(port, "/metrics").unwrap();
     assert!(
         metrics.contains("account=\"brand-eu\",list=\"list-1\",result=\"converged\""),
         "{metrics}"
     );
-    let (_, status) = get(&t.rt, port, "/status").unwrap();
+    let (_, status) = get(port, "/status").unwrap();
     assert!(!status.contains(KEY_EU) && !status.contains("not-the-us-key"));
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -454,4 +306,21 @@ fn one_daemon_converges_an_account_while_another_s_key_is_refused_and_says_which
         !log.contains(KEY_EU) && !log.contains("not-the-us-key"),
         "{log}"
     );
+}
+
+#[test]
+fn an_unreadable_key_fails_its_account_s_apply_even_with_nothing_to_send() {
+    let t = Two::new();
+    t.same_list_id_in_both();
+    let config = t.config();
+    t.apply(&config).code(0);
+    std::fs::remove_file(t.path("keys/eu.key")).unwrap();
+    // Nothing is pending for brand-eu, but no change of its lists could be applied now: its
+    // policies must not look converged, and apply must not exit 0.
+    let run = t.apply(&config);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.all().contains("brand-eu"), "{}", run.all());
+    let status = t.status();
+    assert_eq!(condition(&status, "eu").1, "Unauthorized", "{status}");
+    assert_eq!(condition(&status, "us").0, "True", "{status}");
 }

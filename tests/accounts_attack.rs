@@ -3,111 +3,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
-use autosend_fake::{FakeAutoSend, RunningFake};
-
-use support::fake::fake_config;
-use support::{Policy, Run, emails, listwarden, output, write};
-
-const KEY_EU: &str = "key-eu-7f3a9c";
-const KEY_US: &str = "key-us-2b8d41";
-
-/// Two fakes, one per AutoSend project, and a directory for config, manifests and store.
-struct Two {
-    eu: RunningFake,
-    us: RunningFake,
-    _rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-impl Two {
-    fn new() -> Two {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let serve = |key: &str| {
-            rt.block_on(FakeAutoSend::new(fake_config(key)).serve_local())
-                .unwrap()
-        };
-        let (eu, us) = (serve(KEY_EU), serve(KEY_US));
-        let dir = tempfile::tempdir().unwrap();
-        write(&dir.path().join("keys/eu.key"), &format!("{KEY_EU}\n"));
-        Two {
-            eu,
-            us,
-            _rt: rt,
-            dir,
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A config of two accounts: `eu_name` (key file, eu's server) and `us_name` (key from
-    /// BRAND_US_KEY, us's server); `default` is the defaultAccount.
-    fn config(&self, eu_name: &str, us_name: &str, default: &str) -> PathBuf {
-        self.config_with(eu_name, us_name, default, "apiKeyEnv: BRAND_US_KEY")
-    }
-
-    /// [`Two::config`] with `us_key` the line that says where us's key is.
-    fn config_with(&self, eu_name: &str, us_name: &str, default: &str, us_key: &str) -> PathBuf {
-        let text = format!(
-            "apiVersion: listwarden.dev/v1\nkind: Config\naccounts:\n  - name: {eu_name}\n    \
-             apiKeyFile: keys/eu.key\n    apiUrl: {}\n    rateLimit: 100/s\n  - name: {us_name}\n    \
-             {us_key}\n    apiUrl: {}\n    rateLimit: 100/s\n\
-             defaultAccount: {default}\n",
-            self.eu.base_url(),
-            self.us.base_url()
-        );
-        let path = self.path("listwarden.yaml");
-        write(&path, &text);
-        path
-    }
-
-    fn manifest(&self, file: &str, text: &str) {
-        write(&self.path("manifests").join(file), text);
-    }
-
-    fn command(&self, args: &[&str]) -> Run {
-        let mut cmd = listwarden();
-        cmd.current_dir(self.dir.path())
-            .env_remove("AUTOSEND_API_URL")
-            .env("BRAND_US_KEY", KEY_US)
-            .args(args);
-        output(&mut cmd)
-    }
-
-    fn apply(&self, config: &Path) -> Run {
-        self.command(&[
-            "apply",
-            "manifests",
-            "--state",
-            "state.db",
-            "--strategy",
-            "assert",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-    }
-
-    fn plan_to_assert(&self, config: &Path) -> serde_json::Value {
-        let run = self.command(&[
-            "plan",
-            "manifests",
-            "--state",
-            "state.db",
-            "--output",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-        run.json()["summary"]["to_assert"].clone()
-    }
-}
+use support::accounts::{KEY_US, Two, get};
+use support::{Policy, emails, listwarden, output, write};
 
 /// A config may declare an account named `default` (the name rows from before accounts are
 /// stored under) beside another default account. What that account confirms is its own:
@@ -120,7 +17,7 @@ fn an_account_named_default_keeps_its_confirmations_from_the_default_account() {
     t.eu.handle().add_contacts("list-1", &shared);
     t.us.handle().add_contacts("list-1", &shared);
     // `default` is us's project; brand-eu is the default account.
-    let config = t.config("brand-eu", "default", "brand-eu");
+    let config = t.config_named("brand-eu", "default", "brand-eu");
     t.manifest(
         "us.yaml",
         &Policy::new("us", "list-1")
@@ -200,21 +97,6 @@ fn a_key_pasted_into_api_key_env_shows_nowhere() {
     assert!(us.iter().all(|u| t.us.handle().is_member("list-1", u)));
 }
 
-/// `GET http://127.0.0.1:{port}{path}`, blocking.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-            .await
-            .ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.text().await.ok()?))
-    })
-}
-
 /// An account whose key cannot be read is broken whether or not its lists have something
 /// to send now: the daemon must not look ready while one account could not send anything
 /// (the next bounce or manifest edit would fail), and `/readyz` names it.
@@ -232,27 +114,14 @@ fn a_daemon_with_an_unreadable_key_is_not_ready_even_when_that_account_has_nothi
             .emails(&us)
             .yaml(),
     );
-    let config = t.config("brand-eu", "brand-us", "brand-eu");
+    let config = t.config();
     t.apply(&config).code(0);
     // The key's Secret is not mounted at the next start.
     std::fs::remove_file(t.path("keys/eu.key")).unwrap();
     let port = support::free_port();
-    let mut child = listwarden()
-        .current_dir(t.dir.path())
-        .env_remove("AUTOSEND_API_URL")
-        .env("BRAND_US_KEY", KEY_US)
-        .args([
-            "run",
-            "manifests",
-            "--state",
-            "state.db",
-            "--strategy",
-            "assert",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let mut child = t
+        .daemon_command(&config, port, KEY_US)
+        .args(["--strategy", "assert"])
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -349,18 +218,10 @@ fn a_webhook_event_of_one_account_feeds_only_that_account_s_policies() {
     );
     write(&config, &text);
     let (port, hook_port) = (support::free_port(), support::free_port());
-    let mut child = listwarden()
-        .current_dir(t.dir.path())
-        .env_remove("AUTOSEND_API_URL")
-        .env("BRAND_US_KEY", KEY_US)
+    let mut child = t
+        .daemon_command(&config, port, KEY_US)
         .env("US_HOOK", US_HOOK)
-        .args(["run", "manifests", "--state", "state.db"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--webhook-listen", &format!("127.0.0.1:{hook_port}")])
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -415,7 +276,7 @@ fn rows_a_run_without_the_config_writes_later_are_not_adopted() {
     t.eu.handle().add_contacts("list-b", &b);
     t.us.handle().add_contacts("list-b", &b);
     t.manifest("a.yaml", &Policy::new("a", "list-a").emails(&a).yaml());
-    let config = t.config("brand-eu", "brand-us", "brand-eu");
+    let config = t.config();
     t.apply(&config).code(0);
     // A policy on list-b, first applied by a run without the config, with brand-us's key.
     t.manifest("b.yaml", &Policy::new("b", "list-b").emails(&b).yaml());
@@ -451,4 +312,67 @@ fn rows_a_run_without_the_config_writes_later_are_not_adopted() {
             run.all()
         );
     }
+}
+
+/// A webhook secret that cannot be read fails its account's route only: the daemon starts,
+/// the other account's route serves, that route answers 503 (AutoSend retries), and the
+/// daemon is not ready, naming the account.
+#[test]
+fn an_unreadable_webhook_secret_fails_only_its_account_s_route_and_is_never_ready() {
+    const US_HOOK: &str = "whsec-us-3d4e5f";
+    let t = Two::new();
+    let x = "bounced@example.com".to_string();
+    t.us.handle()
+        .add_contacts("list-1", std::slice::from_ref(&x));
+    t.manifest(
+        "us-bounces.yaml",
+        "apiVersion: listwarden.dev/v1\nkind: ListPolicy\nmetadata:\n  name: us-bounces\n\
+         spec:\n  contactListId: list-1\n  account: brand-us\n  exclude:\n    events:\n      \
+         - {type: email.bounced}\n",
+    );
+    let config = t.config_with(
+        "brand-eu",
+        "brand-us",
+        "brand-eu",
+        "apiKeyEnv: BRAND_US_KEY\n    webhookSecretEnv: US_HOOK",
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "apiKeyFile: keys/eu.key\n",
+        "apiKeyFile: keys/eu.key\n    webhookSecretFile: keys/not-mounted.hook\n",
+    );
+    write(&config, &text);
+    let (port, hook_port) = (support::free_port(), support::free_port());
+    let mut child = t
+        .daemon_command(&config, port, KEY_US)
+        .env("US_HOOK", US_HOOK)
+        .args(["--webhook-listen", &format!("127.0.0.1:{hook_port}")])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let readyz = loop {
+        let r = get(port, "/readyz");
+        if r.as_ref()
+            .is_some_and(|(_, b)| b.contains("webhook secret"))
+            || std::time::Instant::now() > deadline
+        {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let eu_route = post_bounce(hook_port, "/webhooks/autosend/brand-eu", "any", &x, "d-1");
+    let us_route = post_bounce(hook_port, "/webhooks/autosend/brand-us", US_HOOK, &x, "d-2");
+    while t.us.handle().is_member("list-1", &x) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (code, body) = readyz.expect("/readyz answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("brand-eu"), "{body}");
+    assert_eq!(eu_route, 503);
+    assert_eq!(us_route, 200);
+    assert!(
+        !t.us.handle().is_member("list-1", &x),
+        "brand-us's bounce was not acted on"
+    );
 }

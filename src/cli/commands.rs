@@ -226,16 +226,13 @@ pub fn apply(args: &ApplyArgs) -> u8 {
 
 /// The one `error:` line a failing apply ends with: what failed first, and what to check.
 fn failure_line(manifests: &Manifests, plan: &Plan, report: &SyncReport, base_url: &str) -> String {
-    if let Some((account, m)) = report.unauthorized.iter().next() {
+    // The message names the account and where its key comes from already.
+    if let Some(m) = report.unauthorized.values().next() {
         let more = match report.unauthorized.len() {
             1 => String::new(),
             n => format!(" (and {} more account(s))", n - 1),
         };
-        return if account.is_default() {
-            m.clone()
-        } else {
-            format!("account {account}: {m}{more}")
-        };
+        return format!("{m}{more}");
     }
     if report.all_not_found() {
         return format!(
@@ -454,22 +451,40 @@ fn webhook_config(
             || std::env::var_os("AUTOSEND_WEBHOOK_SECRET").is_some_and(|s| !s.is_empty())
         {
             return Err(format!(
-                "--webhook-secret-file or AUTOSEND_WEBHOOK_SECRET given with --config {}: two                  sources of truth; set each account's webhookSecretFile or webhookSecretEnv in                  the config instead",
+                "--webhook-secret-file or AUTOSEND_WEBHOOK_SECRET given with --config {}: two \
+                 sources of truth; set each account's webhookSecretFile or webhookSecretEnv in \
+                 the config instead",
                 config.path.display()
             ));
         }
         let mut secrets = std::collections::BTreeMap::new();
+        // An account whose secret cannot be read fails alone: its route answers 503 (AutoSend
+        // retries) and the daemon is not ready; the other accounts' routes serve.
+        let mut unreadable = std::collections::BTreeMap::new();
         for spec in &config.accounts {
-            let Some(text) = spec.webhook_secret_text()? else {
-                continue;
-            };
-            let secret = Secret::new(&text)
-                .ok_or_else(|| format!("account {}: the webhook secret is empty", spec.name))?;
-            secrets.insert(spec.name.clone(), secret);
+            let secret = spec.webhook_secret_text().and_then(|text| {
+                text.map(|t| {
+                    Secret::new(&t).ok_or_else(|| {
+                        format!("account {}: the webhook secret is empty", spec.name)
+                    })
+                })
+                .transpose()
+            });
+            match secret {
+                Ok(Some(secret)) => {
+                    secrets.insert(spec.name.clone(), secret);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(account = %spec.name, error = %e, "this account's webhooks cannot be verified");
+                    unreadable.insert(spec.name.clone(), e);
+                }
+            }
         }
-        if secrets.is_empty() {
+        if secrets.is_empty() && unreadable.is_empty() {
             return Err(format!(
-                "--webhook-listen needs a webhook secret: set webhookSecretFile or                  webhookSecretEnv for the accounts whose events to receive in {}",
+                "--webhook-listen needs a webhook secret: set webhookSecretFile or \
+                 webhookSecretEnv for the accounts whose events to receive in {}",
                 config.path.display()
             ));
         }
@@ -478,14 +493,20 @@ fn webhook_config(
             .clone()
             .filter(|a| secrets.contains_key(a));
         let mut wh = WebhookConfig::for_accounts(listen, secrets, bare);
+        wh.unreadable = unreadable;
         wh.window = args.webhook_window.0;
         return Ok(Some(wh));
     }
     let text = match &args.webhook_secret_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the webhook secret file {}: {e}", path.display()))?,
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the webhook secret file {}: {e}",
+                path.display()
+            )
+        })?,
         None => std::env::var("AUTOSEND_WEBHOOK_SECRET").map_err(|_| {
-            "--webhook-listen needs the webhook secret: set AUTOSEND_WEBHOOK_SECRET or pass              --webhook-secret-file PATH"
+            "--webhook-listen needs the webhook secret: set AUTOSEND_WEBHOOK_SECRET or pass \
+                 --webhook-secret-file PATH"
                 .to_string()
         })?,
     };

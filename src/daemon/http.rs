@@ -29,6 +29,8 @@ pub struct Shared {
     pub store_fault: Mutex<Option<String>>,
     /// Why there is nothing to enforce (the manifests path is missing or holds no manifest).
     pub manifests_fault: Mutex<Option<String>>,
+    /// Accounts whose webhook secret could not be read (their route answers 503).
+    pub webhook_fault: Option<String>,
     /// Each account's pacing wait so far.
     pub pacer_waited: Box<dyn Fn() -> Vec<(String, std::time::Duration)> + Send + Sync>,
     /// `/status` shows contact addresses (the endpoint is unauthenticated).
@@ -82,6 +84,9 @@ impl Shared {
         }
         if let Some(f) = self.store_fault() {
             return Some(f);
+        }
+        if let Some(f) = &self.webhook_fault {
+            return Some(f.clone());
         }
         if self.store.get().is_none() {
             return Some("waiting for the state store: another listwarden holds its lock".into());

@@ -142,6 +142,15 @@ pub async fn run(
         unauthorized: Default::default(),
         store_fault: Default::default(),
         manifests_fault: Default::default(),
+        webhook_fault: config.webhook.as_ref().and_then(|w| {
+            (!w.unreadable.is_empty()).then(|| {
+                let names: Vec<&str> = w.unreadable.keys().map(|a| a.as_str()).collect();
+                format!(
+                    "the webhook secret of account {} cannot be read (restart once it can)",
+                    names.join(", ")
+                )
+            })
+        }),
         pacer_waited: Box::new(move || {
             pacer_clients
                 .iter()

@@ -90,6 +90,9 @@ pub struct WebhookConfig {
     /// The account `PATH` itself serves (the default account): what AutoSend was pointed
     /// at before there were accounts keeps working.
     pub bare: Option<AccountName>,
+    /// Accounts whose secret could not be read, with why: their route answers 503 (AutoSend
+    /// retries) and the daemon is not ready, while the other accounts' routes serve.
+    pub unreadable: BTreeMap<AccountName, String>,
     /// Events older than this are refused, and retries are recognised for this long.
     pub window: Duration,
     /// How far in the future an event may be dated.
@@ -115,6 +118,7 @@ impl WebhookConfig {
             listen,
             secrets,
             bare,
+            unreadable: BTreeMap::new(),
             window: webhook::DEFAULT_WINDOW,
             skew: webhook::DEFAULT_SKEW,
         }
@@ -378,6 +382,18 @@ async fn deliver(
     }
     // Signature first: nothing unauthenticated is parsed. Each account's route checks
     // its own secret, so one account's secret cannot feed another's policies.
+    if let Some(a) = account
+        .as_ref()
+        .filter(|a| r.config.unreadable.contains_key(*a))
+    {
+        let reason = format!("the webhook secret of account {a} cannot be read; retry later");
+        return refuse_signed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "other",
+            &reason,
+        );
+    }
     let Some((account, secret)) = account.and_then(|a| {
         let secret = r.config.secrets.get(&a)?;
         Some((a, secret))

@@ -232,9 +232,6 @@ impl Acc {
 
 /// Why a list's sends stopped.
 enum Stop {
-    /// The list's account has no client (its key could not be read): its lists fail, no
-    /// other account's.
-    NoClient(String),
     Api(ApiError),
     Store(StoreError),
     Segment,
@@ -264,7 +261,6 @@ impl From<Stop> for ListResult {
             },
             Stop::Store(e) => ListResult::StoreFailed(e.to_string()),
             Stop::Segment => ListResult::ListIsSegment,
-            Stop::NoClient(why) => ListResult::Unauthorized(why),
         }
     }
 }
@@ -350,30 +346,34 @@ pub async fn reconcile_list(ctx: &Context, policies: &[Policy], plan: &ListPlan)
         per_policy: HashMap::new(),
     };
     let mut contact_count = None;
-    let result = if let Some(refusal) = &plan.refused {
-        ListResult::Refused(refusal.to_string())
-    } else if plan.to_assert() == 0 {
-        ListResult::Converged
-    } else {
-        ctx.progress.list_started(&plan.list, plan.to_assert());
-        let converge = AssertUnwindSafe(run(ctx, plan, &tally, &mut acc, &mut contact_count));
-        match converge.catch_unwind().await {
-            Ok(Ok(())) if acc.outcome.failed > 0 || acc.outcome.unaccounted > 0 => {
-                ListResult::PartiallyFailed
-            }
-            Ok(Ok(())) => ListResult::Converged,
-            Ok(Err(stop)) => stop.into(),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
-                tracing::error!(list = %plan.list, panic = what, "the reconcile of this list panicked");
-                ListResult::Failed(format!(
-                    "internal error while reconciling this list ({what}); what was recorded \
+    let result = match (ctx.clients.get(&plan.list.account), &plan.refused) {
+        // The account's key could not be read: its lists fail, even those with nothing to
+        // send (no change could be applied to them), and no other account's.
+        (Err(why), _) => ListResult::Unauthorized(why),
+        (Ok(_), Some(refusal)) => ListResult::Refused(refusal.to_string()),
+        (Ok(_), None) if plan.to_assert() == 0 => ListResult::Converged,
+        (Ok(client), None) => {
+            ctx.progress.list_started(&plan.list, plan.to_assert());
+            let converge =
+                AssertUnwindSafe(run(ctx, client, plan, &tally, &mut acc, &mut contact_count));
+            match converge.catch_unwind().await {
+                Ok(Ok(())) if acc.outcome.failed > 0 || acc.outcome.unaccounted > 0 => {
+                    ListResult::PartiallyFailed
+                }
+                Ok(Ok(())) => ListResult::Converged,
+                Ok(Err(stop)) => stop.into(),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    tracing::error!(list = %plan.list, panic = what, "the reconcile of this list panicked");
+                    ListResult::Failed(format!(
+                        "internal error while reconciling this list ({what}); what was recorded \
                      stays, and the list is tried again"
-                ))
+                    ))
+                }
             }
         }
     };
@@ -402,15 +402,12 @@ fn quiet_outcome(plan: &ListPlan) -> ListOutcome {
 
 async fn run(
     ctx: &Context,
+    client: &Client,
     plan: &ListPlan,
     tally: &Tally,
     acc: &mut Acc,
     contact_count: &mut Option<u64>,
 ) -> Result<(), Stop> {
-    let client = ctx
-        .clients
-        .get(&plan.list.account)
-        .map_err(Stop::NoClient)?;
     let info = client.get_list(plan.list.as_str(), tally).await?;
     if info.is_segment() {
         return Err(Stop::Segment);

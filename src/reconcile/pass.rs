@@ -73,7 +73,10 @@ pub async fn sync_all(
         .flat_map(|l| l.held.iter().map(|&i| policies[i].name.as_str()))
         .collect();
     let (busy, quiet): (Vec<ListPlan>, Vec<ListPlan>) =
-        lists.into_iter().partition(ListPlan::has_work);
+        // A list whose account has no client is not quiet: `reconcile_list` fails it.
+        lists
+            .into_iter()
+            .partition(|l| l.has_work() || ctx.clients.get(&l.list.account).is_err());
     if !quiet.is_empty() {
         let now = crate::clock::now_unix();
         let outcomes: Vec<ListOutcome> = quiet.iter().map(quiet_outcome).collect();

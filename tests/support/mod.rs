@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod daemon;
 pub mod fake;
 pub mod scripted;
