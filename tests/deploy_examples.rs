@@ -410,8 +410,13 @@ fn systemd_unit_is_hardened_takes_the_key_as_a_credential_and_verifies() {
         .collect();
     assert_cli_accepts(&args);
 
-    // systemd's own check, with ExecStart pointing at the built binary (verify wants it to
-    // exist). Skipped where systemd-analyze is not installed.
+    verify_unit("listwarden.service", &text);
+}
+
+/// systemd's own check of unit `name` (its text), with ExecStart pointing at the built
+/// binary (verify wants it to exist): no warning about the unit, credentials included.
+/// Skipped where systemd-analyze is not installed.
+fn verify_unit(name: &str, text: &str) {
     let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("systemd-analyze not found: skipping `systemd-analyze verify`");
         return;
@@ -421,10 +426,13 @@ fn systemd_unit_is_hardened_takes_the_key_as_a_credential_and_verifies() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("listwarden.service");
+    let unit = dir.path().join(name);
     std::fs::write(
         &unit,
-        text.replace(exec[0].as_str(), env!("CARGO_BIN_EXE_listwarden")),
+        text.replace(
+            "/usr/local/bin/listwarden",
+            env!("CARGO_BIN_EXE_listwarden"),
+        ),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -434,8 +442,10 @@ fn systemd_unit_is_hardened_takes_the_key_as_a_credential_and_verifies() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && !stderr.contains("listwarden.service:"),
-        "systemd-analyze verify:\n{stderr}"
+        out.status.success()
+            && !stderr.contains(&format!("{name}:"))
+            && !stderr.contains("not valid"),
+        "systemd-analyze verify {name}:\n{stderr}"
     );
 }
 
@@ -589,7 +599,7 @@ fn the_two_account_examples_hold_configs_listwarden_loads_and_flags_it_accepts()
         "brand-eu"
     );
 
-    // The ConfigMap's config, and the container's args.
+    // The ConfigMap's config, and the patched container's args.
     let docs = documents("kubernetes-accounts.yaml");
     let map = kind(&docs, "ConfigMap");
     let dir = tempfile::tempdir().unwrap();
@@ -597,8 +607,14 @@ fn the_two_account_examples_hold_configs_listwarden_loads_and_flags_it_accepts()
     std::fs::write(&path, map["data"]["accounts.yaml"].as_str().unwrap()).unwrap();
     let config = listwarden::config::load(&path).unwrap_or_else(|d| panic!("ConfigMap: {d:?}"));
     assert_eq!(config.accounts.len(), 2);
-    let deployment = kind(&docs, "Deployment");
-    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    let patch = documents("kubernetes-accounts-patch.yaml");
+    assert_eq!(
+        patch.len(),
+        1,
+        "kubectl patch --patch-file reads one document"
+    );
+    let container = &patch[0]["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
         .as_sequence()
         .unwrap()
         .iter()
@@ -606,10 +622,48 @@ fn the_two_account_examples_hold_configs_listwarden_loads_and_flags_it_accepts()
         .collect();
     assert!(args.iter().any(|a| a.starts_with("--config=")));
     assert_cli_accepts(&args);
+    // The webhook port the args listen on is opened, and the Service targets it.
+    assert_eq!(container["ports"][0]["containerPort"].as_u64(), Some(9465));
+    assert_eq!(
+        kind(&docs, "Service")["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("webhooks")
+    );
 
-    // The systemd unit: --config from its credentials, and no key of its own.
+    // The systemd unit: --config from its credentials, and no key of its own; every secret
+    // file the sample config names is a credential beside it (credential names cannot hold
+    // a '/').
     let unit = read("listwarden-accounts.service");
     assert!(unit.contains("--config ${CREDENTIALS_DIRECTORY}/accounts.yaml"));
     assert!(!unit.contains("--api-key-file"));
     assert!(!unit.contains("LISTWARDEN_RATE_LIMIT"));
+    let credentials: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert!(
+        credentials.iter().all(|c| !c.contains('/')),
+        "{credentials:?}"
+    );
+    let sample = read("accounts.yaml");
+    for file in sample
+        .lines()
+        .filter_map(|l| l.split_once("File: ").map(|(_, v)| v))
+        .map(|v| v.split_whitespace().next().unwrap())
+    {
+        assert!(
+            credentials.contains(&file),
+            "{file} is not a credential of the unit"
+        );
+    }
+    assert!(credentials.contains(&"accounts.yaml"));
+    // Hardened as the one-account unit is.
+    let one = read("listwarden.service");
+    for line in one
+        .lines()
+        .filter(|l| l.starts_with("Protect") || l.starts_with("Restrict"))
+    {
+        assert!(unit.lines().any(|u| u == line), "missing: {line}");
+    }
+    verify_unit("listwarden-accounts.service", &unit);
 }
