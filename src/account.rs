@@ -167,6 +167,7 @@ pub fn resolve(manifests: &mut Manifests, accounts: &Accounts) {
         }
     }
     manifests.policies = kept;
+    manifests.accounts = Some(accounts.accounts.iter().map(|a| a.name.clone()).collect());
 }
 
 /// With a config file, gives the store's rows from before accounts to the default account
@@ -186,6 +187,30 @@ pub fn adopt_default_rows(store: &Store, accounts: &Accounts) -> Result<(), Stor
         );
     }
     Ok(())
+}
+
+/// The accounts the store holds lists of that `accounts` does not serve, say a run without
+/// the config file on a store of several accounts. Their rows are left as they are (see
+/// [`Manifests::accounts`]); the caller says so, as the likely cause is a missing `--config`.
+/// The rows from before accounts, which the default account is about to adopt, are not
+/// counted.
+pub fn unserved_in_store(store: &Store, accounts: &Accounts) -> Result<Vec<String>, StoreError> {
+    let adopting = accounts.adopter().is_some();
+    Ok(store
+        .list_accounts()?
+        .into_iter()
+        .filter(|a| !(adopting && a == AccountName::DEFAULT))
+        .filter(|a| AccountName::parse(a).map_or(true, |n| accounts.get(&n).is_none()))
+        .collect())
+}
+
+/// The warning for [`unserved_in_store`]'s accounts.
+pub fn unserved_warning(unserved: &[String]) -> String {
+    format!(
+        "the state store holds lists of account(s) {} that this run does not serve (is \
+         --config missing?): they are left as they are, neither asserted nor forgotten",
+        unserved.join(", ")
+    )
 }
 
 /// Lists reconciled at once over every account: each account's own bound keeps one

@@ -135,6 +135,12 @@ pub fn check(
             .iter()
             .filter(|(name, _)| !present.contains(name.as_str()))
             .filter(|(_, b)| b.approved_revision.as_deref() != Some(GONE))
+            // A policy of an account this load does not serve (a run without the config
+            // file) is not gone: it is none of this load's business.
+            .filter(|(_, b)| match (&manifests.accounts, &b.list) {
+                (Some(served), Some(list)) => served.contains(&list.account),
+                _ => true,
+            })
             .filter_map(|(name, b)| {
                 let before = b.contacts.filter(|&n| n > 0)?;
                 Some(Hold {

@@ -324,3 +324,46 @@ fn an_unreadable_key_fails_its_account_s_apply_even_with_nothing_to_send() {
     assert_eq!(condition(&status, "eu").1, "Unauthorized", "{status}");
     assert_eq!(condition(&status, "us").0, "True", "{status}");
 }
+
+#[test]
+fn a_run_without_the_config_leaves_the_config_accounts_rows_alone_and_says_so() {
+    let t = Two::new();
+    t.same_list_id_in_both();
+    let config = t.config();
+    t.apply(&config).code(0);
+    // An old job on the same store, without the config and with other manifests: a valid
+    // load, whose lists are the environment's account's only.
+    support::write(
+        &t.path("old/old.yaml"),
+        &Policy::new("old", "list-9")
+            .emails(&["o@example.com"])
+            .yaml(),
+    );
+    let mut cmd = listwarden();
+    cmd.current_dir(t.dir.path())
+        .env("AUTOSEND_API_URL", t.eu.base_url())
+        .env("AUTOSEND_API_KEY", KEY_EU)
+        .args([
+            "apply",
+            "old",
+            "--state",
+            "state.db",
+            "--strategy",
+            "assert",
+        ]);
+    let run = output(&mut cmd);
+    assert!(
+        run.stderr.contains("is --config missing?"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("brand-eu, brand-us"), "{}", run.stderr);
+    // The accounts' confirmations and policy rows are still there: nothing is sent again.
+    let status = t.status();
+    assert_eq!(condition(&status, "eu").0, "True", "{status}");
+    assert_eq!(condition(&status, "us").0, "True", "{status}");
+    t.apply(&config).code(0);
+    // (list-9 is in neither fake: the old job's one request was a 404.)
+    assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
+    assert_eq!(t.us.handle().counters().count("remove", 200), 1);
+}

@@ -162,6 +162,11 @@ pub fn apply(args: &ApplyArgs) -> u8 {
     if let Err(code) = or_exit(adopted.map_err(|e| e.to_string())) {
         return code;
     }
+    if let Ok(unserved) = listwarden::account::unserved_in_store(&store, &setup.accounts)
+        && !unserved.is_empty()
+    {
+        tracing::warn!("{}", listwarden::account::unserved_warning(&unserved));
+    }
     let mut options = plan_options(&args.sync.flags, setup.accounts.clone());
     options.resync_after = args.sync.state.resync_after.0;
     options.resync_all = args.resync;

@@ -661,6 +661,16 @@ fn plan_command(args: &PlanArgs) -> u8 {
         s.reading_default_rows_as(setup.accounts.adopter().cloned());
         s
     });
+    if let Some(Ok(unserved)) = store
+        .as_ref()
+        .map(|s| listwarden::account::unserved_in_store(s, &setup.accounts))
+        && !unserved.is_empty()
+    {
+        eprintln!(
+            "warning: {}",
+            listwarden::account::unserved_warning(&unserved)
+        );
+    }
     let mut options = plan_options(&args.flags, setup.accounts.clone());
     options.resync_after = args.state.resync_after.0;
     // An unreadable store is an error, never an empty one: that would plan every confirmed

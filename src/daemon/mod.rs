@@ -183,6 +183,12 @@ pub async fn run(
     };
     let _ = shared.store.set(store.clone());
     crate::account::adopt_default_rows(&store, &config.plan.accounts).map_err(|e| e.to_string())?;
+    match crate::account::unserved_in_store(&store, &config.plan.accounts) {
+        Ok(unserved) if !unserved.is_empty() => {
+            tracing::warn!("{}", crate::account::unserved_warning(&unserved));
+        }
+        _ => {}
+    }
     let inbox = Arc::new(tokio::sync::Notify::new());
     let webhook_task = match config.webhook.clone() {
         Some(wh) => {

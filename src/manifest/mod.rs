@@ -171,6 +171,11 @@ pub struct Manifests {
     pub policies: Vec<Policy>,
     pub invalid: Vec<InvalidPolicy>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The accounts the policies were settled against ([`crate::account::resolve`]): the
+    /// lists of other accounts in the store are none of this load's business (a run without
+    /// the config file must not forget what the config's accounts confirmed). `None` before
+    /// resolution: every list is this load's.
+    pub accounts: Option<Vec<AccountName>>,
 }
 
 impl Policy {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::{Acc, Context, ListResult};
 use crate::condition::{Condition, Ready, Reason};
-use crate::contact::{ContactKind, ListKey};
+use crate::contact::{AccountName, ContactKind, ListKey};
 use crate::hold::Hold;
 use crate::manifest::{Manifests, Policy};
 use crate::plan::ListPlan;
@@ -182,6 +182,10 @@ pub fn record_manifests_since(
             first_error: manifests.errors().next().map(ToString::to_string),
         },
         now,
+        accounts: manifests
+            .accounts
+            .as_ref()
+            .map(|a| a.iter().map(AccountName::as_str).collect()),
         ..LoadRecord::default()
     };
     for inv in &manifests.invalid {

@@ -272,7 +272,7 @@ impl Store {
             .collect();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = forget_in(&tx, &keepers, &[])?;
+            let n = forget_in(&tx, &keepers, &[], None)?;
             tx.commit()?;
             Ok(n)
         })
@@ -339,6 +339,7 @@ pub(super) fn forget_in(
     tx: &Connection,
     lists: &[Keeper<'_>],
     spare: &[&ListKey],
+    accounts: Option<&[&str]>,
 ) -> rusqlite::Result<u64> {
     let mut forgotten = 0u64;
     // Each list with contacts, one index seek apiece: `SELECT DISTINCT` would walk every row.
@@ -370,7 +371,7 @@ pub(super) fn forget_in(
         .collect();
     for (key, (account, list_id), forgotten_at) in known {
         let at = (account.as_str(), list_id.as_str());
-        if spare.contains(&at) {
+        if spare.contains(&at) || accounts.is_some_and(|a| !a.contains(&account.as_str())) {
             continue;
         }
         let Some(keeper) = keepers.get(&at) else {
@@ -552,7 +553,7 @@ mod tests {
                     revision: Some(revision),
                     grown_from: None,
                 };
-                forget_in(conn, &[keeper], &[])
+                forget_in(conn, &[keeper], &[], None)
             })
             .unwrap()
         };

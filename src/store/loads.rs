@@ -78,6 +78,9 @@ pub struct LoadRecord<'a> {
     pub forget: Option<Vec<Keeper<'a>>>,
     /// Lists whose contacts are never forgotten by this load (a policy on them is held).
     pub spare: Vec<&'a ListKey>,
+    /// The accounts this load serves: lists of other accounts are never forgotten by it
+    /// (`None`: every account's).
+    pub accounts: Option<Vec<&'a str>>,
     pub now: i64,
 }
 
@@ -112,14 +115,17 @@ impl Store {
                     .iter()
                     .map(|(f, _)| f.display().to_string())
                     .collect();
-                let rows: Vec<(String, String)> = {
-                    let mut stmt = tx.prepare("SELECT name, file FROM policies")?;
-                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let rows: Vec<(String, String, String)> = {
+                    let mut stmt = tx.prepare("SELECT name, file, account FROM policies")?;
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                         .collect::<Result<_, _>>()?
                 };
                 let keep: std::collections::HashSet<&str> = keep.iter().copied().collect();
-                for (name, file) in rows {
-                    if !keep.contains(name.as_str()) && !unparsed.contains(&file) {
+                let served =
+                    |a: &str| load.accounts.as_ref().is_none_or(|served| served.contains(&a));
+                for (name, file, account) in rows {
+                    if !keep.contains(name.as_str()) && !unparsed.contains(&file) && served(&account)
+                    {
                         tx.execute("DELETE FROM policies WHERE name = ?1", params![name])?;
                     }
                 }
@@ -173,7 +179,7 @@ impl Store {
                 )?;
             }
             let forgotten = match &load.forget {
-                Some(lists) => forget_in(&tx, lists, &load.spare)?,
+                Some(lists) => forget_in(&tx, lists, &load.spare, load.accounts.as_deref())?,
                 None => {
                     // Nothing is forgotten now, but reconciles may record contacts this load
                     // names and a later one drops: the next load that may forget reads every

@@ -163,6 +163,16 @@ impl Store {
     }
 
     /// The last observed drift of every list that was observed.
+    /// The accounts the store holds lists of, sorted.
+    pub fn list_accounts(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT DISTINCT account FROM lists ORDER BY account")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     /// (account, list id, drift).
     pub fn drifts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
         self.with(|conn| {
