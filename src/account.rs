@@ -60,6 +60,22 @@ impl Accounts {
         }
     }
 
+    /// The accounts a config file declares, each with its budget (the default budget when
+    /// it sets none).
+    pub fn from_config(config: &crate::config::Config) -> Accounts {
+        Accounts::configured(
+            config
+                .accounts
+                .iter()
+                .map(|a| AccountInfo {
+                    name: a.name.clone(),
+                    rate_limits: a.rate_limits.clone().unwrap_or_default(),
+                })
+                .collect(),
+            config.default_account.clone(),
+        )
+    }
+
     pub fn is_configured(&self) -> bool {
         self.configured
     }

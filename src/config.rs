@@ -139,7 +139,8 @@ impl AccountSpec {
         let key = key.map_err(|e| match e {
             ConfigError::KeyFile { reason, .. } => format!(
                 "account {name}: cannot read the API key {place}: {reason}; make it readable \
-                 by listwarden, or fix the path in the config file"
+                 by listwarden, or fix the path in the config file (a relative one starts from the config file's \
+                 directory)"
             ),
             ConfigError::EmptyKeyFile(_) => format!(
                 "account {name}: the API key {place} is empty; write the account's API key \
@@ -186,7 +187,8 @@ impl AccountSpec {
             KeySource::File(p) => read_secret_file(p).map_err(|reason| {
                 format!(
                     "account {name}: cannot read the webhook secret {place}: {reason}; make \
-                     it readable by listwarden, or fix the path in the config file"
+                     it readable by listwarden, or fix the path in the config file (a relative one starts from the config file's \
+                 directory)"
                 )
             })?,
             KeySource::Env(v) => match std::env::var(v) {
@@ -1049,7 +1051,8 @@ defaultAccount: nobody
         assert_eq!(
             e,
             "account eu: cannot read the API key file /nonexistent/eu.key (apiKeyFile): no such \
-             file; make it readable by listwarden, or fix the path in the config file"
+             file; make it readable by listwarden, or fix the path in the config file (a relative one starts from the config file's \
+                 directory)"
         );
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{ApiFlags, PlanFlags};
 use autosend::{Client, RateLimits};
-use listwarden::account::{AccountInfo, Accounts, Clients};
+use listwarden::account::{Accounts, Clients};
 use listwarden::config::{Config, KeySource};
 use listwarden::contact::AccountName;
 
@@ -67,17 +67,7 @@ pub fn setup(
             lines.join("\n")
         )
     })?;
-    let accounts = Accounts::configured(
-        config
-            .accounts
-            .iter()
-            .map(|a| AccountInfo {
-                name: a.name.clone(),
-                rate_limits: a.rate_limits.clone().unwrap_or_default(),
-            })
-            .collect(),
-        config.default_account.clone(),
-    );
+    let accounts = Accounts::from_config(&config);
     Ok(Setup {
         accounts,
         config: Some(config),

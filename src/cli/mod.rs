@@ -44,6 +44,8 @@ Environment:
   AUTOSEND_PROJECT_ID     x-project-id for account-level keys (--project-id)
   LISTWARDEN_STATE        the state store (--state), default .listwarden/state.db
   LISTWARDEN_RATE_LIMIT   the key's request budget (--rate-limit), default 2/s,50/m
+  LISTWARDEN_CONFIG       a config file of several AutoSend accounts (--config); with it,
+                          each account's key, URL and budget come from the file
   AUTOSEND_WEBHOOK_SECRET the webhook secret, for run --webhook-listen (or
                           --webhook-secret-file, env AUTOSEND_WEBHOOK_SECRET_FILE)
   RUST_LOG                log filter, default listwarden=info,autosend=info,warn"
@@ -290,6 +292,8 @@ pub struct RunArgs {
     /// Serve AutoSend's webhooks (POST /webhooks/autosend) on this address, apart from
     /// --listen: AutoSend must reach this one (through your ingress), nobody should reach the
     /// other. Needs the webhook secret (--webhook-secret-file or AUTOSEND_WEBHOOK_SECRET).
+    /// With --config, each account with a webhook secret in the file is served on
+    /// /webhooks/autosend/ACCOUNT (and the default account on /webhooks/autosend too).
     #[arg(long, value_parser = parse_listen, help_heading = WEBHOOKS)]
     pub webhook_listen: Option<std::net::SocketAddr>,
     /// Read the webhook secret (AutoSend's webhook settings show it) from this file instead
@@ -580,15 +584,21 @@ fn validate(args: &ValidateArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let accounts = match accounts::setup(args.config.as_deref(), None, None) {
-        Ok(s) => s.accounts,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_ERROR;
-        }
-    };
     let mut m = manifest::load(&args.path);
-    listwarden::account::resolve(&mut m, &accounts);
+    // validate talks to no one: the config's own problems are diagnostics like the
+    // manifests' (in the JSON document too), and policies are checked against its accounts
+    // only when it loads.
+    match args.config.as_deref().map(listwarden::config::load) {
+        None => listwarden::account::resolve(
+            &mut m,
+            &listwarden::account::Accounts::single(Default::default()),
+        ),
+        Some(Ok(config)) => listwarden::account::resolve(
+            &mut m,
+            &listwarden::account::Accounts::from_config(&config),
+        ),
+        Some(Err(diagnostics)) => m.diagnostics.extend(diagnostics),
+    }
     let errors = m.errors().count();
     if args.output == Output::Json {
         print_json(&render::validate_document(&args.path, &m));

@@ -713,7 +713,7 @@ impl Scheduler {
             tracing::error!(
                 %account,
                 wait_s = wait.as_secs(),
-                "AutoSend refused the account's API key: pausing its API work (other accounts go on)"
+                "the account's API key was refused by AutoSend or cannot be read: pausing its API work (other accounts go on)"
             );
             if let Some(ListResult::Unauthorized(m)) = result {
                 self.shared.set_unauthorized(account, Some(m));
