@@ -367,3 +367,43 @@ fn a_run_without_the_config_leaves_the_config_accounts_rows_alone_and_says_so() 
     assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
     assert_eq!(t.us.handle().counters().count("remove", 200), 1);
 }
+
+#[test]
+fn a_rotated_key_file_is_read_again_when_the_old_key_is_refused() {
+    let t = Two::new();
+    let (mut eu, _) = t.same_list_id_in_both();
+    let config = t.config();
+    let port = support::free_port();
+    let child = t
+        .daemon_command(&config, port, KEY_US)
+        .args(["--strategy", "assert"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let removed = |eu: &[String]| eu.iter().all(|e| !t.eu.handle().is_member("list-1", e));
+    while !removed(&eu) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(removed(&eu), "brand-eu did not converge");
+    // The key is rotated in AutoSend and in its Secret; then a manifest change needs a send.
+    const ROTATED: &str = "key-eu-rotated-55aa";
+    t.eu.handle().set_api_key(ROTATED);
+    support::write(&t.path("keys/eu.key"), &format!("{ROTATED}\n"));
+    let late = "late@example.com".to_string();
+    t.eu.handle()
+        .add_contacts("list-1", std::slice::from_ref(&late));
+    eu.push(late);
+    t.manifest("eu.yaml", &Policy::new("eu", "list-1").emails(&eu).yaml());
+    while !removed(&eu) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(removed(&eu), "not removed with the rotated key:\n{log}");
+    assert!(log.contains("retrying with it"), "{log}");
+    assert!(!log.contains(ROTATED) && !log.contains(KEY_EU), "{log}");
+}

@@ -437,6 +437,11 @@ impl FakeAutoSend {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Accepts `key` from now on, and no other: a key rotated in AutoSend's settings.
+    pub fn set_api_key(&self, key: &str) {
+        self.lock().api_key = key.to_string();
+    }
+
     /// Creates a list or segment (or renames an existing one, keeping its members).
     pub fn add_list(&self, id: &str, name: &str, kind: ListKind) {
         self.lock().store.add_list(id, name, "", kind);

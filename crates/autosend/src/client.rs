@@ -14,6 +14,7 @@ use backon::BackoffBuilder;
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret as _;
 use serde_json::{Map, Value};
 
 use crate::config::ClientConfig;
@@ -197,7 +198,7 @@ impl Client {
                 admission,
             )
             .await?;
-        parse_remove(&data, self.config.api_key.expose()).map_err(|why| {
+        parse_remove(&data, self.config.api_key.current().expose_secret()).map_err(|why| {
             ApiError::Protocol(format!(
                 "POST {} answered with success but {why}; the batch is not taken as done",
                 self.shown_url(&url)
@@ -248,7 +249,7 @@ impl Client {
     }
 
     fn clean(&self, text: &str) -> String {
-        sanitise(text, self.config.api_key.expose())
+        sanitise(text, self.config.api_key.current().expose_secret())
     }
 
     /// The URL as logs and errors show it: no userinfo, should `AUTOSEND_API_URL` carry any.
@@ -257,7 +258,8 @@ impl Client {
     }
 
     fn authorise(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key.expose()))
+        let key = self.config.api_key.current();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
         auth.set_sensitive(true);
         let rb = rb.header(reqwest::header::AUTHORIZATION, auth);
@@ -289,6 +291,8 @@ impl Client {
         // apart, since waiting them out is not a failure.
         let mut failures = 0usize;
         let mut rate_limited = 0usize;
+        // A refused key's file is read again once per logical request.
+        let mut key_reloaded = false;
         loop {
             tokio::select! {
                 biased;
@@ -386,6 +390,16 @@ impl Client {
                     continue;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::PAYMENT_REQUIRED | StatusCode::FORBIDDEN => {
+                    if !key_reloaded && self.config.api_key.reload() {
+                        key_reloaded = true;
+                        tracing::info!(
+                            endpoint,
+                            source = %self.config.key_source,
+                            "the API key was refused and its file holds another one now: \
+                             retrying with it"
+                        );
+                        continue;
+                    }
                     let (code, message) = self.error_text(envelope.as_ref(), &bytes);
                     return Err(ApiError::Auth {
                         status: status.as_u16(),

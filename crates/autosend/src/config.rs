@@ -24,12 +24,28 @@ pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
 /// An API key. It has no `Display`, its `Debug` is redacted, and it is exposed only to build
 /// the `Authorization` header, so it cannot reach a log line, an error or the store.
+///
+/// A key read from a file remembers the file: when AutoSend refuses the key, the client
+/// reads the file again ([`ApiKey::reload`]), so a rotated key (a Kubernetes Secret updated
+/// in place, a credential replaced) is taken without a restart.
 #[derive(Clone)]
-pub struct ApiKey(Arc<SecretString>);
+pub struct ApiKey(Arc<KeyCell>);
+
+struct KeyCell {
+    secret: std::sync::RwLock<Arc<SecretString>>,
+    file: Option<std::path::PathBuf>,
+}
 
 impl ApiKey {
     pub fn new(key: &str) -> ApiKey {
-        ApiKey(Arc::new(SecretString::from(key.trim().to_string())))
+        ApiKey::with_file(key, None)
+    }
+
+    fn with_file(key: &str, file: Option<&Path>) -> ApiKey {
+        ApiKey(Arc::new(KeyCell {
+            secret: std::sync::RwLock::new(Arc::new(SecretString::from(key.trim().to_string()))),
+            file: file.map(Path::to_path_buf),
+        }))
     }
 
     /// Reads the key from a file (surrounding whitespace removed: `echo` ends it with a
@@ -64,7 +80,26 @@ impl ApiKey {
         if text.trim().is_empty() {
             return Err(ConfigError::EmptyKeyFile(shown()));
         }
-        ApiKey::new(&text).checked()
+        ApiKey::with_file(&text, Some(path)).checked()
+    }
+
+    /// Reads the key's file again, if it came from one, and takes what it holds now when
+    /// that is a usable key different from the current one. True when the key changed. A
+    /// file that cannot be read now keeps the current key.
+    pub(crate) fn reload(&self) -> bool {
+        let Some(path) = &self.0.file else {
+            return false;
+        };
+        let Ok(fresh) = ApiKey::from_file(path) else {
+            return false;
+        };
+        let fresh = fresh.current();
+        let mut secret = self.0.secret.write().unwrap_or_else(|p| p.into_inner());
+        if fresh.expose_secret() == secret.expose_secret() {
+            return false;
+        }
+        *secret = fresh;
+        true
     }
 
     /// Reads the key from the environment variable `var`; unset and blank are the same
@@ -81,15 +116,20 @@ impl ApiKey {
     /// Refuses a key that cannot go in the `Authorization` header now, rather than on the
     /// first request, whose error would come from deep inside the HTTP client.
     fn checked(self) -> Result<ApiKey, ConfigError> {
-        match HeaderValue::from_str(&format!("Bearer {}", self.expose())) {
+        match HeaderValue::from_str(&format!("Bearer {}", self.current().expose_secret())) {
             Ok(_) => Ok(self),
             Err(_) => Err(ConfigError::BadKey),
         }
     }
 
-    /// Only for the `Authorization` header and for redacting the key out of server text.
-    pub(crate) fn expose(&self) -> &str {
-        self.0.expose_secret()
+    /// The key now. Only for the `Authorization` header and for redacting the key out of
+    /// server text.
+    pub(crate) fn current(&self) -> Arc<SecretString> {
+        self.0
+            .secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -214,7 +254,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("key");
         std::fs::write(&path, "AS_file-key\n").unwrap();
-        assert_eq!(ApiKey::from_file(&path).unwrap().expose(), "AS_file-key");
+        assert_eq!(
+            ApiKey::from_file(&path).unwrap().current().expose_secret(),
+            "AS_file-key"
+        );
 
         std::fs::write(&path, "AS_very-secret\u{1}x\n").unwrap();
         let e = ApiKey::from_file(&path).unwrap_err();
@@ -245,7 +288,7 @@ mod tests {
         // SAFETY: a variable no other test reads or writes.
         unsafe { std::env::set_var("AUTOSEND_TEST_KEY_FROM_ENV", " AS_env-key\n") };
         let key = ApiKey::from_env("AUTOSEND_TEST_KEY_FROM_ENV").unwrap();
-        assert_eq!(key.expose(), "AS_env-key");
+        assert_eq!(key.current().expose_secret(), "AS_env-key");
         let e = ApiKey::from_env("AUTOSEND_TEST_KEY_NEVER_SET").unwrap_err();
         assert!(
             matches!(&e, ConfigError::MissingEnv(v) if v == "AUTOSEND_TEST_KEY_NEVER_SET"),
