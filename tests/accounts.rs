@@ -171,35 +171,13 @@ fn a_store_from_before_accounts_is_adopted_by_the_default_account_and_nothing_is
     t.eu.handle().add_contacts("list-1", &eu);
     t.manifest("eu.yaml", &Policy::new("eu", "list-1").emails(&eu).yaml());
     // Before accounts: the one key of the environment.
-    let mut cmd = listwarden();
-    cmd.current_dir(t.dir.path())
-        .env("AUTOSEND_API_URL", t.eu.base_url())
-        .env("AUTOSEND_API_KEY", KEY_EU)
-        .args([
-            "apply",
-            "manifests",
-            "--state",
-            "state.db",
-            "--strategy",
-            "assert",
-        ]);
-    output(&mut cmd).code(0);
+    t.apply_without_config("manifests", &t.eu.base_url(), KEY_EU)
+        .code(0);
     assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
 
     let config = t.config();
     // A dry run first: it reads the old rows as the default account's.
-    let run = t.command(&[
-        "plan",
-        "manifests",
-        "--state",
-        "state.db",
-        "--output",
-        "json",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    run.code(0);
-    assert_eq!(run.json()["summary"]["to_assert"], 0, "{}", run.stdout);
+    assert_eq!(t.plan_to_assert(&config), 0);
     // Then apply: nothing confirmed is sent again.
     t.apply(&config).code(0);
     assert_eq!(t.eu.handle().counters().count("remove", 200), 1);
@@ -339,19 +317,7 @@ fn a_run_without_the_config_leaves_the_config_accounts_rows_alone_and_says_so() 
             .emails(&["o@example.com"])
             .yaml(),
     );
-    let mut cmd = listwarden();
-    cmd.current_dir(t.dir.path())
-        .env("AUTOSEND_API_URL", t.eu.base_url())
-        .env("AUTOSEND_API_KEY", KEY_EU)
-        .args([
-            "apply",
-            "old",
-            "--state",
-            "state.db",
-            "--strategy",
-            "assert",
-        ]);
-    let run = output(&mut cmd);
+    let run = t.apply_without_config("old", &t.eu.base_url(), KEY_EU);
     assert!(
         run.stderr.contains("is --config missing?"),
         "{}",

@@ -4,7 +4,7 @@
 mod support;
 
 use support::accounts::{KEY_US, Two, get};
-use support::{Policy, emails, listwarden, output, write};
+use support::{Policy, emails, write};
 
 /// A config may declare an account named `default` (the name rows from before accounts are
 /// stored under) beside another default account. What that account confirms is its own:
@@ -280,20 +280,8 @@ fn rows_a_run_without_the_config_writes_later_are_not_adopted() {
     t.apply(&config).code(0);
     // A policy on list-b, first applied by a run without the config, with brand-us's key.
     t.manifest("b.yaml", &Policy::new("b", "list-b").emails(&b).yaml());
-    let mut cmd = listwarden();
-    cmd.current_dir(t.dir.path())
-        .env("AUTOSEND_API_URL", t.us.base_url())
-        .env("AUTOSEND_API_KEY", KEY_US)
-        .args([
-            "apply",
-            "manifests",
-            "--state",
-            "state.db",
-            "--strategy",
-            "assert",
-        ]);
     // list-a is not in brand-us's project: that list fails, list-b converges.
-    let run = output(&mut cmd);
+    let run = t.apply_without_config("manifests", &t.us.base_url(), KEY_US);
     assert!(
         b.iter().all(|e| !t.us.handle().is_member("list-b", e)),
         "{}",

@@ -114,6 +114,17 @@ pub fn clients(
     Ok(Clients::new(clients).with_concurrency(concurrency))
 }
 
+/// [`setup`] and [`clients`] for `apply` and `run`: the accounts of their flags, and each
+/// one's client.
+pub fn for_sync(
+    sync: &super::SyncArgs,
+    observe: impl Fn(&AccountName, Client) -> Client,
+) -> Result<(Setup, Clients), String> {
+    let setup = sync.flags.accounts(Some(&sync.api))?;
+    let clients = clients(&setup, &sync.api, &sync.flags, observe)?;
+    Ok((setup, clients))
+}
+
 /// The retry settings of the command line, which apply to every account.
 pub fn tune(config: &mut autosend::ClientConfig, api: &ApiFlags) {
     config.max_retries = api.max_retries;

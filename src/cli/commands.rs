@@ -140,17 +140,11 @@ pub fn apply(args: &ApplyArgs) -> u8 {
         eprintln!("error: {e}");
         return EXIT_ERROR;
     }
-    let setup = match or_exit(args.sync.flags.accounts(Some(&args.sync.api))) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let clients = match or_exit(super::accounts::clients(
-        &setup,
-        &args.sync.api,
-        &args.sync.flags,
+    let (setup, clients) = match or_exit(super::accounts::for_sync(
+        &args.sync,
         super::accounts::unobserved,
     )) {
-        Ok(c) => c,
+        Ok(x) => x,
         Err(code) => return code,
     };
     let store = Store::open(&args.sync.state.state, "listwarden apply");
@@ -526,17 +520,11 @@ fn webhook_config(
 pub fn run(args: &RunArgs) -> u8 {
     super::init_logging(args.sync.log_format);
     let metrics = Arc::new(listwarden::metrics::Metrics::new());
-    let setup = match or_exit(args.sync.flags.accounts(Some(&args.sync.api))) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let clients = match or_exit(super::accounts::clients(
-        &setup,
-        &args.sync.api,
-        &args.sync.flags,
+    let (setup, clients) = match or_exit(super::accounts::for_sync(
+        &args.sync,
         super::accounts::observed(metrics.clone()),
     )) {
-        Ok(c) => c,
+        Ok(x) => x,
         Err(code) => return code,
     };
     let mut config = listwarden::daemon::DaemonConfig::new(args.sync.path.clone());

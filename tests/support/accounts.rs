@@ -117,6 +117,25 @@ impl Two {
         self.apply_with_us_key(config, KEY_US)
     }
 
+    /// `apply MANIFESTS --state state.db --strategy assert` without a config file: the one
+    /// account of the environment, `key` against `url` (a run from before accounts, or an
+    /// old job beside the config's).
+    pub fn apply_without_config(&self, manifests: &str, url: &str, key: &str) -> Run {
+        let mut cmd = listwarden();
+        cmd.current_dir(self.dir.path())
+            .env("AUTOSEND_API_URL", url)
+            .env("AUTOSEND_API_KEY", key)
+            .args([
+                "apply",
+                manifests,
+                "--state",
+                "state.db",
+                "--strategy",
+                "assert",
+            ]);
+        output(&mut cmd)
+    }
+
     /// `plan --output json` with `config`: its `summary.to_assert`.
     pub fn plan_to_assert(&self, config: &Path) -> serde_json::Value {
         let run = self.command(&[
