@@ -534,3 +534,48 @@ fn a_list_moved_away_during_its_reconcile_leaves_the_daemon_idle() {
     assert!(used < 20, "{used} ticks of CPU in 2 s while idle");
     assert!(h.daemon().running());
 }
+
+#[test]
+fn sigterm_stops_the_daemon_even_when_its_stderr_is_a_closed_pipe() {
+    // `listwarden run ... 2>&1 | head`: the reader is gone, every log line fails to write.
+    let env = support::fake::Env::plain();
+    let members = emails("p", 2);
+    env.fake().add_contacts(L1, &members);
+    env.manifest("p1.yaml", &policy("p1", L1, &members));
+    let port = support::free_port();
+    let mut child = env
+        .command(KEY)
+        .arg("run")
+        .arg(env.manifests())
+        .arg("--state")
+        .arg(env.state())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members.iter().any(|m| env.fake().is_member(L1, m)) {
+        assert!(Instant::now() < deadline, "the daemon did not converge");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stop = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > stop {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.is_some(),
+        "SIGTERM did not stop the daemon within 10 s"
+    );
+}

@@ -405,9 +405,13 @@ pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("listwarden=info,autosend=info,warn"));
+    // A log line that cannot be written (stderr a closed pipe: `run ... | head`) is lost:
+    // the subscriber's fallback would print its error to that same stderr and panic, which
+    // killed the task that waits for SIGTERM, so the daemon could not be stopped.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder
